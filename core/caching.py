@@ -1,0 +1,51 @@
+"""Cache keys computed from content, not from paths or run ids.
+
+A step's key covers the source of its module (the step's logic and its task wrapper),
+the bytes of every file or folder it reads, and the values of its other inputs. Running the
+same configuration twice therefore does the heavy work once, and changing one image or one
+value redoes what depends on it and nothing else. Output locations are not inputs of the
+cached steps: they write to the cache's work folder and the last step publishes.
+"""
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from prefect.cache_policies import CachePolicy
+from prefect.context import TaskRunContext
+from prefect.utilities.hashing import hash_objects
+
+from core.files import hash_path
+
+
+@dataclass
+class ContentCachePolicy(CachePolicy):
+    """Key = module source + content of the inputs named in `file_inputs` + other input values.
+
+    `file_inputs` name parameters holding a path or a list of paths. Parameters named in
+    `ignore` (say, a progress-bar switch) do not enter the key.
+    """
+
+    file_inputs: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = field(default=())
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> Optional[str]:
+        module = sys.modules[task_ctx.task.fn.__module__]
+        parts: dict[str, Any] = {"source": inspect.getsource(module)}
+        for name, value in sorted(inputs.items()):
+            if name in self.ignore:
+                continue
+            if name in self.file_inputs:
+                paths = value if isinstance(value, (list, tuple)) else [value]
+                parts[name] = [hash_path(p) for p in paths]
+            else:
+                parts[name] = value
+        return hash_objects(parts, raise_on_failure=True)

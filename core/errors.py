@@ -1,0 +1,28 @@
+"""Errors the user can fix by changing their input, as opposed to bugs or passing faults."""
+
+
+class InputError(Exception):
+    """A problem with what the user gave us (configuration, images, labels, model).
+
+    Retrying cannot help, so the workflow's retry policy never retries these.
+    """
+
+
+class ConfigError(InputError):
+    """One or more problems found in a configuration, all reported together."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"configuration invalid{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines += [f"  - {p}" for p in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class StepError(Exception):
+    """An external library (MCT, the TFLite converter, TensorFlow) failed inside a step."""
+
+    def __init__(self, step: str, model: str, cause: BaseException):
+        self.step, self.model = step, model
+        super().__init__(f"step '{step}' failed for model {model}: {type(cause).__name__}: {cause}")

@@ -1,0 +1,87 @@
+"""Atomic writes and content hashing of files and folders."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+_CHUNK = 1 << 20
+
+
+def _atomic(destination: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write` on a temporary name in the destination's folder, then rename into place.
+
+    A crash or kill leaves either the old file or the new one, never a truncated file.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return destination
+
+
+def atomic_write_bytes(destination: Path, data: bytes) -> Path:
+    return _atomic(destination, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(destination: Path, text: str) -> Path:
+    return _atomic(destination, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(destination: Path, obj: Any) -> Path:
+    return atomic_write_text(destination, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_copy(source: Path, destination: Path) -> Path:
+    return _atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def atomic_save_numpy(destination: Path, array) -> Path:
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    return _atomic(destination, write)
+
+
+def hash_path(path: str | Path) -> str:
+    """Hex digest of a file's bytes, or of a folder's files (relative names and bytes, sorted)."""
+    path = Path(path)
+    digest = hashlib.blake2b(digest_size=20)
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(path).as_posix().encode())
+            digest.update(b"\0")
+            _update_with_file(digest, file)
+    else:
+        _update_with_file(digest, path)
+    return digest.hexdigest()
+
+
+def hash_files(paths: list[str | Path]) -> str:
+    """Hex digest of several files' names and bytes, in the order given."""
+    digest = hashlib.blake2b(digest_size=20)
+    for path in paths:
+        digest.update(str(path).encode())
+        digest.update(b"\0")
+        _update_with_file(digest, Path(path))
+    return digest.hexdigest()
+
+
+def _update_with_file(digest, file: Path) -> None:
+    with open(file, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)

@@ -1,0 +1,48 @@
+"""Finding and decoding image files."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageOps
+
+from core.errors import InputError
+
+JPEG_SUFFIXES = {".jpg", ".jpeg"}
+# An image larger than this many pixels is refused rather than decoded (a 16k x 16k image
+# alone decodes to 768 MB); Pillow's own bomb check only warns below twice its limit.
+MAX_PIXELS = 64_000_000
+
+
+def is_junk(path: Path) -> bool:
+    """Hidden files and folders and OS droppings (Thumbs.db, .DS_Store, AppleDouble '._x.jpg')."""
+    return any(part.startswith(".") for part in path.parts) or path.name.lower() in {"thumbs.db", "desktop.ini"}
+
+
+def find_jpegs(folder: Path) -> list[Path]:
+    """JPEG files (.jpg / .jpeg in any case) anywhere below `folder`, sorted for reproducibility."""
+    folder = Path(folder)
+    return sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in JPEG_SUFFIXES and p.is_file() and not is_junk(p.relative_to(folder))
+    )
+
+
+def decode_rgb(path: Path) -> Image.Image:
+    """Decode an image file to RGB whatever its mode (grayscale, CMYK, palette, 16-bit)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS:
+                    raise InputError(
+                        f"image {path} is {image.width} x {image.height} pixels, over the limit of {MAX_PIXELS:,}: "
+                        "downscale it or remove it from the folder"
+                    )
+                image = ImageOps.exif_transpose(image)
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    image = image.point(lambda v: v / 256).convert("L")
+                return image.convert("RGB")
+    except InputError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise InputError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc}): replace or remove the file") from None

@@ -1,0 +1,105 @@
+"""Loading the models the workflow handles, and running them on batches of preprocessed images."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core.errors import InputError
+
+KERAS_FILE_SUFFIXES = {".h5", ".hdf5", ".keras"}
+
+
+def keras_model_format(path: Path) -> str | None:
+    """'h5', 'keras' or 'saved_model' for a loadable layout, None for anything else."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in {".h5", ".hdf5"}:
+        return "h5"
+    if path.is_file() and path.suffix.lower() == ".keras":
+        return "keras"
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return "saved_model"
+    return None
+
+
+def load_keras_model(path: str | Path):
+    """Load the user's float Keras model, uncompiled (we only run inference)."""
+    import tensorflow as tf
+
+    path = Path(path)
+    fmt = keras_model_format(path)
+    if fmt is None:
+        raise InputError(f"model {path} is not a Keras model: expected an .h5 or .keras file, or a SavedModel folder holding saved_model.pb")
+    try:
+        if fmt == "keras":
+            return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+        return tf.keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for unreadable files
+        raise InputError(f"model {path} cannot be loaded as a Keras model ({type(exc).__name__}: {exc})") from None
+
+
+def load_quantized_keras_model(path: str | Path):
+    """Load a model written by MCT's Keras exporter (its quantizer layers need MCT's custom objects)."""
+    import model_compression_toolkit as mct
+
+    return mct.keras_load_quantized_model(str(path), compile=False)
+
+
+def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda batch: np.asarray(model.predict_on_batch(batch))
+
+
+class TFLitePredictor:
+    """Runs a .tflite classifier on float32 batches, converting for integer inputs and outputs.
+
+    An integer-input model is fed `round(x / scale) + zero_point` with its own input scale and
+    zero point (the old notebook fed raw pixels to a uint8 model, right only by coincidence).
+    """
+
+    def __init__(self, path: str | Path, num_threads: int | None = None):
+        import tensorflow as tf
+
+        self.interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.batch_resizable = int(self.input["shape_signature"][0]) == -1
+        self._allocated_batch = None
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self.input["dtype"]).name
+
+    def _allocate(self, batch: int) -> None:
+        if self._allocated_batch != batch:
+            shape = [batch, *map(int, self.input["shape"][1:])]
+            self.interpreter.resize_tensor_input(self.input["index"], shape)
+            self.interpreter.allocate_tensors()
+            self._allocated_batch = batch
+
+    def _to_input(self, batch: np.ndarray) -> np.ndarray:
+        dtype = np.dtype(self.input["dtype"])
+        if dtype.kind == "f":
+            return batch.astype(dtype, copy=False)
+        scale, zero_point = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(batch / scale) + zero_point, info.min, info.max).astype(dtype)
+
+    def _from_output(self, raw: np.ndarray) -> np.ndarray:
+        if np.dtype(self.output["dtype"]).kind == "f":
+            return raw.astype(np.float32, copy=False)
+        scale, zero_point = self.output["quantization"]
+        return (raw.astype(np.float32) - zero_point) * scale
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if not self.batch_resizable:
+            return np.concatenate([self._run(batch[i : i + 1]) for i in range(len(batch))])
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        self._allocate(len(batch))
+        self.interpreter.set_tensor(self.input["index"], self._to_input(batch))
+        self.interpreter.invoke()
+        # Output details are read again: resizing the input can reallocate the output tensor.
+        out = self.interpreter.get_output_details()[0]
+        return self._from_output(self.interpreter.get_tensor(out["index"]))

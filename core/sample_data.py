@@ -1,0 +1,97 @@
+"""The sample: scikit-learn's handwritten digits (shipped inside the package, no download)
+written as JPEG class folders, and a small Keras CNN trained on them here.
+
+    python -m core.sample_data [--dest sample_data/digits]
+
+Writes DEST/training/<digit>/*.jpg (calibration), DEST/validation/<digit>/*.jpg (evaluation),
+DEST/labels.json and DEST/model.h5. Nothing is rewritten when DEST/model.h5 already exists.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from core.config import Preprocessing
+from core.files import atomic_write_json
+from core.images import decode_rgb, find_jpegs
+from core.preprocessing import preprocess
+from core.storage import REPO_ROOT
+
+IMAGE_SIZE = 32
+DEFAULT_DEST = REPO_ROOT / "sample_data" / "digits"
+
+
+def write_images(dest: Path, train_count: int, validation_count: int, seed: int = 0) -> None:
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(seed).permutation(len(digits.images))
+    splits = {"training": order[:train_count], "validation": order[train_count : train_count + validation_count]}
+    for split, indices in splits.items():
+        for i in indices:
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)  # the digits are 8 x 8, values 0..16
+            image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR).convert("RGB")
+            folder = dest / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            image.save(folder / f"digit_{i:04d}.jpg", quality=95)
+    atomic_write_json(dest / "labels.json", {str(d): d for d in range(10)})
+
+
+def train_model(dest: Path, epochs: int = 30, seed: int = 0) -> Path:
+    """Train the small CNN on the training JPEGs, read through the workflow's own preprocessing."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    spec = Preprocessing()
+    files = find_jpegs(dest / "training")
+    x = np.stack([preprocess(decode_rgb(f), IMAGE_SIZE, spec) for f in files])
+    y = np.array([int(f.parent.name) for f in files])
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
+    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    path = dest / "model.h5"
+    tmp = dest / ".model.h5.tmp.h5"
+    model.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def make_sample(dest: Path = DEFAULT_DEST, train_count: int = 1200, validation_count: int = 400, epochs: int = 30) -> Path:
+    dest = Path(dest)
+    if (dest / "model.h5").exists():
+        return dest
+    write_images(dest, train_count, validation_count)
+    train_model(dest, epochs)
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m core.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"where to write the sample (default {DEFAULT_DEST.relative_to(REPO_ROOT)})")
+    parser.add_argument("--train-count", type=int, default=1200, help="training (calibration) images (default 1200)")
+    parser.add_argument("--validation-count", type=int, default=400, help="validation (evaluation) images (default 400)")
+    args = parser.parse_args()
+    dest = make_sample(args.dest, args.train_count, args.validation_count)
+    print(f"sample ready in {dest}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Step 2: load the calibration set: a seeded sample of the JPEGs below `dataset_image_dir`,
+decoded to RGB and preprocessed once, saved as one array of `iteration_count * batch_size` images.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from tqdm import tqdm
+
+from core.caching import ContentCachePolicy
+from core.config import Preprocessing
+from core.files import atomic_save_numpy
+from core.images import decode_rgb, find_jpegs
+from core.preprocessing import preprocess
+from core.retry import RETRY_OPTIONS
+from core.storage import new_work_dir
+
+
+def sample_indices(image_count: int, needed: int, seed: int) -> np.ndarray:
+    """Which images feed calibration: without replacement while there are enough; otherwise
+    whole shuffled passes over the set, so every image is used as evenly as possible."""
+    rng = np.random.default_rng(seed)
+    passes = [rng.permutation(image_count) for _ in range(-(-needed // image_count))]
+    return np.concatenate(passes)[:needed]
+
+
+def load_calibration_set(
+    dataset_image_dir: str,
+    input_tensor_size: int,
+    batch_size: int,
+    iteration_count: int,
+    preprocessing: Preprocessing,
+    seed: int,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict:
+    files = find_jpegs(Path(dataset_image_dir))
+    needed = batch_size * iteration_count
+    indices = sample_indices(len(files), needed, seed)
+    unique = sorted(set(indices.tolist()))
+    decoded = {}
+    for i in tqdm(unique, desc="calibration images", unit="img", disable=not progress):
+        decoded[i] = preprocess(decode_rgb(files[i]), input_tensor_size, preprocessing)
+    images = np.stack([decoded[i] for i in indices.tolist()])
+    path = atomic_save_numpy(Path(out_dir) / "calibration.npy", images)
+    return {
+        "path": str(path),
+        "batch_size": batch_size,
+        "iteration_count": iteration_count,
+        "images_found": len(files),
+        "images_used": len(unique),
+        "seed": seed,
+    }
+
+
+@task(
+    name="load-calibration-set",
+    cache_policy=ContentCachePolicy(file_inputs=("dataset_image_dir",), ignore=("progress",)),
+    persist_result=True,
+    **RETRY_OPTIONS,
+)
+def load_calibration_set_task(
+    dataset_image_dir: str,
+    input_tensor_size: int,
+    batch_size: int,
+    iteration_count: int,
+    preprocessing: Preprocessing,
+    seed: int,
+    progress: bool = True,
+) -> dict:
+    from prefect.logging import get_run_logger
+
+    result = load_calibration_set(
+        dataset_image_dir, input_tensor_size, batch_size, iteration_count, preprocessing, seed, new_work_dir("calibration"), progress
+    )
+    get_run_logger().info(
+        "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s",
+        iteration_count, batch_size, result["images_used"], result["images_found"], dataset_image_dir, seed, result["path"],
+    )
+    return result

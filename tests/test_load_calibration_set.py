@@ -1,0 +1,27 @@
+"""The calibration set: a seeded, reproducible sample of iteration_count batches of batch_size."""
+import numpy as np
+
+from core.config import Preprocessing
+from tasks.load_calibration_set import load_calibration_set, sample_indices
+
+
+def test_the_sample_is_reproducible_from_its_seed_and_changes_with_it():
+    assert sample_indices(100, 30, seed=7).tolist() == sample_indices(100, 30, seed=7).tolist()
+    assert sample_indices(100, 30, seed=7).tolist() != sample_indices(100, 30, seed=8).tolist()
+
+
+def test_images_are_not_repeated_while_there_are_enough():
+    assert len(set(sample_indices(100, 100, seed=0).tolist())) == 100
+
+
+def test_when_more_are_needed_every_image_is_used_as_evenly_as_possible():
+    counts = np.bincount(sample_indices(10, 25, seed=0), minlength=10)
+    assert counts.min() >= 2 and counts.max() <= 3
+
+
+def test_the_set_holds_iteration_count_batches_preprocessed(sample_dir, tmp_path):
+    result = load_calibration_set(str(sample_dir / "training"), 32, 8, 3, Preprocessing(), seed=1, out_dir=tmp_path, progress=False)
+    images = np.load(result["path"])
+    assert images.shape == (24, 32, 32, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert result["images_found"] == 300 and result["images_used"] == 24

@@ -1,0 +1,212 @@
+"""The configuration is checked up front; each problem names the key, the value and what was expected."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from core.errors import ConfigError
+from tasks.validate_config import validate_config
+from tests.conftest import sdk_config, write_config
+
+
+def error_for(config: dict, tmp_path: Path) -> str:
+    path = write_config(tmp_path / "cfg" / "configuration.json", config)
+    with pytest.raises(ConfigError) as info:
+        validate_config(config_path=path)
+    return str(info.value)
+
+
+def test_a_valid_sdk_configuration_passes_with_its_paths_made_absolute(sample_dir, tmp_path):
+    path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
+    validated = validate_config(config_path=path)
+    assert validated.class_names == [str(d) for d in range(10)]
+    assert validated.model_format == "h5"
+    assert validated.model_input_shape == [None, 32, 32, 3]
+    assert validated.calibration_image_count == 300
+    assert validated.evaluation_image_count == 120
+    assert validated.config.preprocessing.resize == "stretch"  # the documented default
+    assert validated.config.target_platform == "imx500"
+
+
+def test_relative_paths_resolve_against_the_configuration_files_folder(sample_dir, tmp_path):
+    config_dir = sample_dir.parent / "configs" / "nested"
+    config = sdk_config(sample_dir, tmp_path)
+    config["source_keras_model"] = os.path.relpath(sample_dir / "model.h5", config_dir)
+    path = write_config(config_dir / "configuration.json", config)
+    validated = validate_config(config_path=path)
+    assert validated.config.source_keras_model == str(sample_dir / "model.h5")
+
+
+def test_an_inline_configuration_resolves_relative_paths_against_base_dir(sample_dir, tmp_path):
+    config = sdk_config(sample_dir, tmp_path, source_keras_model="model.h5")
+    validated = validate_config(config=config, base_dir=sample_dir)
+    assert validated.config.source_keras_model == str(sample_dir / "model.h5")
+
+
+@pytest.mark.parametrize("key", ["batch_size", "evaluate_label_file", "output_dir"])
+def test_a_missing_key_is_named_with_what_it_should_hold(sample_dir, tmp_path, key):
+    config = sdk_config(sample_dir, tmp_path)
+    del config[key]
+    message = error_for(config, tmp_path)
+    assert f"key '{key}' is missing" in message
+    assert "expected" in message
+
+
+def test_an_unknown_key_is_refused_with_the_closest_known_key(sample_dir, tmp_path):
+    config = sdk_config(sample_dir, tmp_path)
+    config["bach_size"] = config.pop("batch_size")
+    message = error_for(config, tmp_path)
+    assert "unknown key 'bach_size' (did you mean 'batch_size'?)" in message
+
+
+def test_keys_are_case_sensitive(sample_dir, tmp_path):
+    config = sdk_config(sample_dir, tmp_path)
+    config["Batch_Size"] = config.pop("batch_size")
+    message = error_for(config, tmp_path)
+    assert "unknown key 'Batch_Size'" in message and "key 'batch_size' is missing" in message
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [("10", "'10' (a string)"), (10.0, "10.0 (a number with a fraction)"), (True, "True (a boolean)"), (0, "0 (an integer)"), (-3, "-3 (an integer)")],
+)
+def test_integer_keys_take_only_integers_of_at_least_one(sample_dir, tmp_path, value, shown):
+    message = error_for(sdk_config(sample_dir, tmp_path, iteration_count=value), tmp_path)
+    assert f"key 'iteration_count' has value {shown}" in message
+    assert "expected calibration batches" in message
+
+
+def test_an_empty_path_string_is_refused(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, output_dir=""), tmp_path)
+    assert "key 'output_dir' has value '' (a string)" in message
+
+
+def test_an_extension_with_a_leading_dot_is_refused(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, evaluate_image_extension=".jpg"), tmp_path)
+    assert "key 'evaluate_image_extension' has value '.jpg'" in message
+    assert "without the dot" in message
+
+
+def test_the_extension_is_case_sensitive_and_the_message_says_so(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, evaluate_image_extension="JPG"), tmp_path)
+    assert "no '*.JPG' files" in message and "case sensitive" in message
+
+
+def test_every_problem_is_reported_at_once(sample_dir, tmp_path):
+    config = sdk_config(sample_dir, tmp_path, batch_size=0, input_tensor_size="32")
+    del config["output_dir"]
+    message = error_for(config, tmp_path)
+    assert "3 problems" in message
+    assert "'batch_size'" in message and "'input_tensor_size'" in message and "'output_dir'" in message
+
+
+def test_a_file_that_is_not_json_is_refused_with_the_position(tmp_path):
+    path = tmp_path / "configuration.json"
+    path.write_text('{"batch_size": 5,,}')
+    with pytest.raises(ConfigError, match=r"is not valid JSON: .* line 1, column 18"):
+        validate_config(config_path=path)
+
+
+def test_a_json_document_that_is_not_an_object_is_refused(tmp_path):
+    path = tmp_path / "configuration.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must be a JSON object of keys and values, got list"):
+        validate_config(config_path=path)
+
+
+def test_a_missing_configuration_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="configuration file .*nope.json' does not exist"):
+        validate_config(config_path=tmp_path / "nope.json")
+
+
+def test_paths_that_do_not_exist_or_have_the_wrong_kind_are_named(sample_dir, tmp_path):
+    config = sdk_config(
+        sample_dir,
+        tmp_path,
+        source_keras_model=str(tmp_path / "missing.h5"),
+        dataset_image_dir=str(sample_dir / "labels.json"),
+        evaluate_label_file=str(sample_dir / "training"),
+        output_dir=str(sample_dir / "model.h5"),
+    )
+    message = error_for(config, tmp_path)
+    assert "key 'source_keras_model'" in message and "missing.h5 does not exist" in message
+    assert "key 'dataset_image_dir'" in message and "labels.json is a file; expected a folder" in message
+    assert "key 'evaluate_label_file'" in message and "training is a folder; expected a JSON file" in message
+    assert "key 'output_dir'" in message and "model.h5 is a file; expected a folder" in message
+
+
+def test_a_model_path_of_an_unknown_format_is_refused(sample_dir, tmp_path):
+    weird = tmp_path / "model.onnx"
+    weird.write_bytes(b"not a keras model")
+    message = error_for(sdk_config(sample_dir, tmp_path, source_keras_model=str(weird)), tmp_path)
+    assert "is a file with suffix '.onnx'; expected an .h5 or .keras file, or a Keras SavedModel folder" in message
+
+
+def test_a_symbolic_link_is_refused(own_sample, tmp_path):
+    link = tmp_path / "linked_model.h5"
+    link.symlink_to(own_sample / "model.h5")
+    message = error_for(sdk_config(own_sample, tmp_path, source_keras_model=str(link)), tmp_path)
+    assert "key 'source_keras_model'" in message and "is a symbolic link" in message
+
+
+def test_a_symbolic_link_in_a_parent_folder_is_refused(own_sample, tmp_path):
+    linked_dir = tmp_path / "linked_sample"
+    linked_dir.symlink_to(own_sample, target_is_directory=True)
+    message = error_for(sdk_config(own_sample, tmp_path, dataset_image_dir=str(linked_dir / "training")), tmp_path)
+    assert "key 'dataset_image_dir'" in message and f"{linked_dir} is a symbolic link" in message
+
+
+def test_batch_size_may_not_exceed_the_calibration_images(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, batch_size=301), tmp_path)
+    assert "key 'batch_size' = 301: larger than the 300 calibration images" in message
+
+
+def test_a_calibration_folder_without_jpegs_is_refused(sample_dir, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "note.png").write_bytes(b"png")
+    message = error_for(sdk_config(sample_dir, tmp_path, dataset_image_dir=str(empty)), tmp_path)
+    assert "no JPEG files (.jpg, .jpeg) anywhere below" in message
+
+
+def test_input_tensor_size_must_match_the_model(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, input_tensor_size=224), tmp_path)
+    assert "key 'input_tensor_size' = 224: the model's input is 32 x 32" in message
+
+
+@pytest.mark.parametrize(
+    "labels, expected",
+    [
+        ({"a": 0, "b": 0}, "ids [0] are used more than once"),
+        ({"a": 1, "b": 2}, "ids are [1, 2]; expected each of 0..1 exactly once"),
+        ({"a": "0"}, "ids must be integers"),
+        ([0, 1], "holds list"),
+    ],
+)
+def test_the_label_file_must_map_unique_names_to_ids_0_to_n_minus_1(sample_dir, tmp_path, labels, expected):
+    label_file = tmp_path / "labels.json"
+    label_file.write_text(json.dumps(labels))
+    message = error_for(sdk_config(sample_dir, tmp_path, evaluate_label_file=str(label_file)), tmp_path)
+    assert "key 'evaluate_label_file'" in message and expected in message
+
+
+def test_the_label_count_must_equal_the_models_outputs(own_sample, tmp_path):
+    labels = {str(d): d for d in range(11)}
+    (own_sample / "labels.json").write_text(json.dumps(labels))
+    message = error_for(sdk_config(own_sample, tmp_path), tmp_path)
+    assert "it names 11 classes but the model outputs 10 scores" in message
+
+
+def test_a_class_folder_missing_from_the_labels_is_named(own_sample, tmp_path):
+    (own_sample / "validation" / "7").rename(own_sample / "validation" / "seven")
+    message = error_for(sdk_config(own_sample, tmp_path), tmp_path)
+    assert "class folders ['seven'] have no entry in the label file" in message
+
+
+def test_a_label_without_a_folder_is_allowed_and_reported(own_sample, tmp_path):
+    import shutil
+
+    shutil.rmtree(own_sample / "validation" / "3")
+    path = write_config(tmp_path / "configuration.json", sdk_config(own_sample, tmp_path))
+    assert validate_config(config_path=path).labels_without_folder == ["3"]

@@ -8,3 +8,5 @@ import os
 
 # TensorFlow is chatty at import; keep warnings and errors only unless the user asked otherwise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The workflow runs offline: Prefect's server must not try to send telemetry home.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Any, Optional
 
@@ -18,7 +19,7 @@ from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from core.config import QuantizeConfig
+from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
 from core.storage import results_storage_dir
 from tasks.convert_to_tflite import convert_to_tflite_task
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print results.json's content instead of the table")
     args = parser.parse_args(argv)
     try:
+        load_config_file(args.config_path)  # structural problems are reported before Prefect starts
         results = quantize_evaluate(config_path=args.config_path, progress=not args.no_progress)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -95,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the run failed: its log holds the details, the cause goes last
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The ephemeral API logs its shutdown at exit; keep the outcome as the last line instead.
+        logging.getLogger("prefect").setLevel(logging.WARNING)
     print(json.dumps(results, indent=2) if args.json else "\n" + format_table(results))
     return 0
 

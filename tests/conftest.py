@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 
-SAMPLE_TRAIN, SAMPLE_VALIDATION = 300, 120
+SAMPLE_TRAIN, SAMPLE_VALIDATION = 600, 120
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +32,7 @@ def sample_dir() -> Path:
     """The digits sample, small: a real CNN trained here on real images."""
     from core.sample_data import make_sample
 
-    return make_sample(_SESSION_DIR / "sample", train_count=SAMPLE_TRAIN, validation_count=SAMPLE_VALIDATION, epochs=25)
+    return make_sample(_SESSION_DIR / "sample", train_count=SAMPLE_TRAIN, validation_count=SAMPLE_VALIDATION, epochs=30)
 
 
 def sdk_config(sample: Path, out: Path, **overrides) -> dict:

@@ -3,6 +3,7 @@ import numpy as np
 
 from core.config import Preprocessing
 from tasks.load_calibration_set import load_calibration_set, sample_indices
+from tests.conftest import SAMPLE_TRAIN
 
 
 def test_the_sample_is_reproducible_from_its_seed_and_changes_with_it():
@@ -24,4 +25,4 @@ def test_the_set_holds_iteration_count_batches_preprocessed(sample_dir, tmp_path
     images = np.load(result["path"])
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0
-    assert result["images_found"] == 300 and result["images_used"] == 24
+    assert result["images_found"] == SAMPLE_TRAIN and result["images_used"] == 24

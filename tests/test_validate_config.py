@@ -7,7 +7,7 @@ import pytest
 
 from core.errors import ConfigError
 from tasks.validate_config import validate_config
-from tests.conftest import sdk_config, write_config
+from tests.conftest import SAMPLE_TRAIN, sdk_config, write_config
 
 
 def error_for(config: dict, tmp_path: Path) -> str:
@@ -23,7 +23,7 @@ def test_a_valid_sdk_configuration_passes_with_its_paths_made_absolute(sample_di
     assert validated.class_names == [str(d) for d in range(10)]
     assert validated.model_format == "h5"
     assert validated.model_input_shape == [None, 32, 32, 3]
-    assert validated.calibration_image_count == 300
+    assert validated.calibration_image_count == SAMPLE_TRAIN
     assert validated.evaluation_image_count == 120
     assert validated.config.preprocessing.resize == "stretch"  # the documented default
     assert validated.config.target_platform == "imx500"
@@ -158,8 +158,8 @@ def test_a_symbolic_link_in_a_parent_folder_is_refused(own_sample, tmp_path):
 
 
 def test_batch_size_may_not_exceed_the_calibration_images(sample_dir, tmp_path):
-    message = error_for(sdk_config(sample_dir, tmp_path, batch_size=301), tmp_path)
-    assert "key 'batch_size' = 301: larger than the 300 calibration images" in message
+    message = error_for(sdk_config(sample_dir, tmp_path, batch_size=SAMPLE_TRAIN + 1), tmp_path)
+    assert f"key 'batch_size' = {SAMPLE_TRAIN + 1}: larger than the {SAMPLE_TRAIN} calibration images" in message
 
 
 def test_a_calibration_folder_without_jpegs_is_refused(sample_dir, tmp_path):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 
 from core.errors import ConfigError
 
@@ -97,6 +97,9 @@ class QuantizeConfig(BaseModel):
         description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
     )
     evaluation_batch_size: StrictInt = Field(32, ge=1, le=4096, description="Images per inference call during evaluation.")
+    allow_unsafe_model_code: StrictBool = Field(
+        False, description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust."
+    )
 
 
 def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:

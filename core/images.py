@@ -29,6 +29,7 @@ def find_jpegs(folder: Path) -> list[Path]:
 
 def decode_rgb(path: Path) -> Image.Image:
     """Decode an image file to RGB whatever its mode (grayscale, CMYK, palette, 16-bit)."""
+    path = Path(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -38,6 +39,8 @@ def decode_rgb(path: Path) -> Image.Image:
                         f"image {path} is {image.width} x {image.height} pixels, over the limit of {MAX_PIXELS:,}: "
                         "downscale it or remove it from the folder"
                     )
+                if path.suffix.lower() in JPEG_SUFFIXES and image.format != "JPEG":
+                    raise InputError(f"image {path} is a {image.format} file named {path.suffix}: convert it to JPEG or rename it")
                 image = ImageOps.exif_transpose(image)
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     image = image.point(lambda v: v / 256).convert("L")

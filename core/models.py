@@ -23,17 +23,64 @@ def keras_model_format(path: Path) -> str | None:
     return None
 
 
-def load_keras_model(path: str | Path):
-    """Load the user's float Keras model, uncompiled (we only run inference)."""
+def _stored_config(path: Path, fmt: str) -> dict | None:
+    """The architecture a model file stores, read without deserializing any layer."""
+    import json
+    import zipfile
+
+    try:
+        if fmt == "h5":
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                raw = f.attrs.get("model_config")
+        elif fmt == "keras":
+            with zipfile.ZipFile(path) as z:
+                raw = z.read("config.json")
+        else:
+            return None
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    if raw is None:
+        return None
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def code_carrying_layers(config: object) -> list[str]:
+    """Names of the Lambda layers in a stored architecture: loading them executes code stored in the file."""
+    found = []
+    if isinstance(config, dict):
+        if config.get("class_name") == "Lambda":
+            found.append(str(config.get("config", {}).get("name", "lambda")))
+        for value in config.values():
+            found += code_carrying_layers(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += code_carrying_layers(value)
+    return found
+
+
+def load_keras_model(path: str | Path, allow_unsafe_code: bool = False):
+    """Load the user's float Keras model, uncompiled (we only run inference).
+
+    Lambda layers are refused unless `allow_unsafe_code`: a model file is data, and loading
+    one must not run code an attacker put in it (Keras's safe mode, extended to .h5 files).
+    """
     import tensorflow as tf
 
     path = Path(path)
     fmt = keras_model_format(path)
     if fmt is None:
         raise InputError(f"model {path} is not a Keras model: expected an .h5 or .keras file, or a SavedModel folder holding saved_model.pb")
+    lambdas = code_carrying_layers(_stored_config(path, fmt))
+    if lambdas and not allow_unsafe_code:
+        raise InputError(
+            f"model {path} has Lambda layers {lambdas}: loading them runs Python code stored in the file. "
+            'If you trust the file, set "allow_unsafe_model_code": true in the configuration'
+        )
     try:
         if fmt == "keras":
-            return tf.keras.models.load_model(path, compile=False, safe_mode=True)
+            return tf.keras.models.load_model(path, compile=False, safe_mode=not allow_unsafe_code)
         return tf.keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
         raise InputError(f"model {path} cannot be loaded as a Keras model ({type(exc).__name__}: {exc})") from None

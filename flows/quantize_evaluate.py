@@ -50,14 +50,15 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
     evaluation_set = load_evaluation_set_task.submit(c.evaluate_image_dir, c.evaluate_image_extension, validated.class_names, c.input_tensor_size, c.preprocessing, progress)
-    float_tflite = convert_to_tflite_task.submit(c.source_keras_model, c.float_tflite)
+    unsafe = c.allow_unsafe_model_code
+    float_tflite = convert_to_tflite_task.submit(c.source_keras_model, c.float_tflite, unsafe)
     calibration = load_calibration_set_task(c.dataset_image_dir, c.input_tensor_size, c.batch_size, c.iteration_count, c.preprocessing, c.seed, progress)
-    quantization = quantize_with_mct_task.submit(c.source_keras_model, calibration["path"], c.batch_size, c.target_platform, progress)
+    quantization = quantize_with_mct_task.submit(c.source_keras_model, calibration["path"], c.batch_size, c.target_platform, progress, unsafe)
 
     images, labels = evaluation_set.result()["images_path"], evaluation_set.result()["labels_path"]
 
     def evaluate(model_name: str, model_path: str):
-        return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress)
+        return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress, unsafe)
 
     evaluations = [evaluate("keras", c.source_keras_model), evaluate("tflite", float_tflite.result()["path"])]
     evaluations.append(evaluate("keras_quantized", quantization.result()["path"]))
@@ -65,7 +66,9 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
     evaluations.append(evaluate("tflite_quantized", quantized_tflite["path"]))
     # Let every evaluation finish (and be cached) before a failed one fails the run.
     wait(evaluations)
-    return record_results_task(validated, calibration, quantization.result(), float_tflite.result(), quantized_tflite, [e.result() for e in evaluations])
+    return record_results_task(
+        validated, calibration, quantization.result(), float_tflite.result(), quantized_tflite, evaluation_set.result(), [e.result() for e in evaluations]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,10 +18,10 @@ from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
 
-def convert_to_tflite(model_path: str, mode: str, out_dir: Path) -> dict:
+def convert_to_tflite(model_path: str, mode: str, out_dir: Path, allow_unsafe_code: bool = False) -> dict:
     import tensorflow as tf
 
-    model = load_keras_model(model_path)
+    model = load_keras_model(model_path, allow_unsafe_code)
     try:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
         if mode == "dynamic_range":
@@ -34,9 +34,9 @@ def convert_to_tflite(model_path: str, mode: str, out_dir: Path) -> dict:
 
 
 @task(name="convert-to-tflite", cache_policy=ContentCachePolicy(file_inputs=("model_path",)), persist_result=True, **RETRY_OPTIONS)
-def convert_to_tflite_task(model_path: str, mode: str) -> dict:
+def convert_to_tflite_task(model_path: str, mode: str, allow_unsafe_code: bool = False) -> dict:
     from prefect.logging import get_run_logger
 
-    result = convert_to_tflite(model_path, mode, new_work_dir("convert"))
+    result = convert_to_tflite(model_path, mode, new_work_dir("convert"), allow_unsafe_code)
     get_run_logger().info("TensorFlow's converter made a %s TFLite model of %s -> %s", mode, model_path, result["path"])
     return result

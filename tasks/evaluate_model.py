@@ -28,9 +28,9 @@ class InjectedFault(RuntimeError):
     """Raised on purpose, through QUANTIZE_FAIL_EVALUATION."""
 
 
-def make_predictor(model_name: str, model_path: str):
+def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
     if model_name == "keras":
-        return keras_predictor(load_keras_model(model_path))
+        return keras_predictor(load_keras_model(model_path, allow_unsafe_code))
     if model_name == "keras_quantized":
         return keras_predictor(load_quantized_keras_model(model_path))
     if model_name in ("tflite", "tflite_quantized"):
@@ -38,9 +38,11 @@ def make_predictor(model_name: str, model_path: str):
     raise ValueError(f"unknown model name {model_name!r}: expected one of {MODEL_NAMES}")
 
 
-def predict_classes(model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True) -> np.ndarray:
+def predict_classes(
+    model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+) -> np.ndarray:
     images = np.load(images_path, mmap_mode="r")
-    predict = make_predictor(model_name, model_path)
+    predict = make_predictor(model_name, model_path, allow_unsafe_code)
     predicted = np.empty(len(images), np.int64)
     with tqdm(total=len(images), desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
@@ -50,12 +52,14 @@ def predict_classes(model_name: str, model_path: str, images_path: str, batch_si
     return predicted
 
 
-def evaluate_model(model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True) -> dict:
+def evaluate_model(
+    model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+) -> dict:
     injected = {name.strip() for name in os.environ.get(FAULT_ENV, "").split(",") if name.strip()}
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     started = time.perf_counter()
-    predicted = predict_classes(model_name, model_path, images_path, batch_size, progress)
+    predicted = predict_classes(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
     labels = np.load(labels_path)
     correct = int(np.sum(predicted == labels))
     return {
@@ -76,10 +80,12 @@ def evaluate_model(model_name: str, model_path: str, images_path: str, labels_pa
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def evaluate_model_task(model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True) -> dict:
+def evaluate_model_task(
+    model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+) -> dict:
     from prefect.logging import get_run_logger
 
-    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress)
+    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code)
     get_run_logger().info(
         "%s: Top-1 %.4f (%d of %d images) in %.1f s", model_name, result["top_1_accuracy"], result["correct"], result["image_count"], result["seconds"]
     )

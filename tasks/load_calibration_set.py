@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from core.caching import ContentCachePolicy
 from core.config import Preprocessing
+from core.errors import InputError
 from core.files import atomic_save_numpy
 from core.images import decode_rgb, find_jpegs
 from core.preprocessing import preprocess
@@ -38,20 +39,38 @@ def load_calibration_set(
 ) -> dict:
     files = find_jpegs(Path(dataset_image_dir))
     needed = batch_size * iteration_count
-    indices = sample_indices(len(files), needed, seed)
-    unique = sorted(set(indices.tolist()))
-    decoded = {}
-    for i in tqdm(unique, desc="calibration images", unit="img", disable=not progress):
-        decoded[i] = preprocess(decode_rgb(files[i]), input_tensor_size, preprocessing)
-    images = np.stack([decoded[i] for i in indices.tolist()])
+    # Files that cannot be decoded are skipped and counted; the draw goes on past them (one
+    # extra pass over the set at most), so without bad files the sample is sample_indices(needed).
+    decoded: dict[int, np.ndarray] = {}
+    skipped: dict[int, str] = {}
+    chosen: list[int] = []
+    with tqdm(total=needed, desc="calibration images", unit="img", disable=not progress) as bar:
+        for i in sample_indices(len(files), needed + len(files), seed).tolist():
+            if len(chosen) == needed:
+                break
+            if i in skipped:
+                continue
+            if i not in decoded:
+                try:
+                    decoded[i] = preprocess(decode_rgb(files[i]), input_tensor_size, preprocessing)
+                except InputError as exc:
+                    skipped[i] = str(exc)
+                    continue
+            chosen.append(i)
+            bar.update(1)
+    if not decoded:
+        raise InputError(f"none of the {len(files)} JPEG files below {dataset_image_dir} can be decoded; first problem: {next(iter(skipped.values()))}")
+    chosen = (chosen * -(-needed // len(chosen)))[:needed]  # only when nearly every file was bad
+    images = np.stack([decoded[i] for i in chosen])
     path = atomic_save_numpy(Path(out_dir) / "calibration.npy", images)
     return {
         "path": str(path),
         "batch_size": batch_size,
         "iteration_count": iteration_count,
         "images_found": len(files),
-        "images_used": len(unique),
+        "images_used": len(set(chosen)),
         "seed": seed,
+        "skipped": [{"file": str(files[i]), "reason": reason} for i, reason in sorted(skipped.items())],
     }
 
 
@@ -75,7 +94,10 @@ def load_calibration_set_task(
     result = load_calibration_set(
         dataset_image_dir, input_tensor_size, batch_size, iteration_count, preprocessing, seed, new_work_dir("calibration"), progress
     )
-    get_run_logger().info(
+    logger = get_run_logger()
+    for skip in result["skipped"]:
+        logger.warning("Skipped: %s", skip["reason"])
+    logger.info(
         "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s",
         iteration_count, batch_size, result["images_used"], result["images_found"], dataset_image_dir, seed, result["path"],
     )

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from core.caching import ContentCachePolicy
 from core.config import Preprocessing
+from core.errors import InputError
 from core.files import atomic_save_numpy, atomic_write_json
 from core.images import decode_rgb, is_junk
 from core.preprocessing import preprocess
@@ -40,10 +41,19 @@ def load_evaluation_set(
     out_dir: Path,
     progress: bool = True,
 ) -> dict:
-    pairs = list_evaluation_images(evaluate_image_dir, extension, class_names)
-    images = np.empty((len(pairs), input_tensor_size, input_tensor_size, 3), np.float32)
-    for i, (file, _) in enumerate(tqdm(pairs, desc="evaluation images", unit="img", disable=not progress)):
-        images[i] = preprocess(decode_rgb(file), input_tensor_size, preprocessing)
+    listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
+    images = np.empty((len(listed), input_tensor_size, input_tensor_size, 3), np.float32)
+    pairs, skipped = [], []
+    for file, label in tqdm(listed, desc="evaluation images", unit="img", disable=not progress):
+        try:
+            images[len(pairs)] = preprocess(decode_rgb(file), input_tensor_size, preprocessing)
+        except InputError as exc:  # skipped and counted, not fatal: see README, "Bad images"
+            skipped.append({"file": str(file), "reason": str(exc)})
+            continue
+        pairs.append((file, label))
+    if not pairs:
+        raise InputError(f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; first problem: {skipped[0]['reason']}")
+    images = images[: len(pairs)]
     labels = np.array([label for _, label in pairs], np.int64)
     out_dir = Path(out_dir)
     atomic_save_numpy(out_dir / "images.npy", images)
@@ -55,6 +65,7 @@ def load_evaluation_set(
         "files_path": str(out_dir / "files.json"),
         "image_count": len(pairs),
         "class_names": class_names,
+        "skipped": skipped,
     }
 
 
@@ -75,5 +86,8 @@ def load_evaluation_set_task(
     from prefect.logging import get_run_logger
 
     result = load_evaluation_set(evaluate_image_dir, extension, class_names, input_tensor_size, preprocessing, new_work_dir("evaluation-set"), progress)
-    get_run_logger().info("Evaluation set: %d images in %d classes from %s", result["image_count"], len(class_names), evaluate_image_dir)
+    logger = get_run_logger()
+    logger.info("Evaluation set: %d images in %d classes from %s", result["image_count"], len(class_names), evaluate_image_dir)
+    for skip in result["skipped"]:
+        logger.warning("Skipped: %s", skip["reason"])
     return result

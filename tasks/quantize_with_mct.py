@@ -32,10 +32,12 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
     return generator
 
 
-def quantize_with_mct(model_path: str, calibration_path: str, batch_size: int, target_platform: str, out_dir: Path, progress: bool = True) -> dict:
+def quantize_with_mct(
+    model_path: str, calibration_path: str, batch_size: int, target_platform: str, out_dir: Path, progress: bool = True, allow_unsafe_code: bool = False
+) -> dict:
     import model_compression_toolkit as mct
 
-    model = load_keras_model(model_path)
+    model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
     try:
         tpc = mct.get_target_platform_capabilities(tpc_version=TPC_VERSION, device_type=target_platform)
@@ -55,9 +57,11 @@ def quantize_with_mct(model_path: str, calibration_path: str, batch_size: int, t
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def quantize_with_mct_task(model_path: str, calibration_path: str, batch_size: int, target_platform: str, progress: bool = True) -> dict:
+def quantize_with_mct_task(
+    model_path: str, calibration_path: str, batch_size: int, target_platform: str, progress: bool = True, allow_unsafe_code: bool = False
+) -> dict:
     from prefect.logging import get_run_logger
 
-    result = quantize_with_mct(model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress)
+    result = quantize_with_mct(model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress, allow_unsafe_code)
     get_run_logger().info("MCT %s quantized %s for target platform %s -> %s", result["mct_version"], model_path, target_platform, result["path"])
     return result

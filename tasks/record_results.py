@@ -17,6 +17,7 @@ import pandas as pd
 from prefect import task
 
 from core.files import atomic_copy, atomic_write_json, atomic_write_text
+from core.locking import locked_folders
 from core.retry import RETRY_OPTIONS
 from tasks.validate_config import ValidatedConfig
 
@@ -47,12 +48,14 @@ def record_results(
     quantization: dict,
     float_tflite: dict,
     quantized_tflite: dict,
+    evaluation_set: dict,
     evaluations: list[dict],
+    lock_timeout: float = 120.0,
 ) -> dict[str, Any]:
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
     sources = {"keras": config.source_keras_model, "keras_quantized": quantization["path"], "tflite": float_tflite["path"], "tflite_quantized": quantized_tflite["path"]}
-    published = {name: str(atomic_copy(Path(sources[name]), output_dir / file)) for name, file in PUBLISHED_NAMES.items()}
+    published = {name: str(output_dir / file) for name, file in PUBLISHED_NAMES.items()}
     published["keras"] = config.source_keras_model
 
     by_name = {e["model"]: e for e in evaluations}
@@ -65,7 +68,7 @@ def record_results(
                 "model": name,
                 "description": DISPLAY_NAMES[name].format(kind=float_tflite["kind"]),
                 "file": published[name],
-                "file_size_bytes": size_bytes(published[name]),
+                "file_size_bytes": size_bytes(sources[name]),
                 "top_1_accuracy": e["top_1_accuracy"],
                 "top_1_change_vs_keras": round(e["top_1_accuracy"] - baseline, 6),
                 "correct": e["correct"],
@@ -84,12 +87,21 @@ def record_results(
             "calibration": {k: calibration[k] for k in ("batch_size", "iteration_count", "images_found", "images_used", "seed")},
             "preprocessing": config.preprocessing.model_dump(),
             "labels_without_folder": validated.labels_without_folder,
+            "skipped_images": {
+                "calibration_count": len(calibration["skipped"]),
+                "evaluation_count": len(evaluation_set["skipped"]),
+                "files": calibration["skipped"] + evaluation_set["skipped"],
+            },
             "configuration": validated.source,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    atomic_write_json(result_dir / "results.json", results)
-    atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
+    # Models and results of one run are published together, under the folders' locks.
+    with locked_folders([output_dir, result_dir], timeout=lock_timeout):
+        for name, file in PUBLISHED_NAMES.items():
+            atomic_copy(Path(sources[name]), output_dir / file)
+        atomic_write_json(result_dir / "results.json", results)
+        atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
     return results
 
 
@@ -128,12 +140,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 @task(name="record-results", persist_result=False, **RETRY_OPTIONS)
 def record_results_task(
-    validated: ValidatedConfig, calibration: dict, quantization: dict, float_tflite: dict, quantized_tflite: dict, evaluations: list[dict]
+    validated: ValidatedConfig, calibration: dict, quantization: dict, float_tflite: dict, quantized_tflite: dict, evaluation_set: dict, evaluations: list[dict]
 ) -> dict[str, Any]:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(validated, calibration, quantization, float_tflite, quantized_tflite, evaluations)
+    results = record_results(validated, calibration, quantization, float_tflite, quantized_tflite, evaluation_set, evaluations)
     key = artifact_key(validated.config.source_keras_model)
     create_table_artifact(key=f"{key}-table", table=results_table(results).to_dict(orient="records"), description="Top-1 accuracy, file size and image count of each model")
     create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary")

@@ -182,7 +182,7 @@ def _check_evaluation_dir(config: QuantizeConfig, path: Path, class_names: Optio
 
 def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems: list[str]) -> list[Optional[int]]:
     try:
-        model = load_keras_model(path)
+        model = load_keras_model(path, config.allow_unsafe_model_code)
     except InputError as exc:
         problems.append(f"key 'source_keras_model' = {config.source_keras_model!r}: {exc}")
         return []

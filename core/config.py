@@ -145,8 +145,8 @@ def describe_error(error: dict) -> str:
     given = error.get("input")
     given_text = f"{given!r} ({_json_type(given)})"
     reason = error["msg"]
-    if kind in ("int_type", "string_type", "float_type", "bool_type") or kind.endswith("_type"):
-        reason = f"wrong type"
+    if kind.endswith("_type"):
+        reason = "wrong type"
     detail = f"{reason}; {_expected(loc)}" if key in QuantizeConfig.model_fields else reason
     return f"key '{loc}' has value {given_text}: {detail}"
 

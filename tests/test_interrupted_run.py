@@ -1,0 +1,62 @@
+"""A run killed in the middle of quantization loses nothing, and the next run finishes from the cache."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from core.storage import REPO_ROOT, cache_root
+from tests.test_quantize_evaluate_flow import run, task_states
+from tests.conftest import sdk_config, write_config
+
+
+def quantize_work_dirs() -> set:
+    folder = cache_root() / "work" / "quantize"
+    return set(folder.iterdir()) if folder.exists() else set()
+
+
+def start_and_kill_during_quantization(config_path) -> None:
+    before = quantize_work_dirs()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
+        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not quantize_work_dirs() - before:  # the quantize step has started
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the quantize step never started"
+            time.sleep(0.05)
+        time.sleep(1.0)  # well inside MCT: loading the model and calibrating take longer
+        assert process.poll() is None, "the run finished before it could be killed"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_completes(prefect_harness, sample_dir, tmp_path):
+    # An iteration count of its own makes this run's calibration and quantization new to the cache.
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, iteration_count=29))
+    previous = {tmp_path / "models" / "model_quantized.tflite": b"previous good model", tmp_path / "results" / "results.json": b'{"previous": true}'}
+    for path, content in previous.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+    start_and_kill_during_quantization(config_path)
+
+    for path, content in previous.items():
+        assert path.read_bytes() == content, f"{path} was changed by the killed run"
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model_quantized.tflite"]
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["results.json"]
+
+    rerun = run(config_path)
+    assert rerun.is_completed(), rerun.message
+    states = task_states(rerun)
+    assert states["load-calibration-set"] == "Cached", states  # finished before the kill, so reused
+    assert states["quantize-with-mct"] == "Completed", states  # interrupted, so done again
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["top_1_accuracy_tflite_quantized"] > 0.8
+    assert (tmp_path / "models" / "model_quantized.tflite").read_bytes() != previous[tmp_path / "models" / "model_quantized.tflite"]
+    assert not list((tmp_path / "models").glob("*.tmp*")) and not list((tmp_path / "results").glob("*.tmp*"))

@@ -4,7 +4,8 @@ The flow submits this step once per model so the four evaluations run concurrent
 with its own model instance and TFLite interpreter.
 
 Fault injection, for tests and drills: QUANTIZE_FAIL_EVALUATION=tflite_quantized (a comma
-list of model names, or 'all') makes those evaluations fail. It is not part of the cache key.
+list of model names, or 'all'; or @FILE, read while that file exists) makes those evaluations
+fail. It is not part of the cache key.
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ FAULT_ENV = "QUANTIZE_FAIL_EVALUATION"
 
 class InjectedFault(RuntimeError):
     """Raised on purpose, through QUANTIZE_FAIL_EVALUATION."""
+
+
+def injected_faults() -> set[str]:
+    """The evaluations to fail on purpose: QUANTIZE_FAIL_EVALUATION holds a comma list of model names
+    (or `all`), or `@FILE` to read that list from FILE while it exists, so a test can fail a deployed
+    run and then "fix" the fault before pressing Retry."""
+    value = os.environ.get(FAULT_ENV, "")
+    if value.startswith("@"):
+        fault_file = Path(value[1:])
+        value = fault_file.read_text() if fault_file.is_file() else ""
+    return {name.strip() for name in value.split(",") if name.strip()}
 
 
 def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
@@ -55,7 +67,7 @@ def predict_classes(
 def evaluate_model(
     model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
 ) -> dict:
-    injected = {name.strip() for name in os.environ.get(FAULT_ENV, "").split(",") if name.strip()}
+    injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     started = time.perf_counter()

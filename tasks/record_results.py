@@ -31,9 +31,11 @@ PUBLISHED_NAMES = {"tflite": "model.tflite", "tflite_quantized": "model_quantize
 
 
 def artifact_key(model_path: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes; one key per model gives a history per model."""
-    stem = Path(model_path).stem if Path(model_path).suffix else Path(model_path).name
-    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-") or "model"
+    """Prefect artifact keys allow lowercase letters, digits and dashes; one key per model gives a history
+    per model. The model's folder is part of it, since many models are all called model.h5."""
+    path = Path(model_path)
+    stem = path.stem if path.suffix else path.name
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{path.parent.name}-{stem}".lower()).strip("-") or "model"
     return f"quantize-evaluate-{slug}"
 
 

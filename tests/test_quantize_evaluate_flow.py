@@ -110,7 +110,7 @@ def test_the_run_records_a_table_and_a_summary_artifact(first_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["quantize-evaluate-model", "quantize-evaluate-model-table"])))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["quantize-evaluate-sample-model", "quantize-evaluate-sample-model-table"])))
     by_type = {a.type: a for a in artifacts}
     assert "top_1" in json.dumps(by_type["table"].data) and "model_quantized.tflite" in json.dumps(by_type["table"].data)
     assert "# Quantize and evaluate" in by_type["markdown"].data

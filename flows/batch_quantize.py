@@ -1,0 +1,86 @@
+"""The batch flow: quantize and evaluate many models, one quantize-evaluate subflow each.
+
+    python -m flows.batch_quantize configs/
+
+A configuration that fails fails its own subflow; the others still run. The summary artifact
+(`batch-quantize-summary`) lists every model with its status, Top-1 accuracies and sizes, and the
+batch run ends Failed when any configuration failed, so a schedule's failures show in the UI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from prefect import flow
+from prefect.states import Completed, Failed
+
+from core.errors import InputError
+from core.storage import results_storage_dir
+from flows.quantize_evaluate import quantize_evaluate
+from tasks.list_configurations import list_configurations_task
+from tasks.summarize_batch import outcome, summarize_batch_task
+
+
+@flow(
+    name="batch-quantize",
+    description="Quantize and evaluate every configuration in a folder (or a list), one subflow each, with a summary across them.",
+    result_storage=results_storage_dir(),
+    validate_parameters=True,
+)
+def batch_quantize(config_dir: Optional[str] = "configs", config_paths: Optional[list[str]] = None, progress: bool = False):
+    """Quantize and evaluate many models.
+
+    Args:
+        config_dir: A folder searched for `configuration.json` files (one sub-folder per model); relative to the working directory. Empty to use only config_paths.
+        config_paths: Configuration files to run, in addition to those found in config_dir.
+        progress: Show progress bars on the terminal.
+    """
+    outcomes: list[dict[str, Any]] = []
+    for path in list_configurations_task(config_dir, config_paths):
+        state = quantize_evaluate(config_path=path, progress=progress, return_state=True)
+        outcomes.append(outcome(path, state))
+    summary = summarize_batch_task(outcomes)
+    if summary["failed"]:
+        return Failed(message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}", data=summary)
+    return Completed(message=f"all {summary['count']} configurations completed", data=summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.batch_quantize",
+        description="Run the quantize-and-evaluate flow for every configuration.json below a folder (and for any files given), "
+        "each as its own subflow, and print a summary table. One failing configuration does not stop the others.",
+        epilog="Exit status: 0 when every configuration completed, 1 when any failed, 2 when no configuration could be found.",
+    )
+    parser.add_argument("config_dir", nargs="?", default="configs", help="folder searched for configuration.json files (default: configs)")
+    parser.add_argument("--config", action="append", default=[], metavar="CONFIGURATION_JSON", help="a configuration file to add; repeatable")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    try:
+        state = batch_quantize(config_dir=args.config_dir or None, config_paths=args.config, return_state=True)
+        summary = state.result(raise_on_failure=False)
+        if isinstance(summary, Exception):
+            raise summary
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        logging.getLogger("prefect").setLevel(logging.WARNING)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        import pandas as pd
+
+        print("\n" + pd.DataFrame(summary["rows"]).drop(columns=["error"]).to_string(index=False))
+        for row in summary["rows"]:
+            if row["error"]:
+                print(f"failed: {row['configuration']}: {row['error']}", file=sys.stderr)
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Batch step 3: one row per configuration (model, status, each Top-1, sizes) as a table,
+a markdown summary and the keyed Prefect artifacts that give the batch a history."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+
+from tasks.evaluate_model import MODEL_NAMES
+
+SUMMARY_ARTIFACT_KEY = "batch-quantize-summary"
+TOP_1_KEYS = [f"top_1_accuracy_{name}" for name in MODEL_NAMES]
+
+
+def outcome(config_path: str, state) -> dict[str, Any]:
+    """What one quantize-evaluate subflow came to, from its final Prefect state: JSON-able."""
+    if state.is_completed():
+        return {"configuration": config_path, "status": "completed", "results": state.result()}
+    try:
+        state.result()
+        error = state.message or state.name
+    except Exception as exc:  # the subflow's own exception: its message is the reason
+        error = f"{type(exc).__name__}: {exc}"
+    return {"configuration": config_path, "status": state.name.lower(), "error": error}
+
+
+def _model_name(path: str) -> str:
+    return f"{Path(path).parent.name}/{Path(path).name}"
+
+
+def _row(item: dict[str, Any]) -> dict[str, Any]:
+    results = item.get("results") or {}
+    models = {m["model"]: m for m in results.get("models", [])}
+    row = {"configuration": item["configuration"], "model": _model_name(models["keras"]["file"]) if models else "", "status": item["status"]}
+    for key in TOP_1_KEYS:
+        row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if key in results else None
+    for name in ("keras", "tflite", "tflite_quantized"):
+        row[f"size_kib_{name}"] = round(models[name]["file_size_bytes"] / 1024, 1) if name in models else None
+    row["error"] = item.get("error", "")
+    return row
+
+
+def summarize_batch(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [_row(item) for item in outcomes]
+    failed = [r["configuration"] for r in rows if r["status"] != "completed"]
+    return {"count": len(rows), "completed": len(rows) - len(failed), "failed": failed, "rows": rows}
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    frame = pd.DataFrame(summary["rows"]).fillna("")
+    frame["error"] = frame["error"].str.slice(0, 200).str.replace("|", "/").str.replace("\n", " ")
+    header = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    body = "".join("| " + " | ".join(map(str, row)) + " |\n" for row in frame.values.tolist())
+    return f"# Batch quantization: {summary['completed']} of {summary['count']} completed\n\n{header}{body}"
+
+
+@task(name="summarize-batch", retries=0, persist_result=False)
+def summarize_batch_task(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.logging import get_run_logger
+
+    summary = summarize_batch(outcomes)
+    create_table_artifact(key=f"{SUMMARY_ARTIFACT_KEY}-table", table=summary["rows"], description="One row per configuration: status, Top-1 of each model, sizes")
+    create_markdown_artifact(key=SUMMARY_ARTIFACT_KEY, markdown=summary_markdown(summary), description="Batch quantization summary")
+    get_run_logger().info("%d of %d configurations completed; failed: %s", summary["completed"], summary["count"], summary["failed"] or "none")
+    return summary

@@ -34,8 +34,8 @@ def write_images(dest: Path, train_count: int, validation_count: int, seed: int 
     splits = {"training": order[:train_count], "validation": order[train_count : train_count + validation_count]}
     for split, indices in splits.items():
         for i in indices:
-            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)  # the digits are 8 x 8, values 0..16
-            image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR).convert("RGB")
+            pixels = (digits.images[i] * (255 / 16)).astype(np.uint8)  # 8 x 8, values 0..16: a greyscale ("L") image
+            image = Image.fromarray(pixels).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR).convert("RGB")
             folder = dest / split / str(digits.target[i])
             folder.mkdir(parents=True, exist_ok=True)
             image.save(folder / f"digit_{i:04d}.jpg", quality=95)

@@ -6,6 +6,7 @@ float activations, float input and output).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
@@ -37,6 +38,7 @@ def convert_to_tflite(model_path: str, mode: str, out_dir: Path, allow_unsafe_co
 def convert_to_tflite_task(model_path: str, mode: str, allow_unsafe_code: bool = False) -> dict:
     from prefect.logging import get_run_logger
 
+    started = time.perf_counter()
     result = convert_to_tflite(model_path, mode, new_work_dir("convert"), allow_unsafe_code)
-    get_run_logger().info("TensorFlow's converter made a %s TFLite model of %s -> %s", mode, model_path, result["path"])
+    get_run_logger().info("TensorFlow's converter made a %s TFLite model of %s -> %s in %.1f s", mode, model_path, result["path"], time.perf_counter() - started)
     return result

@@ -6,6 +6,7 @@ MCT 2.x ("'tfl.transpose' op has mismatched quantized axes"); MCT's exporter doe
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
@@ -43,6 +44,7 @@ def export_quantized_tflite(quantized_model_path: str, out_dir: Path) -> dict:
 def export_quantized_tflite_task(quantized_model_path: str) -> dict:
     from prefect.logging import get_run_logger
 
+    started = time.perf_counter()
     result = export_quantized_tflite(quantized_model_path, new_work_dir("export"))
-    get_run_logger().info("MCT exported %s as an INT8 TFLite model -> %s", quantized_model_path, result["path"])
+    get_run_logger().info("MCT exported %s as an INT8 TFLite model -> %s in %.1f s", quantized_model_path, result["path"], time.perf_counter() - started)
     return result

@@ -3,6 +3,7 @@ decoded to RGB and preprocessed once, saved as one array of `iteration_count * b
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ def load_calibration_set_task(
 ) -> dict:
     from prefect.logging import get_run_logger
 
+    started = time.perf_counter()
     result = load_calibration_set(
         dataset_image_dir, input_tensor_size, batch_size, iteration_count, preprocessing, seed, new_work_dir("calibration"), progress
     )
@@ -98,7 +100,7 @@ def load_calibration_set_task(
     for skip in result["skipped"]:
         logger.warning("Skipped: %s", skip["reason"])
     logger.info(
-        "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s",
-        iteration_count, batch_size, result["images_used"], result["images_found"], dataset_image_dir, seed, result["path"],
+        "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s in %.1f s",
+        iteration_count, batch_size, result["images_used"], result["images_found"], dataset_image_dir, seed, result["path"], time.perf_counter() - started,
     )
     return result

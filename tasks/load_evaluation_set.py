@@ -4,6 +4,7 @@ and preprocessed exactly as the calibration images were.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,12 @@ def load_evaluation_set_task(
 ) -> dict:
     from prefect.logging import get_run_logger
 
+    started = time.perf_counter()
     result = load_evaluation_set(evaluate_image_dir, extension, class_names, input_tensor_size, preprocessing, new_work_dir("evaluation-set"), progress)
     logger = get_run_logger()
-    logger.info("Evaluation set: %d images in %d classes from %s", result["image_count"], len(class_names), evaluate_image_dir)
+    logger.info(
+        "Evaluation set: %d images in %d classes from %s, decoded in %.1f s", result["image_count"], len(class_names), evaluate_image_dir, time.perf_counter() - started
+    )
     for skip in result["skipped"]:
         logger.warning("Skipped: %s", skip["reason"])
     return result

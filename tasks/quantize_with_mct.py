@@ -6,6 +6,7 @@ The result is saved with MCT's Keras exporter, which the evaluation and the TFLi
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,9 @@ def quantize_with_mct_task(
 ) -> dict:
     from prefect.logging import get_run_logger
 
+    started = time.perf_counter()
     result = quantize_with_mct(model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress, allow_unsafe_code)
-    get_run_logger().info("MCT %s quantized %s for target platform %s -> %s", result["mct_version"], model_path, target_platform, result["path"])
+    get_run_logger().info(
+        "MCT %s quantized %s for target platform %s -> %s in %.1f s", result["mct_version"], model_path, target_platform, result["path"], time.perf_counter() - started
+    )
     return result

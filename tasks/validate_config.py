@@ -38,8 +38,12 @@ def validate_config(
     config_path: str | Path | None = None,
     base_dir: str | Path | None = None,
 ) -> ValidatedConfig:
-    if (config is None) == (config_path is None):
-        raise ConfigError(["give either a configuration file path or an inline configuration, not both or neither"])
+    if config is None and config_path is None:
+        raise ConfigError(["no configuration: give config_path (a configuration.json) or an inline config"])
+    if config is not None and config_path is not None:
+        raise ConfigError(
+            [f"both config_path ({config_path}) and an inline config were given: keep one (in the Prefect UI, empty the config_path field to use the inline config)"]
+        )
     if config_path is not None:
         parsed, folder = load_config_file(config_path)
         source = str(Path(config_path).resolve())

@@ -44,6 +44,14 @@ def test_an_inline_configuration_resolves_relative_paths_against_base_dir(sample
     assert validated.config.source_keras_model == str(sample_dir / "model.h5")
 
 
+def test_a_configuration_is_required_and_only_one_of_file_and_inline(sample_dir, tmp_path):
+    with pytest.raises(ConfigError, match="give config_path"):
+        validate_config()
+    path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
+    with pytest.raises(ConfigError, match=r"both config_path \(.*configuration.json\) and an inline config.*empty the config_path field"):
+        validate_config(config=sdk_config(sample_dir, tmp_path), config_path=path)
+
+
 @pytest.mark.parametrize("key", ["batch_size", "evaluate_label_file", "output_dir"])
 def test_a_missing_key_is_named_with_what_it_should_hold(sample_dir, tmp_path, key):
     config = sdk_config(sample_dir, tmp_path)

@@ -24,7 +24,7 @@ from core.files import hash_path
 class ContentCachePolicy(CachePolicy):
     """Key = module source + content of the inputs named in `file_inputs` + other input values.
 
-    `file_inputs` name parameters holding a path or a list of paths. Parameters named in
+    `file_inputs` name parameters holding a path, a list of paths, or None. Parameters named in
     `ignore` (say, a progress-bar switch) do not enter the key.
     """
 
@@ -43,7 +43,7 @@ class ContentCachePolicy(CachePolicy):
         for name, value in sorted(inputs.items()):
             if name in self.ignore:
                 continue
-            if name in self.file_inputs:
+            if name in self.file_inputs and value is not None:
                 paths = value if isinstance(value, (list, tuple)) else [value]
                 parts[name] = [hash_path(p) for p in paths]
             else:

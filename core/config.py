@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 
 from core.errors import ConfigError
+from core.variants import Variant
 
 SDK_KEYS = (
     "source_keras_model",
@@ -97,6 +98,24 @@ class QuantizeConfig(BaseModel):
         description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
     )
     evaluation_batch_size: StrictInt = Field(32, ge=1, le=4096, description="Images per inference call during evaluation.")
+    variants: Optional[list[Variant]] = Field(
+        None,
+        description="Which quantization variants to build and compare. Default: every TensorFlow-converter variant "
+        "(float32, dynamic_range, float16, int8_float_io, full_int8, full_uint8, int16x8) and mct_ptq; "
+        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and model_quantized.tflite are always built.",
+    )
+    mct_error_method: Literal["noclipping", "mse", "mae", "kl", "lp", "hmse"] = Field(
+        "mse", description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL divergence (slow), 'mse' MCT's default."
+    )
+    gptq_epochs: StrictInt = Field(5, ge=1, le=1000, description="Epochs of MCT's gradient-based PTQ (the mct_gptq variant).")
+    mixed_precision_weights_ratio: Number = Field(
+        0.75, gt=0, le=1, description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights memory."
+    )
+    max_accuracy_drop: Number = Field(
+        0.01, ge=0, le=1, description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 is one point."
+    )
+    objective: Literal["size", "latency"] = Field("size", description="What the recommendation minimises among the models within the budget: file size or latency.")
+    latency_repeats: StrictInt = Field(20, ge=1, le=10000, description="Timed inferences per model and thread setting; the latency is their median.")
     allow_unsafe_model_code: StrictBool = Field(
         False, description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust."
     )

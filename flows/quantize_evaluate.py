@@ -2,9 +2,12 @@
 
     python -m flows.quantize_evaluate configs/digits/configuration.json
 
-validate config -> load calibration set -> quantize with MCT -> export model_quantized.tflite
-              \\-> load evaluation set, convert model.tflite -> evaluate the four models in parallel
-              -> record results (publish models, results.json, artifacts)
+validate config -> load evaluation set, convert the float variants (model.tflite, float16, ...)
+                -> load calibration set -> convert the calibrated variants (full_int8, ...)
+                                        -> quantize with MCT (PTQ; GPTQ, mixed precision) -> export each to TFLite
+                -> evaluate every model in parallel (Top-1, Top-5, confusion matrix)
+                -> measure each model's latency, one at a time
+                -> record results (publish models, results.json, results.csv, report.html, artifacts, recommendation)
 """
 from __future__ import annotations
 
@@ -22,19 +25,21 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
 from core.storage import results_storage_dir
+from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, MCT_VARIANTS, model_id, variants_to_build
 from tasks.convert_to_tflite import convert_to_tflite_task
 from tasks.evaluate_model import evaluate_model_task
+from tasks.measure_latency import measure_latency_task, this_machine
 from tasks.export_quantized_tflite import export_quantized_tflite_task
 from tasks.load_calibration_set import load_calibration_set_task
 from tasks.load_evaluation_set import load_evaluation_set_task
-from tasks.quantize_with_mct import quantize_with_mct_task
+from tasks.quantize_with_mct import MCT_METHODS, mct_options, quantize_with_mct_task
 from tasks.record_results import format_table, record_results_task
 from tasks.validate_config import validate_config_task
 
 
 @flow(
     name="quantize-evaluate",
-    description="Quantize a Keras image classifier with MCT, convert it to TFLite and compare the Top-1 accuracy and size of the four models.",
+    description="Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant and recommend one within an accuracy budget.",
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     result_storage=results_storage_dir(),
     validate_parameters=True,
@@ -49,40 +54,57 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
     """
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
+    unsafe, classes = c.allow_unsafe_model_code, len(validated.class_names)
+    variants = variants_to_build(c.variants, c.float_tflite)
     evaluation_set = load_evaluation_set_task.submit(c.evaluate_image_dir, c.evaluate_image_extension, validated.class_names, c.input_tensor_size, c.preprocessing, progress)
-    unsafe = c.allow_unsafe_model_code
-    float_tflite = convert_to_tflite_task.submit(c.source_keras_model, c.float_tflite, unsafe)
+    # Float conversions need no calibration: they start while the calibration set loads.
+    converted = {v: convert_to_tflite_task.submit(c.source_keras_model, v, None, unsafe) for v in variants if v in CONVERTER_VARIANTS and v not in CALIBRATED_VARIANTS}
     calibration = load_calibration_set_task(c.dataset_image_dir, c.input_tensor_size, c.batch_size, c.iteration_count, c.preprocessing, c.seed, progress)
-    quantization = quantize_with_mct_task.submit(c.source_keras_model, calibration["path"], c.batch_size, c.target_platform, progress, unsafe)
-
+    converted.update({v: convert_to_tflite_task.submit(c.source_keras_model, v, calibration["path"], unsafe) for v in variants if v in CALIBRATED_VARIANTS})
+    quantized = {
+        v: quantize_with_mct_task.submit(
+            c.source_keras_model, calibration["path"], c.batch_size, c.target_platform, progress, unsafe, MCT_METHODS[v], c.mct_error_method, mct_options(c, v)
+        )
+        for v in variants
+        if v in MCT_VARIANTS
+    }
     images, labels = evaluation_set.result()["images_path"], evaluation_set.result()["labels_path"]
 
     def evaluate(model_name: str, model_path: str):
-        return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress, unsafe)
+        return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress, unsafe, classes)
 
-    evaluations = [evaluate("keras", c.source_keras_model), evaluate("tflite", float_tflite.result()["path"])]
-    evaluations.append(evaluate("keras_quantized", quantization.result()["path"]))
-    quantized_tflite = export_quantized_tflite_task(quantization.result()["path"])
-    evaluations.append(evaluate("tflite_quantized", quantized_tflite["path"]))
+    evaluations = {"keras": evaluate("keras", c.source_keras_model)}
+    tflite_models = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
+    for name, built in tflite_models.items():
+        evaluations[name] = evaluate(name, built["path"])
+    evaluations["keras_quantized"] = evaluate("keras_quantized", quantized["mct_ptq"].result()["path"])
+    for v, future in quantized.items():
+        name = model_id(v, c.float_tflite)
+        tflite_models[name] = {**export_quantized_tflite_task(future.result()["path"], v), "quantization": future.result()}
+        evaluations[name] = evaluate(name, tflite_models[name]["path"])
     # Let every evaluation finish (and be cached) before a failed one fails the run.
-    wait(evaluations)
-    return record_results_task(
-        validated, calibration, quantization.result(), float_tflite.result(), quantized_tflite, evaluation_set.result(), [e.result() for e in evaluations]
-    )
+    wait(list(evaluations.values()))
+    evaluated = {name: e.result() for name, e in evaluations.items()}
+    # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
+    machine = this_machine()
+    latencies = {name: measure_latency_task(name, e["model_path"], images, c.latency_repeats, machine, unsafe) for name, e in evaluated.items()}
+    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.quantize_evaluate",
         description=(
-            "Quantize a Keras image classifier with Sony's Model Compression Toolkit, convert it to TFLite, "
-            "and report the Top-1 accuracy and file size of the float Keras model, the MCT-quantized Keras model, "
-            "model.tflite and model_quantized.tflite. Runs on Prefect's ephemeral API, or records the run on the "
-            "server PREFECT_API_URL points at."
+            "Quantize a Keras image classifier with Sony's Model Compression Toolkit and TensorFlow's converter "
+            "(every variant the configuration's 'variants' lists: float32, dynamic range, float16, integer, full "
+            "integer int8/uint8, 16x8, MCT PTQ, GPTQ, mixed precision), evaluate each on the same images (Top-1, "
+            "Top-5, confusion matrix, agreement with the float model, size, latency) and recommend the best model "
+            "within 'max_accuracy_drop'. Runs on Prefect's ephemeral API, or records the run on the server "
+            "PREFECT_API_URL points at."
         ),
         epilog=(
-            "Outputs: OUTPUT_DIR/model.tflite, OUTPUT_DIR/model_quantized.tflite, OUTPUT_DIR/model_quantized.keras, "
-            "EVALUATE_RESULT_DIR/results.json and results.csv. Exit status: 0 on success, 2 for a problem with the "
+            "Outputs: OUTPUT_DIR/model.tflite, model_quantized.tflite, model_quantized.keras and model_<variant>.tflite; "
+            "EVALUATE_RESULT_DIR/results.json, results.csv and report.html. Exit status: 0 on success, 2 for a problem with the "
             "input (configuration, images, labels, model), 1 for any other failure. The configuration keys are "
             "described in README.md."
         ),

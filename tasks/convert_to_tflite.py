@@ -1,14 +1,15 @@
-"""Step 4a: convert the float Keras model to `model.tflite` with TensorFlow's own converter.
-
-`float_tflite` says what it is: 'float32' (the plain conversion, the default) or
-'dynamic_range' (the old SDK's Optimize.DEFAULT without representative data: int8 weights,
-float activations, float input and output).
+"""Step 4a: convert the float Keras model to TFLite with TensorFlow's own converter, one variant
+per call: float32, dynamic_range (the old SDK's Optimize.DEFAULT: int8 weights, float activations),
+float16, int8_float_io, full_int8, full_uint8 and int16x8 (the last four calibrate on the
+calibration set). Each result is checked against what its variant promises (core.variants).
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 from prefect import task
 
 from core.caching import ContentCachePolicy
@@ -17,28 +18,60 @@ from core.files import atomic_write_bytes
 from core.models import load_keras_model
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
+from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, check_variant
 
 
-def convert_to_tflite(model_path: str, mode: str, out_dir: Path, allow_unsafe_code: bool = False) -> dict:
+def configure(converter, variant: str, calibration: Optional[np.ndarray]) -> None:
     import tensorflow as tf
 
+    if variant == "float32":
+        return
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if variant in CALIBRATED_VARIANTS:
+        converter.representative_dataset = lambda: ([calibration[i : i + 1].astype(np.float32)] for i in range(len(calibration)))
+    if variant in ("full_int8", "full_uint8"):
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = converter.inference_output_type = tf.int8 if variant == "full_int8" else tf.uint8
+    if variant == "int16x8":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+
+
+def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_path: Optional[str] = None, allow_unsafe_code: bool = False) -> dict:
+    import tensorflow as tf
+
+    if variant not in CONVERTER_VARIANTS:
+        raise ValueError(f"unknown converter variant {variant!r}: expected one of {', '.join(CONVERTER_VARIANTS)}")
+    if variant in CALIBRATED_VARIANTS and calibration_path is None:
+        raise ValueError(f"variant {variant!r} calibrates: give calibration_path")
     model = load_keras_model(model_path, allow_unsafe_code)
+    calibration = np.load(calibration_path, mmap_mode="r") if variant in CALIBRATED_VARIANTS else None
     try:
         converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        if mode == "dynamic_range":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        configure(converter, variant, calibration)
         flatbuffer = converter.convert()
     except Exception as exc:
-        raise StepError("convert-to-tflite", model_path, exc) from exc
-    path = atomic_write_bytes(Path(out_dir) / "model.tflite", flatbuffer)
-    return {"path": str(path), "kind": mode, "tensorflow_version": tf.__version__}
+        raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
+    path = atomic_write_bytes(Path(out_dir) / f"model_{variant}.tflite", flatbuffer)
+    found = check_variant(path, variant)
+    return {"path": str(path), "variant": variant, "kind": variant, "tensorflow_version": tf.__version__, **found}
 
 
-@task(name="convert-to-tflite", cache_policy=ContentCachePolicy(file_inputs=("model_path",)), persist_result=True, **RETRY_OPTIONS)
-def convert_to_tflite_task(model_path: str, mode: str, allow_unsafe_code: bool = False) -> dict:
+@task(
+    name="convert-to-tflite",
+    task_run_name="convert-to-tflite-{variant}",
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "calibration_path")),
+    persist_result=True,
+    **RETRY_OPTIONS,
+)
+def convert_to_tflite_task(model_path: str, variant: str, calibration_path: Optional[str] = None, allow_unsafe_code: bool = False) -> dict:
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = convert_to_tflite(model_path, mode, new_work_dir("convert"), allow_unsafe_code)
-    get_run_logger().info("TensorFlow's converter made a %s TFLite model of %s -> %s in %.1f s", mode, model_path, result["path"], time.perf_counter() - started)
+    result = convert_to_tflite(model_path, variant, new_work_dir("convert"), calibration_path, allow_unsafe_code)
+    get_run_logger().info(
+        "TensorFlow's converter made the %s variant of %s (input %s, output %s) -> %s in %.1f s",
+        variant, model_path, result["input_dtype"], result["output_dtype"], result["path"], time.perf_counter() - started,
+    )
     return result

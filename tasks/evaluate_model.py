@@ -1,4 +1,4 @@
-"""Step 6: evaluate one model on the shared evaluation set (Top-1).
+"""Step 6: evaluate one model on the shared evaluation set: Top-1, Top-5 and the confusion matrix.
 
 The flow submits this step once per model so the four evaluations run concurrently, each
 with its own model instance and TFLite interpreter.
@@ -18,10 +18,12 @@ from prefect import task
 from tqdm import tqdm
 
 from core.caching import ContentCachePolicy
+from core.metrics import confusion_matrix, top_k_correct
 from core.models import TFLitePredictor, keras_predictor, load_keras_model, load_quantized_keras_model
 from core.retry import RETRY_OPTIONS
 
-MODEL_NAMES = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+KERAS_MODELS = ("keras", "keras_quantized")
+TOP_K = 5
 FAULT_ENV = "QUANTIZE_FAIL_EVALUATION"
 
 
@@ -45,42 +47,61 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
         return keras_predictor(load_keras_model(model_path, allow_unsafe_code))
     if model_name == "keras_quantized":
         return keras_predictor(load_quantized_keras_model(model_path))
-    if model_name in ("tflite", "tflite_quantized"):
+    if model_name.startswith("tflite"):
         return TFLitePredictor(model_path, num_threads=os.cpu_count())
-    raise ValueError(f"unknown model name {model_name!r}: expected one of {MODEL_NAMES}")
+    raise ValueError(f"unknown model name {model_name!r}: expected keras, keras_quantized or tflite...")
 
 
-def predict_classes(
+def predict_top_k(
     model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
-) -> np.ndarray:
+) -> tuple[np.ndarray, int]:
+    """(images, min(5, classes)) class ids, best first, and the model's class count."""
     images = np.load(images_path, mmap_mode="r")
     predict = make_predictor(model_name, model_path, allow_unsafe_code)
-    predicted = np.empty(len(images), np.int64)
+    predicted, class_count = None, 0
     with tqdm(total=len(images), desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size])
-            predicted[start : start + len(batch)] = np.argmax(predict(batch), axis=-1)
+            scores = predict(batch)
+            if predicted is None:
+                class_count = scores.shape[-1]
+                predicted = np.empty((len(images), min(TOP_K, class_count)), np.int64)
+            predicted[start : start + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
             bar.update(len(batch))
-    return predicted
+    return (predicted if predicted is not None else np.empty((0, 1), np.int64)), class_count
 
 
 def evaluate_model(
-    model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+    model_name: str,
+    model_path: str,
+    images_path: str,
+    labels_path: str,
+    batch_size: int,
+    progress: bool = True,
+    allow_unsafe_code: bool = False,
+    class_count: int | None = None,
 ) -> dict:
+    """`class_count` sizes the confusion matrix (default: the model's output size)."""
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     started = time.perf_counter()
-    predicted = predict_classes(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
     labels = np.load(labels_path)
-    correct = int(np.sum(predicted == labels))
+    top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
+    class_count = class_count or model_classes
+    predicted = top_k[:, 0]
+    correct, correct_top_5 = top_k_correct(top_k[:, :1], labels), top_k_correct(top_k, labels)
+    count = len(labels)
     return {
         "model": model_name,
         "model_path": model_path,
-        "top_1_accuracy": correct / len(labels) if len(labels) else 0.0,
+        "top_1_accuracy": correct / count if count else 0.0,
+        "top_5_accuracy": correct_top_5 / count if count else 0.0,
         "correct": correct,
-        "image_count": int(len(labels)),
+        "correct_top_5": correct_top_5,
+        "image_count": int(count),
         "seconds": round(time.perf_counter() - started, 3),
+        "confusion_matrix": confusion_matrix(predicted, labels, class_count).tolist(),
         "predicted": predicted.tolist(),
     }
 
@@ -93,12 +114,20 @@ def evaluate_model(
     **RETRY_OPTIONS,
 )
 def evaluate_model_task(
-    model_name: str, model_path: str, images_path: str, labels_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+    model_name: str,
+    model_path: str,
+    images_path: str,
+    labels_path: str,
+    batch_size: int,
+    progress: bool = True,
+    allow_unsafe_code: bool = False,
+    class_count: int | None = None,
 ) -> dict:
     from prefect.logging import get_run_logger
 
-    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code)
+    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code, class_count)
     get_run_logger().info(
-        "%s: Top-1 %.4f (%d of %d images) in %.1f s", model_name, result["top_1_accuracy"], result["correct"], result["image_count"], result["seconds"]
+        "%s: Top-1 %.4f, Top-5 %.4f (%d of %d images) in %.1f s",
+        model_name, result["top_1_accuracy"], result["top_5_accuracy"], result["correct"], result["image_count"], result["seconds"],
     )
     return result

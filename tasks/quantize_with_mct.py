@@ -1,4 +1,7 @@
-"""Step 3: quantize the Keras model with MCT's post-training quantization.
+"""Step 3: quantize the Keras model with MCT: post-training quantization (PTQ, the SDK's), gradient-based
+PTQ (GPTQ, `gptq_epochs` epochs) or mixed precision under a weights-memory budget (a share of the
+all-8-bit weights memory), with the threshold error method selectable (MSE by default; NOCLIPPING is
+min/max, KL is KLD).
 
 The calibration batches come from the calibration set's array; MCT sees `iteration_count`
 batches of `batch_size` (MCT 2.x has no n_iter: the generator yields that many batches).
@@ -33,39 +36,106 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
     return generator
 
 
+ERROR_METHODS = ("noclipping", "mse", "mae", "kl", "lp", "hmse")
+METHODS = ("ptq", "gptq", "mixed_precision")
+MCT_METHODS = {"mct_ptq": "ptq", "mct_gptq": "gptq", "mct_mixed_precision": "mixed_precision"}
+
+
+def mct_options(config, variant: str) -> dict | None:
+    """Only the options of the variant's own method, so changing one does not redo the others."""
+    if variant == "mct_gptq":
+        return {"epochs": config.gptq_epochs}
+    if variant == "mct_mixed_precision":
+        return {"weights_memory_ratio": config.mixed_precision_weights_ratio}
+    return None
+
+
 def quantize_with_mct(
-    model_path: str, calibration_path: str, batch_size: int, target_platform: str, out_dir: Path, progress: bool = True, allow_unsafe_code: bool = False
+    model_path: str,
+    calibration_path: str,
+    batch_size: int,
+    target_platform: str,
+    out_dir: Path,
+    progress: bool = True,
+    allow_unsafe_code: bool = False,
+    method: str = "ptq",
+    error_method: str = "mse",
+    method_options: dict | None = None,
 ) -> dict:
+    """`method_options`: {"epochs": N} for GPTQ, {"weights_memory_ratio": r} for mixed precision."""
     import model_compression_toolkit as mct
 
+    if method not in METHODS or error_method not in ERROR_METHODS:
+        raise ValueError(f"method {method!r} / error method {error_method!r}: expected one of {METHODS} / {ERROR_METHODS}")
+    options = method_options or {}
     model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
+    data = representative_data(calibration, batch_size, progress)
     try:
         tpc = mct.get_target_platform_capabilities(tpc_version=TPC_VERSION, device_type=target_platform)
-        quantized, _ = mct.ptq.keras_post_training_quantization(
-            model, representative_data(calibration, batch_size, progress), target_platform_capabilities=tpc
-        )
-        path = Path(out_dir) / "model_quantized.keras"
+        error = mct.core.QuantizationErrorMethod[error_method.upper()]
+        quantization_config = mct.core.QuantizationConfig(activation_error_method=error, weights_error_method=error)
+        details: dict = {}
+        if method == "gptq":
+            core_config = mct.core.CoreConfig(quantization_config=quantization_config)
+            gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=options["epochs"])
+            quantized, _ = mct.gptq.keras_gradient_post_training_quantization(
+                model, data, gptq_config=gptq_config, core_config=core_config, target_platform_capabilities=tpc
+            )
+            details["gptq_epochs"] = options["epochs"]
+        elif method == "mixed_precision":
+            mixed = mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration)))
+            core_config = mct.core.CoreConfig(quantization_config=quantization_config, mixed_precision_config=mixed)
+            full = mct.core.keras_resource_utilization_data(model, data, core_config, target_platform_capabilities=tpc)
+            budget = full.weights_memory * options["weights_memory_ratio"]
+            quantized, _ = mct.ptq.keras_post_training_quantization(
+                model, data, target_resource_utilization=mct.core.ResourceUtilization(weights_memory=budget), core_config=core_config, target_platform_capabilities=tpc
+            )
+            details.update(weights_memory_ratio=options["weights_memory_ratio"], weights_memory_budget_bytes=float(budget), weights_memory_8bit_bytes=float(full.weights_memory))
+        else:
+            core_config = mct.core.CoreConfig(quantization_config=quantization_config)
+            quantized, _ = mct.ptq.keras_post_training_quantization(model, data, core_config=core_config, target_platform_capabilities=tpc)
+        path = Path(out_dir) / ("model_quantized.keras" if method == "ptq" else f"model_mct_{method}.keras")
         mct.exporter.keras_export_model(model=quantized, save_model_path=str(path))
     except Exception as exc:
-        raise StepError("quantize-with-mct", model_path, exc) from exc
-    return {"path": str(path), "target_platform": target_platform, "tpc_version": TPC_VERSION, "mct_version": mct.__version__}
+        raise StepError(f"quantize-with-mct ({method})", model_path, exc) from exc
+    return {
+        "path": str(path),
+        "method": method,
+        "error_method": error_method,
+        "target_platform": target_platform,
+        "tpc_version": TPC_VERSION,
+        "mct_version": mct.__version__,
+        **details,
+    }
 
 
 @task(
     name="quantize-with-mct",
+    task_run_name="quantize-with-mct-{method}",
     cache_policy=ContentCachePolicy(file_inputs=("model_path", "calibration_path"), ignore=("progress",)),
     persist_result=True,
     **RETRY_OPTIONS,
 )
 def quantize_with_mct_task(
-    model_path: str, calibration_path: str, batch_size: int, target_platform: str, progress: bool = True, allow_unsafe_code: bool = False
+    model_path: str,
+    calibration_path: str,
+    batch_size: int,
+    target_platform: str,
+    progress: bool = True,
+    allow_unsafe_code: bool = False,
+    method: str = "ptq",
+    error_method: str = "mse",
+    method_options: dict | None = None,
 ) -> dict:
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = quantize_with_mct(model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress, allow_unsafe_code)
+    result = quantize_with_mct(
+        model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress, allow_unsafe_code, method, error_method, method_options
+    )
     get_run_logger().info(
-        "MCT %s quantized %s for target platform %s -> %s in %.1f s", result["mct_version"], model_path, target_platform, result["path"], time.perf_counter() - started
+        "MCT %s %s (%s thresholds) quantized %s for target platform %s -> %s in %.1f s",
+        result["mct_version"], method, error_method, model_path, target_platform, result["path"], time.perf_counter() - started,
     )
     return result

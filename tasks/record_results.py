@@ -2,9 +2,10 @@
 
 Runs only after every evaluation succeeded, so a failed run never replaces the previous
 run's good outputs. Every file is written to a temporary name and renamed into place:
-  output_dir/model.tflite, model_quantized.tflite, model_quantized.keras
-  evaluate_result_dir/results.json (the SDK's four keys first, then the details), results.csv
-and the Prefect artifacts: a table and a markdown summary, keyed per model.
+  output_dir/model.tflite, model_quantized.tflite, model_quantized.keras, model_<variant>.tflite
+  evaluate_result_dir/results.json (the SDK's four keys first, then the details), results.csv, report.html
+and the Prefect artifacts: a table, a markdown summary with the recommendation and a link to the
+report, keyed per model.
 """
 from __future__ import annotations
 
@@ -13,21 +14,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from prefect import task
 
 from core.files import atomic_copy, atomic_write_json, atomic_write_text
 from core.locking import locked_folders
+from core.metrics import agreement, per_class_accuracy
+from core.recommend import recommend
+from core.report import write_html_report
+from core.variants import PROMISES, SDK_MODELS, variant_file_name
 from core.retry import RETRY_OPTIONS
 from tasks.validate_config import ValidatedConfig
 
-DISPLAY_NAMES = {
-    "keras": "Keras (float)",
-    "keras_quantized": "Keras quantized (MCT)",
-    "tflite": "TFLite ({kind})",
-    "tflite_quantized": "TFLite quantized (MCT, int8)",
-}
-PUBLISHED_NAMES = {"tflite": "model.tflite", "tflite_quantized": "model_quantized.tflite", "keras_quantized": "model_quantized.keras"}
+KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
 
 
 def artifact_key(model_path: str) -> str:
@@ -44,48 +44,70 @@ def size_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
+def model_row(name: str, description: str, published: str, source: str, evaluation: dict, latency: dict, reference: list[int], class_names: list[str], built: dict | None) -> dict:
+    matrix = np.asarray(evaluation["confusion_matrix"])
+    return {
+        "model": name,
+        "variant": built["variant"] if built else None,
+        "description": description,
+        "file": published,
+        "file_size_bytes": size_bytes(source),
+        "top_1_accuracy": evaluation["top_1_accuracy"],
+        "top_5_accuracy": evaluation["top_5_accuracy"],
+        "top_1_change_vs_keras": None,  # filled in once the baseline is known
+        "agreement_with_keras": agreement(evaluation["predicted"], reference),
+        "correct": evaluation["correct"],
+        "image_count": evaluation["image_count"],
+        "per_class_accuracy": per_class_accuracy(matrix, class_names),
+        "confusion_matrix": evaluation["confusion_matrix"],
+        "latency_ms": {"1_thread": latency["1_thread"], "all_threads": latency["all_threads"]},
+        "input_dtype": built["input_dtype"] if built else "float32",
+        "output_dtype": built["output_dtype"] if built else "float32",
+        "input_quantization": built.get("input_quantization") if built else None,
+        "evaluation_seconds": evaluation["seconds"],
+    }
+
+
 def record_results(
     validated: ValidatedConfig,
     calibration: dict,
-    quantization: dict,
-    float_tflite: dict,
-    quantized_tflite: dict,
+    tflite_models: dict[str, dict],
     evaluation_set: dict,
-    evaluations: list[dict],
+    evaluations: dict[str, dict],
+    latencies: dict[str, dict],
     lock_timeout: float = 120.0,
 ) -> dict[str, Any]:
+    """`tflite_models`: what each TFLite step built, by model name; `evaluations` and `latencies` by model name."""
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
-    sources = {"keras": config.source_keras_model, "keras_quantized": quantization["path"], "tflite": float_tflite["path"], "tflite_quantized": quantized_tflite["path"]}
-    published = {name: str(output_dir / file) for name, file in PUBLISHED_NAMES.items()}
-    published["keras"] = config.source_keras_model
-
-    by_name = {e["model"]: e for e in evaluations}
-    baseline = by_name["keras"]["top_1_accuracy"]
-    models = []
-    for name in ("keras", "keras_quantized", "tflite", "tflite_quantized"):
-        e = by_name[name]
-        models.append(
-            {
-                "model": name,
-                "description": DISPLAY_NAMES[name].format(kind=float_tflite["kind"]),
-                "file": published[name],
-                "file_size_bytes": size_bytes(sources[name]),
-                "top_1_accuracy": e["top_1_accuracy"],
-                "top_1_change_vs_keras": round(e["top_1_accuracy"] - baseline, 6),
-                "correct": e["correct"],
-                "image_count": e["image_count"],
-                "evaluation_seconds": e["seconds"],
-            }
-        )
-    results: dict[str, Any] = {f"top_1_accuracy_{m['model']}": m["top_1_accuracy"] for m in models}
+    ptq = tflite_models["tflite_quantized"]["quantization"]
+    sources = {"keras": config.source_keras_model, "keras_quantized": ptq["path"]}
+    published = {"keras": config.source_keras_model, "keras_quantized": str(output_dir / "model_quantized.keras")}
+    descriptions = dict(KERAS_DESCRIPTIONS)
+    for name, built in tflite_models.items():
+        sources[name] = built["path"]
+        published[name] = str(output_dir / variant_file_name(built["variant"], config.float_tflite))
+        descriptions[name] = PROMISES[built["variant"]].description
+    order = ["keras", "keras_quantized", "tflite", "tflite_quantized"] + [n for n in tflite_models if n not in SDK_MODELS]
+    reference = evaluations["keras"]["predicted"]
+    models = [
+        model_row(name, descriptions[name], published[name], sources[name], evaluations[name], latencies[name], reference, validated.class_names, tflite_models.get(name))
+        for name in order
+    ]
+    baseline = evaluations["keras"]["top_1_accuracy"]
+    for m in models:
+        m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - baseline, 6)
+    results: dict[str, Any] = {f"top_1_accuracy_{name}": evaluations[name]["top_1_accuracy"] for name in SDK_MODELS}
     results.update(
         {
-            "image_count": by_name["keras"]["image_count"],
+            "image_count": evaluations["keras"]["image_count"],
             "class_count": len(validated.class_names),
+            "class_names": validated.class_names,
+            "recommendation": recommend(models, config.max_accuracy_drop, config.objective),
             "models": models,
-            "float_tflite": float_tflite["kind"],
-            "quantization": {k: quantization[k] for k in ("target_platform", "tpc_version", "mct_version")},
+            "float_tflite": config.float_tflite,
+            "quantization": {k: ptq[k] for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")},
+            "mct_variants": {name: built["quantization"] for name, built in tflite_models.items() if "quantization" in built},
             "calibration": {k: calibration[k] for k in ("batch_size", "iteration_count", "images_found", "images_used", "seed")},
             "preprocessing": config.preprocessing.model_dump(),
             "labels_without_folder": validated.labels_without_folder,
@@ -94,28 +116,43 @@ def record_results(
                 "evaluation_count": len(evaluation_set["skipped"]),
                 "files": calibration["skipped"] + evaluation_set["skipped"],
             },
+            "latency_machine": latencies["keras"].get("machine"),
+            "report": str(result_dir / "report.html"),
             "configuration": validated.source,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
     # Models and results of one run are published together, under the folders' locks.
     with locked_folders([output_dir, result_dir], timeout=lock_timeout):
-        for name, file in PUBLISHED_NAMES.items():
-            atomic_copy(Path(sources[name]), output_dir / file)
+        for name in order:
+            if name != "keras":
+                atomic_copy(Path(sources[name]), Path(published[name]))
         atomic_write_json(result_dir / "results.json", results)
         atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
+        write_html_report(results, result_dir / "report.html")
     return results
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def results_table(results: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             {
-                "model": m["description"],
+                "model": m["model"],
+                "description": m["description"],
                 "file": Path(m["file"]).name,
                 "size_kib": round(m["file_size_bytes"] / 1024, 1),
                 "top_1": round(m["top_1_accuracy"], 4),
+                "top_5": round(m["top_5_accuracy"], 4),
                 "change_vs_keras": round(m["top_1_change_vs_keras"], 4),
+                "agreement": round(m["agreement_with_keras"], 4),
+                "ms_1_thread": _ms(m["latency_ms"]["1_thread"]),
+                "ms_all_threads": _ms(m["latency_ms"]["all_threads"]),
+                "input": m["input_dtype"],
+                "output": m["output_dtype"],
                 "images": m["image_count"],
             }
             for m in results["models"]
@@ -124,32 +161,45 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    return results_table(results).to_string(index=False)
+    """The comparison for a terminal, then the recommendation."""
+    table = results_table(results).drop(columns=["description", "images"]).to_string(index=False, na_rep="-")
+    return f"{table}\n\n{recommendation_text(results['recommendation'])}"
+
+
+def recommendation_text(recommendation: dict) -> str:
+    if recommendation["chosen"]:
+        return f"Recommended: {recommendation['reason']}."
+    return f"Recommended: none. {recommendation['reason']}."
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
-    frame = results_table(results)
+    frame = results_table(results).fillna("-")
     rows = [list(frame.columns)] + frame.astype(str).values.tolist()
     table = "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows[:1] + [["---"] * len(frame.columns)] + rows[1:])
+    rejected = "\n".join(f"- `{r['model']}`: {r['reason']}" for r in results["recommendation"]["rejected"])
     return (
         f"# Quantize and evaluate: {Path(results['models'][0]['file']).name}\n\n"
+        f"**{recommendation_text(results['recommendation'])}**\n\n"
         f"{results['image_count']} evaluation images, {results['class_count']} classes; "
         f"MCT {results['quantization']['mct_version']} for target platform `{results['quantization']['target_platform']}`; "
-        f"`model.tflite` is a {results['float_tflite']} conversion.\n\n{table}\n\n"
+        f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
+        f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n"
+        f"Report with confusion matrices and the accuracy-vs-size chart: `{results['report']}`\n\n"
         f"Configuration: `{results['configuration']}`\n"
     )
 
 
 @task(name="record-results", persist_result=False, **RETRY_OPTIONS)
 def record_results_task(
-    validated: ValidatedConfig, calibration: dict, quantization: dict, float_tflite: dict, quantized_tflite: dict, evaluation_set: dict, evaluations: list[dict]
+    validated: ValidatedConfig, calibration: dict, tflite_models: dict, evaluation_set: dict, evaluations: dict, latencies: dict
 ) -> dict[str, Any]:
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(validated, calibration, quantization, float_tflite, quantized_tflite, evaluation_set, evaluations)
+    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies)
     key = artifact_key(validated.config.source_keras_model)
-    create_table_artifact(key=f"{key}-table", table=results_table(results).to_dict(orient="records"), description="Top-1 accuracy, file size and image count of each model")
-    create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary")
+    create_table_artifact(key=f"{key}-table", table=results_table(results).fillna("-").to_dict(orient="records"), description="Every model: size, Top-1, Top-5, agreement, latency, dtypes")
+    create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation")
+    create_link_artifact(key=f"{key}-report", link=Path(results["report"]).resolve().as_uri(), link_text="report.html", description="HTML report: confusion matrices, accuracy vs size")
     get_run_logger().info("Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results))
     return results

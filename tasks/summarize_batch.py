@@ -8,10 +8,10 @@ from typing import Any
 import pandas as pd
 from prefect import task
 
-from tasks.evaluate_model import MODEL_NAMES
+from core.variants import SDK_MODELS
 
 SUMMARY_ARTIFACT_KEY = "batch-quantize-summary"
-TOP_1_KEYS = [f"top_1_accuracy_{name}" for name in MODEL_NAMES]
+TOP_1_KEYS = [f"top_1_accuracy_{name}" for name in SDK_MODELS]
 
 
 def outcome(config_path: str, state) -> dict[str, Any]:

@@ -47,6 +47,10 @@ def sdk_config(sample: Path, out: Path, **overrides) -> dict:
         "evaluate_image_extension": "jpg",
         "evaluate_label_file": str(sample / "labels.json"),
         "evaluate_result_dir": str(out / "results"),
+        # Only the SDK's two TFLite models and few latency repeats, to keep the suite fast;
+        # tests/test_variants.py builds and checks the whole default set.
+        "variants": ["mct_ptq"],
+        "latency_repeats": 3,
     }
     config.update(overrides)
     return config

@@ -55,7 +55,7 @@ def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_compl
     assert rerun.is_completed(), rerun.message
     states = task_states(rerun)
     assert states["load-calibration-set"] == "Cached", states  # finished before the kill, so reused
-    assert states["quantize-with-mct"] == "Completed", states  # interrupted, so done again
+    assert states["quantize-with-mct-ptq"] == "Completed", states  # interrupted, so done again
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["top_1_accuracy_tflite_quantized"] > 0.8
     assert (tmp_path / "models" / "model_quantized.tflite").read_bytes() != previous[tmp_path / "models" / "model_quantized.tflite"]

@@ -103,7 +103,8 @@ def test_a_run_from_a_configuration_file_completes_with_its_artifacts(stack, sam
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
     keyed = {(a.key, a.type) for a in artifacts if a.key}
-    assert keyed == {("quantize-evaluate-sample-model", "markdown"), ("quantize-evaluate-sample-model-table", "table")}, [(a.key, a.type) for a in artifacts]
+    expected = {("quantize-evaluate-sample-model", "markdown"), ("quantize-evaluate-sample-model-table", "table"), ("quantize-evaluate-sample-model-report", "markdown")}  # a link artifact is stored as markdown
+    assert keyed == expected, [(a.key, a.type) for a in artifacts]
 
 
 def test_a_run_from_an_inline_configuration_completes(stack, sample_dir, tmp_path):

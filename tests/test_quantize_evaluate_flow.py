@@ -20,11 +20,11 @@ from tasks.load_evaluation_set import list_evaluation_images
 from tests.conftest import SAMPLE_TRAIN, sdk_config, write_config
 
 SDK_KEYS = ["top_1_accuracy_keras", "top_1_accuracy_keras_quantized", "top_1_accuracy_tflite", "top_1_accuracy_tflite_quantized"]
-HEAVY_STEPS = ["load-calibration-set", "quantize-with-mct", "convert-to-tflite", "export-quantized-tflite", "load-evaluation-set"]
+HEAVY_STEPS = ["load-calibration-set", "quantize-with-mct-ptq", "convert-to-tflite-float32", "export-quantized-tflite-mct_ptq", "load-evaluation-set"]
 EVALUATIONS = ["evaluate-keras", "evaluate-keras_quantized", "evaluate-tflite", "evaluate-tflite_quantized"]
 
 
-def task_states(flow_state, expected: int = 11, timeout: float = 30.0) -> dict[str, str]:
+def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[str, str]:
     """Task-run name (without Prefect's random suffix) -> final state name, read from the API."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -62,7 +62,8 @@ def test_the_flow_writes_the_sdk_outputs(first_run):
     assert list(results)[:4] == SDK_KEYS
     assert results["image_count"] == 120
     assert [m["model"] for m in results["models"]] == ["keras", "keras_quantized", "tflite", "tflite_quantized"]
-    assert (out / "results" / "results.csv").read_text().splitlines()[0] == "model,file,size_kib,top_1,change_vs_keras,images"
+    header = "model,description,file,size_kib,top_1,top_5,change_vs_keras,agreement,ms_1_thread,ms_all_threads,input,output,images"
+    assert (out / "results" / "results.csv").read_text().splitlines()[0] == header
 
 
 def test_accuracies_are_sane(first_run):
@@ -133,9 +134,9 @@ def test_changing_one_calibration_image_redoes_the_quantization_and_what_follows
     Image.fromarray(255 - np.asarray(Image.open(used))).save(used)
 
     states = task_states(run(config_path))
-    for step in ["load-calibration-set", "quantize-with-mct", "export-quantized-tflite", "evaluate-keras_quantized", "evaluate-tflite_quantized"]:
+    for step in ["load-calibration-set", "quantize-with-mct-ptq", "export-quantized-tflite-mct_ptq", "evaluate-keras_quantized", "evaluate-tflite_quantized"]:
         assert states[step] == "Completed", (step, states)
-    for step in ["convert-to-tflite", "load-evaluation-set", "evaluate-keras", "evaluate-tflite"]:
+    for step in ["convert-to-tflite-float32", "load-evaluation-set", "evaluate-keras", "evaluate-tflite"]:
         assert states[step] == "Cached", (step, states)
 
 
@@ -182,5 +183,7 @@ def test_the_command_runs_the_sample_and_prints_the_table(first_run):
     config_path, out, _ = first_run
     result = cli(str(config_path), "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "TFLite quantized (MCT, int8)" in result.stdout.splitlines()[-1]
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["tflite_quantized", "model_quantized.tflite"] for line in lines if line.strip())
+    assert lines[-1].startswith("Recommended: ")
     assert json.loads((out / "results" / "results.json").read_text())["image_count"] == 120

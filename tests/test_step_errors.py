@@ -13,6 +13,6 @@ def test_an_mct_failure_names_the_step_the_model_and_the_cause(sample_dir, tmp_p
     with pytest.raises(StepError) as info:
         quantize_with_mct(model, str(calibration), 2, "no-such-platform", tmp_path, progress=False)
     message = str(info.value)
-    assert message.startswith(f"step 'quantize-with-mct' failed for model {model}: ")
+    assert message.startswith(f"step 'quantize-with-mct (ptq)' failed for model {model}: ")
     assert "no-such-platform" in message or "device" in message.lower()
     assert not (tmp_path / "model_quantized.keras").exists()

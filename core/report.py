@@ -1,0 +1,229 @@
+"""A self-contained HTML report of one evaluation's results.
+
+`write_html_report` turns the results dictionary (models, accuracies, confusion matrices,
+latencies and the recommendation) into one HTML file whose charts are PNG images embedded
+as base64 `data:` URIs, so the file can be mailed or archived on its own.
+
+Charts are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never through
+pyplot: pyplot keeps global state that is unsafe when Prefect runs tasks in threads.
+matplotlib is imported inside the functions so that importing this module (and the CLI
+that imports it) stays fast.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from core.files import atomic_write_text
+
+_MISSING = "–"
+_MAX_ANNOTATED_CLASSES = 20
+_DPI = 80
+_OBJECTIVES = {"size": "smallest file", "latency": "lowest latency"}
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 75em; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; }
+td.text, th.text { text-align: left; }
+tr.chosen { background: #eaf6ea; font-weight: bold; }
+.recommendation { padding: 0.8em 1em; border-left: 4px solid #2a7d2a; background: #f4faf4; }
+.recommendation.none { border-left-color: #b03a2e; background: #fbf1f0; }
+.model { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
+"""
+
+
+def write_html_report(results: dict, path: str | Path) -> Path:
+    """Write the report for `results` to `path` atomically and return the path."""
+    class_names = list(results["class_names"])
+    models = results["models"]
+    recommendation = results["recommendation"]
+
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>Quantization report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Quantization report</h1>",
+        f"<p>{len(models)} models evaluated on {int(results['image_count'])} images "
+        f"in {len(class_names)} classes.</p>",
+        _recommendation_html(recommendation),
+        "<h2>Comparison</h2>",
+        _comparison_table_html(models, recommendation.get("chosen")),
+        "<h2>Accuracy vs size</h2>",
+        _img(accuracy_size_chart_png(results), "Top-1 accuracy against file size"),
+        "<h2>Per model</h2>",
+    ]
+    for model in models:
+        parts += [
+            f"<h3>{_e(model['description'])} <small>({_e(model['model'])})</small></h3>",
+            '<div class="model">',
+            _img(confusion_matrix_png(model, class_names), f"Confusion matrix of {model['model']}"),
+            _per_class_table_html(model["per_class_accuracy"], class_names),
+            "</div>",
+        ]
+    parts.append("</body></html>\n")
+    return atomic_write_text(Path(path), "\n".join(parts))
+
+
+def accuracy_size_chart_png(results: dict) -> bytes:
+    """A scatter of Top-1 accuracy against file size (KiB), one marker per model, named in the legend
+    (quantized variants cluster: labels on the points would overlap)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    chosen = results["recommendation"].get("chosen")
+    fig = Figure(figsize=(8, 4), dpi=_DPI)
+    ax = fig.add_subplot()
+    markers = "osD^vP<>Xhp*"
+    sizes = []
+    for index, model in enumerate(results["models"]):
+        size_kib = model["file_size_bytes"] / 1024
+        sizes.append(size_kib)
+        is_chosen = model["model"] == chosen
+        ax.scatter(
+            [size_kib], [model["top_1_accuracy"]],
+            s=160 if is_chosen else 45,
+            marker="*" if is_chosen else markers[index % len(markers)],
+            label=f"{model['model']} (chosen)" if is_chosen else model["model"],
+            zorder=3, alpha=0.85,
+        )
+    # Log scale only where sizes span orders of magnitude (and none is zero, which it cannot show).
+    if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.1, y=0.15)
+    ax.set_xlabel("File size (KiB)")
+    ax.set_ylabel("Top-1 accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_matrix_png(model: dict, class_names: list[str]) -> bytes:
+    """A heatmap of the model's confusion matrix (rows: true class, columns: predicted)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(model["confusion_matrix"], dtype=float)
+    n = len(class_names)
+    # Grow with the class count so labels stay legible, within bounds.
+    side = min(max(3.0 + 0.35 * n, 4.0), 12.0)
+    fig = Figure(figsize=(side, side), dpi=_DPI)
+    ax = fig.add_subplot()
+    if matrix.size == 0:
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        image = ax.imshow(matrix, cmap="Blues")
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ticks = range(len(class_names))
+        ax.set_xticks(ticks, labels=class_names, rotation=90 if n > 5 else 0, fontsize=8)
+        ax.set_yticks(ticks, labels=class_names, fontsize=8)
+        ax.set_xlabel("Predicted class")
+        ax.set_ylabel("True class")
+        if n <= _MAX_ANNOTATED_CLASSES:
+            threshold = matrix.max() / 2
+            for (row, col), count in np.ndenumerate(matrix):
+                ax.text(col, row, f"{int(count)}", ha="center", va="center", fontsize=8,
+                        color="white" if count > threshold else "black")
+    ax.set_title(model["model"], fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _recommendation_html(recommendation: dict) -> str:
+    objective = _OBJECTIVES.get(recommendation["objective"], _e(recommendation["objective"]))
+    drop = _percent_points(recommendation["max_accuracy_drop"])
+    criteria = f"Objective: {objective}, losing at most {drop} of Top-1 accuracy vs Keras."
+    chosen = recommendation.get("chosen")
+    if chosen is not None:
+        body = (f"<p><strong>Recommended model: {_e(chosen)}</strong></p>"
+                f"<p>{_e(recommendation['reason'])}</p>")
+        css_class = "recommendation"
+    else:
+        closest = recommendation.get("closest")
+        closest_text = f" The closest is <strong>{_e(closest)}</strong>." if closest is not None else ""
+        body = (f"<p><strong>None qualifies: no model meets these criteria.</strong>{closest_text}</p>"
+                f"<p>{_e(recommendation['reason'])}</p>")
+        css_class = "recommendation none"
+    rejected = recommendation.get("rejected") or []
+    if rejected:
+        items = "".join(f"<li>{_e(r['model'])}: {_e(r['reason'])}</li>" for r in rejected)
+        body += f"<p>Rejected:</p><ul>{items}</ul>"
+    return f'<h2>Recommendation</h2><div class="{css_class}"><p>{criteria}</p>{body}</div>'
+
+
+def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
+    headers = ["Model", "File", "Size (KiB)", "Top-1", "Top-5", "Change vs Keras", "Agreement",
+               "Latency 1 thread (ms)", "Latency all threads (ms)", "Input", "Output"]
+    text_columns = {0, 1, 9, 10}
+    head = "".join(f'<th class="text">{h}</th>' if i in text_columns else f"<th>{h}</th>"
+                   for i, h in enumerate(headers))
+    rows = []
+    for m in models:
+        latency = m["latency_ms"]
+        cells = [
+            _e(m["description"]),
+            _e(Path(m["file"]).name),
+            f"{m['file_size_bytes'] / 1024:,.1f}",
+            _percent(m["top_1_accuracy"]),
+            _percent(m["top_5_accuracy"]),
+            _percent_points(m["top_1_change_vs_keras"], signed=True),
+            _percent(m["agreement_with_keras"]),
+            _ms(latency.get("1_thread")),
+            _ms(latency.get("all_threads")),
+            _e(m["input_dtype"]),
+            _e(m["output_dtype"]),
+        ]
+        row = "".join(f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>"
+                      for i, c in enumerate(cells))
+        css = ' class="chosen"' if m["model"] == chosen else ""
+        rows.append(f"<tr{css}>{row}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
+    rows = "".join(f'<tr><td class="text">{_e(name)}</td><td>{_percent(per_class.get(name))}</td></tr>'
+                   for name in class_names)
+    return ('<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+def _png(fig) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=_DPI)
+    # Figures made without pyplot are not tracked globally; clearing frees them promptly.
+    fig.clear()
+    return buffer.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _percent(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2%}"
+
+
+def _percent_points(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return _MISSING
+    return f"{value * 100:+.2f} pp" if signed else f"{value * 100:.2f} pp"
+
+
+def _ms(value: float | None) -> str:
+    return _MISSING if value is None else f"{value:.2f}"

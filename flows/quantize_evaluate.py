@@ -74,7 +74,9 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
         return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress, unsafe, classes)
 
     evaluations = {"keras": evaluate("keras", c.source_keras_model)}
-    tflite_models = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
+    built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
+    unsupported = {name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None}
+    tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
     for name, built in tflite_models.items():
         evaluations[name] = evaluate(name, built["path"])
     evaluations["keras_quantized"] = evaluate("keras_quantized", quantized["mct_ptq"].result()["path"])
@@ -88,7 +90,7 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     machine = this_machine()
     latencies = {name: measure_latency_task(name, e["model_path"], images, c.latency_repeats, machine, unsafe) for name, e in evaluated.items()}
-    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies)
+    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,11 @@ from core.storage import new_work_dir
 from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, check_variant
 
 
+# The converter supports 16x8 for fewer operators than int8: a model it cannot convert is reported
+# as unsupported for that variant rather than failing the run.
+OPTIONAL_VARIANTS = ("int16x8",)
+
+
 def configure(converter, variant: str, calibration: Optional[np.ndarray]) -> None:
     import tensorflow as tf
 
@@ -52,6 +57,8 @@ def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_
         configure(converter, variant, calibration)
         flatbuffer = converter.convert()
     except Exception as exc:
+        if variant in OPTIONAL_VARIANTS:
+            return {"path": None, "variant": variant, "unsupported": f"{type(exc).__name__}: {exc}"}
         raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
     path = atomic_write_bytes(Path(out_dir) / f"model_{variant}.tflite", flatbuffer)
     found = check_variant(path, variant)
@@ -70,6 +77,9 @@ def convert_to_tflite_task(model_path: str, variant: str, calibration_path: Opti
 
     started = time.perf_counter()
     result = convert_to_tflite(model_path, variant, new_work_dir("convert"), calibration_path, allow_unsafe_code)
+    if result["path"] is None:
+        get_run_logger().warning("TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result["unsupported"])
+        return result
     get_run_logger().info(
         "TensorFlow's converter made the %s variant of %s (input %s, output %s) -> %s in %.1f s",
         variant, model_path, result["input_dtype"], result["output_dtype"], result["path"], time.perf_counter() - started,

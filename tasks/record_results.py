@@ -75,9 +75,11 @@ def record_results(
     evaluation_set: dict,
     evaluations: dict[str, dict],
     latencies: dict[str, dict],
+    unsupported: dict[str, str] | None = None,
     lock_timeout: float = 120.0,
 ) -> dict[str, Any]:
-    """`tflite_models`: what each TFLite step built, by model name; `evaluations` and `latencies` by model name."""
+    """`tflite_models`: what each TFLite step built, by model name; `evaluations` and `latencies` by model name;
+    `unsupported`: the variants the converter could not make, with its message."""
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
     ptq = tflite_models["tflite_quantized"]["quantization"]
@@ -107,6 +109,7 @@ def record_results(
             "models": models,
             "float_tflite": config.float_tflite,
             "quantization": {k: ptq[k] for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")},
+            "unsupported_variants": unsupported or {},
             "mct_variants": {name: built["quantization"] for name, built in tflite_models.items() if "quantization" in built},
             "calibration": {k: calibration[k] for k in ("batch_size", "iteration_count", "images_found", "images_used", "seed")},
             "preprocessing": config.preprocessing.model_dump(),
@@ -163,7 +166,11 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
 def format_table(results: dict[str, Any]) -> str:
     """The comparison for a terminal, then the recommendation."""
     table = results_table(results).drop(columns=["description", "images"]).to_string(index=False, na_rep="-")
-    return f"{table}\n\n{recommendation_text(results['recommendation'])}"
+    return f"{table}\n{unsupported_text(results)}\n{recommendation_text(results['recommendation'])}"
+
+
+def unsupported_text(results: dict[str, Any]) -> str:
+    return "".join(f"Not built: {name}: {reason.splitlines()[0]}\n" for name, reason in results["unsupported_variants"].items())
 
 
 def recommendation_text(recommendation: dict) -> str:
@@ -183,7 +190,7 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"{results['image_count']} evaluation images, {results['class_count']} classes; "
         f"MCT {results['quantization']['mct_version']} for target platform `{results['quantization']['target_platform']}`; "
         f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
-        f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n"
+        f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n{unsupported_text(results)}\n"
         f"Report with confusion matrices and the accuracy-vs-size chart: `{results['report']}`\n\n"
         f"Configuration: `{results['configuration']}`\n"
     )
@@ -191,12 +198,12 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 @task(name="record-results", persist_result=False, **RETRY_OPTIONS)
 def record_results_task(
-    validated: ValidatedConfig, calibration: dict, tflite_models: dict, evaluation_set: dict, evaluations: dict, latencies: dict
+    validated: ValidatedConfig, calibration: dict, tflite_models: dict, evaluation_set: dict, evaluations: dict, latencies: dict, unsupported: dict | None = None
 ) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies)
+    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies, unsupported)
     key = artifact_key(validated.config.source_keras_model)
     create_table_artifact(key=f"{key}-table", table=results_table(results).fillna("-").to_dict(orient="records"), description="Every model: size, Top-1, Top-5, agreement, latency, dtypes")
     create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation")

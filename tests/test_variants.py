@@ -6,7 +6,10 @@ import json
 import pandas as pd
 import pytest
 
+import numpy as np
+
 from core.variants import PROMISES, Promise, VariantMismatch, check_variant
+from tasks.convert_to_tflite import convert_to_tflite
 from tests.conftest import sdk_config, write_config
 from tests.test_quantize_evaluate_flow import run, task_states
 
@@ -105,3 +108,17 @@ def test_adding_variants_to_a_finished_run_costs_only_those_variants(default_run
     mixed = results["mct_variants"]["tflite_mct_mixed_precision"]
     assert mixed["weights_memory_budget_bytes"] == pytest.approx(0.75 * mixed["weights_memory_8bit_bytes"])
     assert results["mct_variants"]["tflite_mct_gptq"]["gptq_epochs"] == 1
+
+
+def test_a_variant_the_converter_cannot_make_is_reported_as_unsupported_instead_of_failing(tmp_path):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((8, 8, 3))
+    x = tf.keras.layers.Activation("elu")(tf.keras.layers.Conv2D(4, 3)(inputs))  # no 16x8 kernel for ELU
+    outputs = tf.keras.layers.Dense(3, activation="softmax")(tf.keras.layers.GlobalAveragePooling2D()(x))
+    tf.keras.Model(inputs, outputs).save(tmp_path / "elu.h5")
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 8, 8, 3), np.float32))
+
+    result = convert_to_tflite(str(tmp_path / "elu.h5"), "int16x8", tmp_path, str(tmp_path / "calibration.npy"))
+    assert result["path"] is None and "ELU" in result["unsupported"]
+    assert convert_to_tflite(str(tmp_path / "elu.h5"), "full_int8", tmp_path, str(tmp_path / "calibration.npy"))["input_dtype"] == "int8"

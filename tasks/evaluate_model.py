@@ -10,6 +10,7 @@ fail. It is not part of the cache key.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -18,11 +19,14 @@ from prefect import task
 from tqdm import tqdm
 
 from core.caching import ContentCachePolicy
+from core.image_store import image_count, iter_batches
 from core.metrics import confusion_matrix, top_k_correct
 from core.models import TFLitePredictor, keras_predictor, load_keras_model, load_quantized_keras_model
 from core.retry import RETRY_OPTIONS
 
 KERAS_MODELS = ("keras", "keras_quantized")
+# At most one evaluation per core runs at a time, whatever the task runner's pool size.
+EVALUATION_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)
 TOP_K = 5
 FAULT_ENV = "QUANTIZE_FAIL_EVALUATION"
 
@@ -48,7 +52,9 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
     if model_name == "keras_quantized":
         return keras_predictor(load_quantized_keras_model(model_path))
     if model_name.startswith("tflite"):
-        return TFLitePredictor(model_path, num_threads=os.cpu_count())
+        # Evaluations run concurrently, up to one per core: one thread each fills the cores
+        # without oversubscribing them.
+        return TFLitePredictor(model_path, num_threads=1)
     raise ValueError(f"unknown model name {model_name!r}: expected keras, keras_quantized or tflite...")
 
 
@@ -56,17 +62,17 @@ def predict_top_k(
     model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
 ) -> tuple[np.ndarray, int]:
     """(images, min(5, classes)) class ids, best first, and the model's class count."""
-    images = np.load(images_path, mmap_mode="r")
+    total = image_count(images_path)
     predict = make_predictor(model_name, model_path, allow_unsafe_code)
-    predicted, class_count = None, 0
-    with tqdm(total=len(images), desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-        for start in range(0, len(images), batch_size):
-            batch = np.ascontiguousarray(images[start : start + batch_size])
+    predicted, class_count, start = None, 0, 0
+    with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
+        for batch in iter_batches(images_path, batch_size):
             scores = predict(batch)
             if predicted is None:
                 class_count = scores.shape[-1]
-                predicted = np.empty((len(images), min(TOP_K, class_count)), np.int64)
+                predicted = np.empty((total, min(TOP_K, class_count)), np.int64)
             predicted[start : start + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
+            start += len(batch)
             bar.update(len(batch))
     return (predicted if predicted is not None else np.empty((0, 1), np.int64)), class_count
 
@@ -85,9 +91,11 @@ def evaluate_model(
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
-    started = time.perf_counter()
+    with EVALUATION_SLOTS:
+        started = time.perf_counter()
+        top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
+        seconds = time.perf_counter() - started
     labels = np.load(labels_path)
-    top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
     class_count = class_count or model_classes
     predicted = top_k[:, 0]
     correct, correct_top_5 = top_k_correct(top_k[:, :1], labels), top_k_correct(top_k, labels)
@@ -100,7 +108,7 @@ def evaluate_model(
         "correct": correct,
         "correct_top_5": correct_top_5,
         "image_count": int(count),
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": round(seconds, 3),
         "confusion_matrix": confusion_matrix(predicted, labels, class_count).tolist(),
         "predicted": predicted.tolist(),
     }

@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup sample demo test server stop clean help
+.PHONY: setup sample demo test benchmark server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
 	@echo "make test   set up .venv and run the tests"
+	@echo "make benchmark  measure throughput, cache, overhead and memory against baselines (several minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
 	@echo "make clean  remove the cache, the sample and the demo outputs (keeps .venv)"
@@ -31,6 +32,9 @@ demo: sample
 
 test: setup
 	$(BIN)/python -m pytest
+
+benchmark: sample
+	$(BIN)/python -m benchmarks.run_benchmarks
 
 server: sample
 	$(BIN)/python -m deployments.local_stack start

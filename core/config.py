@@ -120,6 +120,15 @@ class QuantizeConfig(BaseModel):
         False, description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust."
     )
 
+    @model_validator(mode="after")
+    def _mixed_precision_needs_imx500(self) -> "QuantizeConfig":
+        if self.variants and "mct_mixed_precision" in self.variants and self.target_platform != "imx500":
+            raise ValueError(
+                f"variant 'mct_mixed_precision' needs target_platform 'imx500', got {self.target_platform!r}: "
+                "only MCT's imx500 platform offers mixed-precision options; drop the variant or set target_platform to imx500"
+            )
+        return self
+
 
 def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
     """Read and structurally validate a configuration file; relative paths will resolve against its folder."""
@@ -161,6 +170,8 @@ def describe_error(error: dict) -> str:
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"unknown key '{loc}'{hint}: keys are case sensitive"
+    if not error["loc"]:  # a rule across keys: its message names them
+        return str(error["msg"]).removeprefix("Value error, ")
     given = error.get("input")
     given_text = f"{given!r} ({_json_type(given)})"
     reason = error["msg"]

@@ -16,7 +16,9 @@ import html
 import io
 from pathlib import Path
 
-from core.files import atomic_write_text
+from core.files import atomic_write_bytes, atomic_write_text
+
+RENDER_VERSION = 1  # bump when the confusion-matrix drawing changes, to redraw the remembered PNGs
 
 _MISSING = "–"
 _MAX_ANNOTATED_CLASSES = 20
@@ -61,7 +63,7 @@ def write_html_report(results: dict, path: str | Path) -> Path:
         parts += [
             f"<h3>{_e(model['description'])} <small>({_e(model['model'])})</small></h3>",
             '<div class="model">',
-            _img(confusion_matrix_png(model, class_names), f"Confusion matrix of {model['model']}"),
+            _img(remembered_png(confusion_matrix_png, model["model"], model["confusion_matrix"], class_names), f"Confusion matrix of {model['model']}"),
             _per_class_table_html(model["per_class_accuracy"], class_names),
             "</div>",
         ]
@@ -193,6 +195,23 @@ def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
                    for name in class_names)
     return ('<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead>'
             f"<tbody>{rows}</tbody></table>")
+
+
+def remembered_png(render, name: str, matrix: list, class_names: list[str]) -> bytes:
+    """A confusion-matrix PNG, rendered once per content and kept in the cache: a rerun served from the
+    cache would otherwise spend most of its time drawing the same pictures again."""
+    import hashlib
+    import json
+
+    from core.storage import cache_root
+
+    key = hashlib.blake2b(json.dumps([RENDER_VERSION, name, matrix, class_names]).encode(), digest_size=16).hexdigest()
+    path = cache_root() / "work" / "report-png" / f"{key}.png"
+    if path.is_file():
+        return path.read_bytes()
+    png = render({"model": name, "confusion_matrix": matrix}, class_names)
+    atomic_write_bytes(path, png)
+    return png
 
 
 def _png(fig) -> bytes:

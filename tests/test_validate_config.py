@@ -218,3 +218,9 @@ def test_a_label_without_a_folder_is_allowed_and_reported(own_sample, tmp_path):
     shutil.rmtree(own_sample / "validation" / "3")
     path = write_config(tmp_path / "configuration.json", sdk_config(own_sample, tmp_path))
     assert validate_config(config_path=path).labels_without_folder == ["3"]
+
+
+def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, variants=["mct_mixed_precision"], target_platform="tflite"), tmp_path)
+    assert "variant 'mct_mixed_precision' needs target_platform 'imx500', got 'tflite'" in message
+    assert "set target_platform to imx500" in message and "source_keras_model" not in message

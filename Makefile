@@ -3,10 +3,11 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+IMX500_VENV := .venv-imx500
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup sample demo test benchmark server stop clean help
+.PHONY: setup imx500 sample demo test benchmark server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
@@ -14,6 +15,7 @@ help:
 	@echo "make benchmark  measure throughput, cache, overhead and memory against baselines (several minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
+	@echo "make imx500 install Sony's IMX500 converter into .venv-imx500 (make test does it too)"
 	@echo "make clean  remove the cache, the sample and the demo outputs (keeps .venv)"
 
 $(BIN)/.installed: requirements.txt
@@ -24,13 +26,22 @@ $(BIN)/.installed: requirements.txt
 
 setup: $(BIN)/.installed
 
+# Sony's IMX500 converter lives in an environment of its own (see requirements-imx500.txt).
+$(IMX500_VENV)/.installed: requirements-imx500.txt
+	$(PYTHON) -m venv $(IMX500_VENV)
+	$(IMX500_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(IMX500_VENV)/bin/python -m pip install --quiet -r requirements-imx500.txt
+	touch $@
+
+imx500: $(IMX500_VENV)/.installed
+
 sample: setup
 	$(BIN)/python -m core.sample_data
 
-demo: sample
+demo: sample imx500
 	$(BIN)/python -m flows.quantize_evaluate configs/digits/configuration.json
 
-test: setup
+test: setup imx500
 	$(BIN)/python -m pytest
 
 benchmark: sample

@@ -116,9 +116,29 @@ class QuantizeConfig(BaseModel):
     )
     objective: Literal["size", "latency"] = Field("size", description="What the recommendation minimises among the models within the budget: file size or latency.")
     latency_repeats: StrictInt = Field(20, ge=1, le=10000, description="Timed inferences per model and thread setting; the latency is their median.")
+    ethos_u_accelerator: Literal["ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] = Field(
+        "ethos-u55-128", description="Arm Ethos-U configuration Vela compiles the full-integer models for."
+    )
+    imx500_require_fit: StrictBool = Field(False, description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise it is only reported).")
+    target_device: Optional[Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]] = Field(
+        None,
+        description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an Ethos-U name keeps the models Vela compiled, "
+        "preferring the highest share of operators on the NPU.",
+    )
     allow_unsafe_model_code: StrictBool = Field(
         False, description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust."
     )
+
+    @model_validator(mode="after")
+    def _target_device_agrees(self) -> "QuantizeConfig":
+        if self.target_device == "imx500" and self.target_platform != "imx500":
+            raise ValueError(f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it")
+        if self.target_device and self.target_device.startswith("ethos-u"):
+            if "ethos_u_accelerator" not in self.model_fields_set:
+                self.ethos_u_accelerator = self.target_device
+            elif self.ethos_u_accelerator != self.target_device:
+                raise ValueError(f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} differ: give one, or the same in both")
+        return self
 
     @model_validator(mode="after")
     def _mixed_precision_needs_imx500(self) -> "QuantizeConfig":

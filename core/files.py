@@ -47,6 +47,26 @@ def atomic_copy(source: Path, destination: Path) -> Path:
     return _atomic(destination, lambda tmp: shutil.copyfile(source, tmp))
 
 
+def atomic_copy_tree(source: Path, destination: Path) -> Path:
+    """Copy a folder to a temporary name beside `destination`, then swap it into place: readers see the
+    old folder or the new one, whole."""
+    import shutil
+
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
+    old = staging.with_name(staging.name + ".old")
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        if destination.exists():
+            os.replace(destination, old)
+        os.replace(staging, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return destination
+
+
 def atomic_save_numpy(destination: Path, array) -> Path:
     import numpy as np
 

@@ -1,6 +1,9 @@
 """Pick the model to ship: the best deployable (.tflite) model whose Top-1 stays within
 `max_accuracy_drop` of the float Keras model, best meaning smallest file (`size`) or fastest
-inference on all threads (`latency`). Every other candidate is listed with why it lost."""
+inference on all threads (`latency`). Every other candidate is listed with why it lost.
+
+With a `target_device`, only the models that device can take compete: for `imx500` those that fit the
+sensor, for an Ethos-U the ones Vela compiled, the highest share of operators on the NPU first."""
 from __future__ import annotations
 
 import math
@@ -20,23 +23,44 @@ def _describe(model: dict, objective: str) -> str:
     return "no latency measured" if math.isinf(value) else f"{value:.3f} ms per image"
 
 
-def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "size") -> dict:
+def device_problem(model: dict, target_device: str | None) -> str | None:
+    """Why the device cannot take the model, or None."""
+    if target_device == "imx500":
+        imx500 = model.get("imx500")
+        if not imx500:
+            return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
+        if imx500.get("skipped"):
+            return imx500["reason"]
+        return None if imx500["fits"] else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
+    if target_device:
+        ethos_u = model.get("ethos_u") or {}
+        return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
+    return None
+
+
+def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "size", target_device: str | None = None) -> dict:
     if objective not in ("size", "latency"):
         raise ValueError(f"objective {objective!r}: expected 'size' or 'latency'")
     baseline = next(m for m in models if m["model"] == "keras")["top_1_accuracy"]
-    candidates = [m for m in models if str(m["file"]).endswith(".tflite")]
+    deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
+    unfit = [{"model": m["model"], "top_1_drop": round(baseline - m["top_1_accuracy"], 6), "reason": device_problem(m, target_device)} for m in deployable if device_problem(m, target_device)]
+    candidates = [m for m in deployable if not device_problem(m, target_device)]
     drop = {m["model"]: round(baseline - m["top_1_accuracy"], 6) for m in candidates}
     within = [m for m in candidates if drop[m["model"]] <= max_accuracy_drop + 1e-9]
-    summary = {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline}
+    summary = {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline, "target_device": target_device}
     if not within:
         closest = min(candidates, key=lambda m: (drop[m["model"]], _measure(m, objective))) if candidates else None
         rejected = [{"model": m["model"], "top_1_drop": drop[m["model"]], "reason": f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"} for m in candidates]
-        reason = f"no TFLite model stays within a Top-1 drop of {max_accuracy_drop:.4f} of the float Keras model ({baseline:.4f})"
+        where = f" that {target_device} can take" if target_device else ""
+        reason = f"no TFLite model{where} stays within a Top-1 drop of {max_accuracy_drop:.4f} of the float Keras model ({baseline:.4f})"
         if closest:
             reason += f"; the closest is {closest['model']} (drop {drop[closest['model']]:.4f})"
-        return {**summary, "chosen": None, "closest": closest["model"] if closest else None, "reason": reason, "rejected": rejected}
-    chosen = min(within, key=lambda m: (_measure(m, objective), -m["top_1_accuracy"]))
-    word = "smallest" if objective == "size" else "fastest"
+        return {**summary, "chosen": None, "closest": closest["model"] if closest else None, "reason": reason, "rejected": rejected + unfit}
+    npu_first = target_device is not None and target_device.startswith("ethos-u")
+    chosen = min(within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"]))
+    word = ("smallest" if objective == "size" else "fastest") + (" of those with the most operators on the NPU" if npu_first else "")
+    if target_device:
+        word += f" that {target_device} can take"
     reason = (
         f"{chosen['model']} is the {word} TFLite model ({_describe(chosen, objective)}) whose Top-1 {chosen['top_1_accuracy']:.4f} "
         f"stays within {max_accuracy_drop:.4f} of the float Keras model's {baseline:.4f} (drop {drop[chosen['model']]:.4f})"
@@ -45,9 +69,15 @@ def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "si
     for m in candidates:
         if m is chosen:
             continue
-        if m in within:
+        if m in within and npu_first and npu_share(m) < npu_share(chosen):
+            why = f"fewer operators on the NPU: {100 * npu_share(m):.0f}% against {100 * npu_share(chosen):.0f}%"
+        elif m in within:
             why = f"{'larger' if objective == 'size' else 'slower'}: {_describe(m, objective)} against {_describe(chosen, objective)}"
         else:
             why = f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"
         rejected.append({"model": m["model"], "top_1_drop": drop[m["model"]], "reason": why})
-    return {**summary, "chosen": chosen["model"], "closest": chosen["model"], "reason": reason, "rejected": rejected}
+    return {**summary, "chosen": chosen["model"], "closest": chosen["model"], "reason": reason, "rejected": rejected + unfit}
+
+
+def npu_share(model: dict) -> float:
+    return float((model.get("ethos_u") or {}).get("npu_share") or 0.0)

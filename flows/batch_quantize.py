@@ -12,7 +12,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from prefect import flow
@@ -21,7 +21,9 @@ from prefect.states import Completed, Failed
 from core.errors import InputError
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
+from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
 from tasks.list_configurations import list_configurations_task
+from tasks.quantize_configuration import quantize_configuration_task
 from tasks.summarize_batch import outcome, summarize_batch_task
 
 
@@ -31,18 +33,24 @@ from tasks.summarize_batch import outcome, summarize_batch_task
     result_storage=results_storage_dir(),
     validate_parameters=True,
 )
-def batch_quantize(config_dir: Optional[str] = "configs", config_paths: Optional[list[str]] = None, progress: bool = False):
+def batch_quantize(
+    config_dir: Optional[str] = "configs", config_paths: Optional[list[str]] = None, progress: bool = False, runner: RunnerConfig = RunnerConfig()
+):
     """Quantize and evaluate many models.
 
     Args:
         config_dir: A folder searched for `configuration.json` files (one sub-folder per model); relative to the working directory. Empty to use only config_paths.
         config_paths: Configuration files to run, in addition to those found in config_dir.
         progress: Show progress bars on the terminal.
+        runner: 'threads' runs the configurations one after the other here; a Dask runner gives each worker one configuration at a time.
     """
-    outcomes: list[dict[str, Any]] = []
-    for path in list_configurations_task(config_dir, config_paths):
-        state = quantize_evaluate(config_path=path, progress=progress, return_state=True)
-        outcomes.append(outcome(path, state))
+    paths = list_configurations_task(config_dir, config_paths)
+    if runner.distributed:
+        with make_task_runner(runner) as remote:
+            futures = [remote.submit(quantize_configuration_task, {"config_path": path, "progress": progress}) for path in paths]
+            outcomes = [future.result() for future in futures]
+    else:
+        outcomes = [outcome(path, quantize_evaluate(config_path=path, progress=progress, return_state=True)) for path in paths]
     summary = summarize_batch_task(outcomes)
     if summary["failed"]:
         return Failed(message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}", data=summary)
@@ -59,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config_dir", nargs="?", default="configs", help="folder searched for configuration.json files (default: configs)")
     parser.add_argument("--config", action="append", default=[], metavar="CONFIGURATION_JSON", help="a configuration file to add; repeatable")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        state = batch_quantize(config_dir=args.config_dir or None, config_paths=args.config, return_state=True)
+        state = batch_quantize(config_dir=args.config_dir or None, config_paths=args.config, runner=runner_from_arguments(args), return_state=True)
         summary = state.result(raise_on_failure=False)
         if isinstance(summary, Exception):
             raise summary

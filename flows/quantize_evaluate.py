@@ -6,6 +6,7 @@ validate config -> load evaluation set, convert the float variants (model.tflite
                 -> load calibration set -> convert the calibrated variants (full_int8, ...)
                                         -> quantize with MCT (PTQ; GPTQ, mixed precision) -> export each to TFLite
                 -> evaluate every model in parallel (Top-1, Top-5, confusion matrix)
+                   (beside them: the IMX500 converter on the MCT model, Vela on each full-integer model)
                 -> measure each model's latency, one at a time
                 -> record results (publish models, results.json, results.csv, report.html, artifacts, recommendation)
 """
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from typing import Any, Optional
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
@@ -24,10 +26,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
+from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.storage import results_storage_dir
 from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, MCT_VARIANTS, model_id, variants_to_build
+from tasks.compile_for_ethos_u import FULL_INTEGER_VARIANTS, compile_for_ethos_u_task
+from tasks.compile_for_imx500 import compile_for_imx500_task
+from tasks.compile_for_imx500 import find_converter as find_imx500_converter
 from tasks.convert_to_tflite import convert_to_tflite_task
-from tasks.evaluate_model import evaluate_model_task
+from tasks.evaluate_model import evaluate_model_task, merge_shards
 from tasks.measure_latency import measure_latency_task, this_machine
 from tasks.export_quantized_tflite import export_quantized_tflite_task
 from tasks.load_calibration_set import load_calibration_set_task
@@ -44,13 +50,16 @@ from tasks.validate_config import validate_config_task
     result_storage=results_storage_dir(),
     validate_parameters=True,
 )
-def quantize_evaluate(config_path: Optional[str] = None, config: Optional[QuantizeConfig] = None, progress: bool = True) -> dict[str, Any]:
+def quantize_evaluate(
+    config_path: Optional[str] = None, config: Optional[QuantizeConfig] = None, progress: bool = True, runner: RunnerConfig = RunnerConfig()
+) -> dict[str, Any]:
     """Quantize and evaluate one model.
 
     Args:
         config_path: Path of an SDK-format configuration.json (relative paths inside it resolve against its folder).
         config: The configuration inline, instead of a file (relative paths resolve against the working directory).
         progress: Show progress bars on the terminal.
+        runner: Where the evaluations run: this process (default), or Dask workers, each model's images split into shards.
     """
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
@@ -69,28 +78,44 @@ def quantize_evaluate(config_path: Optional[str] = None, config: Optional[Quanti
         if v in MCT_VARIANTS
     }
     images, labels = evaluation_set.result()["images_path"], evaluation_set.result()["labels_path"]
+    # The Dask cluster, when the runner asks for one, lives until the evaluations are done.
+    with ExitStack() as dask:
+        remote = dask.enter_context(make_task_runner(runner)) if runner.distributed else None
 
-    def evaluate(model_name: str, model_path: str):
-        return evaluate_model_task.submit(model_name, model_path, images, labels, c.evaluation_batch_size, progress, unsafe, classes)
+        def evaluate(model_name: str, model_path: str) -> list:
+            arguments = dict(model_name=model_name, model_path=model_path, images_path=images, labels_path=labels, batch_size=c.evaluation_batch_size, progress=progress,
+                             allow_unsafe_code=unsafe, class_count=classes)
+            if remote is None:
+                return [evaluate_model_task.submit(**arguments)]
+            parts = shards(evaluation_set.result()["image_count"], runner.evaluation_shards)
+            return [remote.submit(evaluate_model_task, {**arguments, "start": a, "stop": b, "shard_label": f"-shard-{i + 1}-of-{len(parts)}"}) for i, (a, b) in enumerate(parts)]
 
-    evaluations = {"keras": evaluate("keras", c.source_keras_model)}
-    built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
-    unsupported = {name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None}
-    tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
-    for name, built in tflite_models.items():
-        evaluations[name] = evaluate(name, built["path"])
-    evaluations["keras_quantized"] = evaluate("keras_quantized", quantized["mct_ptq"].result()["path"])
-    for v, future in quantized.items():
-        name = model_id(v, c.float_tflite)
-        tflite_models[name] = {**export_quantized_tflite_task(future.result()["path"], v), "quantization": future.result()}
-        evaluations[name] = evaluate(name, tflite_models[name]["path"])
-    # Let every evaluation finish (and be cached) before a failed one fails the run.
-    wait(list(evaluations.values()))
-    evaluated = {name: e.result() for name, e in evaluations.items()}
+        evaluations = {"keras": evaluate("keras", c.source_keras_model)}
+        built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
+        unsupported = {name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None}
+        tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
+        for name, built in tflite_models.items():
+            evaluations[name] = evaluate(name, built["path"])
+        evaluations["keras_quantized"] = evaluate("keras_quantized", quantized["mct_ptq"].result()["path"])
+        for v, future in quantized.items():
+            name = model_id(v, c.float_tflite)
+            tflite_models[name] = {**export_quantized_tflite_task(future.result()["path"], v), "quantization": future.result()}
+            evaluations[name] = evaluate(name, tflite_models[name]["path"])
+        # The device compilers run beside the evaluations.
+        imx500 = compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter()) if c.target_platform == "imx500" else None
+        vela = {
+            name: compile_for_ethos_u_task.submit(built["path"], built["variant"], c.ethos_u_accelerator)
+            for name, built in tflite_models.items()
+            if built["variant"] in FULL_INTEGER_VARIANTS
+        }
+        # Let every evaluation finish (and be cached) before a failed one fails the run.
+        wait([part for parts in evaluations.values() for part in parts])
+        evaluated = {name: merge_shards([part.result() for part in parts]) for name, parts in evaluations.items()}
+        hardware = {"imx500": imx500.result() if imx500 else None, "ethos_u": {name: future.result() for name, future in vela.items()}}
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     machine = this_machine()
     latencies = {name: measure_latency_task(name, e["model_path"], images, c.latency_repeats, machine, unsafe) for name, e in evaluated.items()}
-    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported)
+    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported, hardware)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config_path", metavar="CONFIGURATION_JSON", help="SDK-format configuration.json; relative paths in it resolve against its folder")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--json", action="store_true", help="print results.json's content instead of the table")
+    add_runner_arguments(parser)
     args = parser.parse_args(argv)
     try:
         load_config_file(args.config_path)  # structural problems are reported before Prefect starts
-        results = quantize_evaluate(config_path=args.config_path, progress=not args.no_progress)
+        results = quantize_evaluate(config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args))
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

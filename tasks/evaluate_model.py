@@ -59,20 +59,21 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
 
 
 def predict_top_k(
-    model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False
+    model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False, start: int = 0, stop: int | None = None
 ) -> tuple[np.ndarray, int]:
-    """(images, min(5, classes)) class ids, best first, and the model's class count."""
-    total = image_count(images_path)
+    """(images, min(5, classes)) class ids, best first, of images [start, stop), and the model's class count."""
+    stop = image_count(images_path) if stop is None else stop
+    total = stop - start
     predict = make_predictor(model_name, model_path, allow_unsafe_code)
-    predicted, class_count, start = None, 0, 0
+    predicted, class_count, done = None, 0, 0
     with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(images_path, batch_size):
+        for batch in iter_batches(images_path, batch_size, start, stop):
             scores = predict(batch)
             if predicted is None:
                 class_count = scores.shape[-1]
                 predicted = np.empty((total, min(TOP_K, class_count)), np.int64)
-            predicted[start : start + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
-            start += len(batch)
+            predicted[done : done + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
+            done += len(batch)
             bar.update(len(batch))
     return (predicted if predicted is not None else np.empty((0, 1), np.int64)), class_count
 
@@ -86,16 +87,19 @@ def evaluate_model(
     progress: bool = True,
     allow_unsafe_code: bool = False,
     class_count: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> dict:
-    """`class_count` sizes the confusion matrix (default: the model's output size)."""
+    """`class_count` sizes the confusion matrix (default: the model's output size); `start` and `stop`
+    select a shard of the images (all by default), for `merge_shards` to put together."""
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     with EVALUATION_SLOTS:
         started = time.perf_counter()
-        top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code)
+        top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code, start, stop)
         seconds = time.perf_counter() - started
-    labels = np.load(labels_path)
+    labels = np.load(labels_path)[start:stop]
     class_count = class_count or model_classes
     predicted = top_k[:, 0]
     correct, correct_top_5 = top_k_correct(top_k[:, :1], labels), top_k_correct(top_k, labels)
@@ -111,13 +115,35 @@ def evaluate_model(
         "seconds": round(seconds, 3),
         "confusion_matrix": confusion_matrix(predicted, labels, class_count).tolist(),
         "predicted": predicted.tolist(),
+        "shard": [start, start + int(count)],
+    }
+
+
+def merge_shards(parts: list[dict]) -> dict:
+    """One model's evaluation from its shards' (in image order): counts and matrices add up exactly."""
+    parts = sorted(parts, key=lambda p: p["shard"][0])
+    count = sum(p["image_count"] for p in parts)
+    correct, correct_top_5 = sum(p["correct"] for p in parts), sum(p["correct_top_5"] for p in parts)
+    return {
+        "model": parts[0]["model"],
+        "model_path": parts[0]["model_path"],
+        "top_1_accuracy": correct / count if count else 0.0,
+        "top_5_accuracy": correct_top_5 / count if count else 0.0,
+        "correct": correct,
+        "correct_top_5": correct_top_5,
+        "image_count": count,
+        "seconds": round(sum(p["seconds"] for p in parts), 3),  # work, not wall time: shards run in parallel
+        "confusion_matrix": np.sum([p["confusion_matrix"] for p in parts], axis=0).tolist(),
+        "predicted": [c for p in parts for c in p["predicted"]],
+        "shard": [parts[0]["shard"][0], parts[-1]["shard"][1]],
+        "shards": len(parts),
     }
 
 
 @task(
     name="evaluate-model",
-    task_run_name="evaluate-{model_name}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path", "labels_path"), ignore=("progress",)),
+    task_run_name="evaluate-{model_name}{shard_label}",
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path", "labels_path"), ignore=("progress", "shard_label")),
     persist_result=True,
     **RETRY_OPTIONS,
 )
@@ -130,10 +156,13 @@ def evaluate_model_task(
     progress: bool = True,
     allow_unsafe_code: bool = False,
     class_count: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
+    shard_label: str = "",
 ) -> dict:
     from prefect.logging import get_run_logger
 
-    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code, class_count)
+    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code, class_count, start, stop)
     get_run_logger().info(
         "%s: Top-1 %.4f, Top-5 %.4f (%d of %d images) in %.1f s",
         model_name, result["top_1_accuracy"], result["top_5_accuracy"], result["correct"], result["image_count"], result["seconds"],

@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from core.files import atomic_copy, atomic_write_json, atomic_write_text
+from core.files import atomic_copy, atomic_copy_tree, atomic_write_json, atomic_write_text
+from core.errors import InputError
 from core.locking import locked_folders
 from core.metrics import agreement, per_class_accuracy
 from core.recommend import recommend
 from core.report import write_html_report
 from core.variants import PROMISES, SDK_MODELS, variant_file_name
 from core.retry import RETRY_OPTIONS
+from tasks.compile_for_ethos_u import declined as declined_for_ethos_u
 from tasks.validate_config import ValidatedConfig
 
 KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
@@ -42,6 +44,9 @@ def artifact_key(model_path: str) -> str:
 def size_bytes(path: str | Path) -> int:
     path = Path(path)
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+EDGE_TPU = "not supported: the Edge TPU compiler is not installable from the package registries this project uses"
 
 
 def model_row(name: str, description: str, published: str, source: str, evaluation: dict, latency: dict, reference: list[int], class_names: list[str], built: dict | None) -> dict:
@@ -76,10 +81,13 @@ def record_results(
     evaluations: dict[str, dict],
     latencies: dict[str, dict],
     unsupported: dict[str, str] | None = None,
+    hardware: dict | None = None,
     lock_timeout: float = 120.0,
 ) -> dict[str, Any]:
     """`tflite_models`: what each TFLite step built, by model name; `evaluations` and `latencies` by model name;
-    `unsupported`: the variants the converter could not make, with its message."""
+    `unsupported`: the variants the converter could not make, with its message; `hardware`: what the
+    IMX500 converter ({"imx500": ...}) and Vela ({"ethos_u": {model name: ...}}) said."""
+    hardware = hardware or {"imx500": None, "ethos_u": {}}
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
     ptq = tflite_models["tflite_quantized"]["quantization"]
@@ -99,13 +107,17 @@ def record_results(
     baseline = evaluations["keras"]["top_1_accuracy"]
     for m in models:
         m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - baseline, 6)
+        if m["model"].startswith("tflite"):
+            m["ethos_u"] = hardware["ethos_u"].get(m["model"]) or declined_for_ethos_u(m["variant"])
+    if hardware["imx500"] is not None:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
+        next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = hardware["imx500"]
     results: dict[str, Any] = {f"top_1_accuracy_{name}": evaluations[name]["top_1_accuracy"] for name in SDK_MODELS}
     results.update(
         {
             "image_count": evaluations["keras"]["image_count"],
             "class_count": len(validated.class_names),
             "class_names": validated.class_names,
-            "recommendation": recommend(models, config.max_accuracy_drop, config.objective),
+            "recommendation": recommend(models, config.max_accuracy_drop, config.objective, config.target_device),
             "models": models,
             "float_tflite": config.float_tflite,
             "quantization": {k: ptq[k] for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")},
@@ -120,6 +132,7 @@ def record_results(
                 "files": calibration["skipped"] + evaluation_set["skipped"],
             },
             "latency_machine": latencies["keras"].get("machine"),
+            "hardware": {"imx500": hardware["imx500"], "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
             "report": str(result_dir / "report.html"),
             "configuration": validated.source,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -130,10 +143,28 @@ def record_results(
         for name in order:
             if name != "keras":
                 atomic_copy(Path(sources[name]), Path(published[name]))
+        for m in models:
+            vela = m.get("ethos_u") or {}
+            if vela.get("compiled"):
+                m["ethos_u"] = {**vela, "vela_model": str(atomic_copy(Path(vela["vela_model"]), output_dir / f"{Path(m['file']).stem}_vela.tflite"))}
+        imx500 = hardware["imx500"]
+        if imx500 and not imx500["skipped"]:
+            folder = atomic_copy_tree(Path(imx500["folder"]), output_dir / "imx500")
+            published = {**imx500, **{k: str(folder / Path(imx500[k]).name) for k in ("memory_report", "packer_out", "dnn_params") if k in imx500}, "folder": str(folder)}
+            results["hardware"]["imx500"] = published
+            next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = published
         atomic_write_json(result_dir / "results.json", results)
         atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
         write_html_report(results, result_dir / "report.html")
     return results
+
+
+def _percent(share: float | None) -> str | None:
+    return None if share is None else f"{100 * share:.0f}%"
+
+
+def _yes_no(value: bool | None) -> str | None:
+    return None if value is None else ("yes" if value else "no")
 
 
 def _ms(value: float | None) -> float | None:
@@ -156,6 +187,9 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
                 "ms_all_threads": _ms(m["latency_ms"]["all_threads"]),
                 "input": m["input_dtype"],
                 "output": m["output_dtype"],
+                "npu_ops": _percent((m.get("ethos_u") or {}).get("npu_share")),
+                "ethos_u_inf_s": (m.get("ethos_u") or {}).get("inferences_per_second"),
+                "imx500_fits": _yes_no((m.get("imx500") or {}).get("fits")),
                 "images": m["image_count"],
             }
             for m in results["models"]
@@ -165,7 +199,7 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
 
 def format_table(results: dict[str, Any]) -> str:
     """The comparison for a terminal, then the recommendation."""
-    table = results_table(results).drop(columns=["description", "images"]).to_string(index=False, na_rep="-")
+    table = results_table(results).drop(columns=["description", "images"]).fillna("-").to_string(index=False)
     return f"{table}\n{unsupported_text(results)}\n{recommendation_text(results['recommendation'])}"
 
 
@@ -198,15 +232,33 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 @task(name="record-results", persist_result=False, **RETRY_OPTIONS)
 def record_results_task(
-    validated: ValidatedConfig, calibration: dict, tflite_models: dict, evaluation_set: dict, evaluations: dict, latencies: dict, unsupported: dict | None = None
+    validated: ValidatedConfig,
+    calibration: dict,
+    tflite_models: dict,
+    evaluation_set: dict,
+    evaluations: dict,
+    latencies: dict,
+    unsupported: dict | None = None,
+    hardware: dict | None = None,
 ) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies, unsupported)
+    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies, unsupported, hardware)
     key = artifact_key(validated.config.source_keras_model)
     create_table_artifact(key=f"{key}-table", table=results_table(results).fillna("-").to_dict(orient="records"), description="Every model: size, Top-1, Top-5, agreement, latency, dtypes")
     create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation")
     create_link_artifact(key=f"{key}-report", link=Path(results["report"]).resolve().as_uri(), link_text="report.html", description="HTML report: confusion matrices, accuracy vs size")
     get_run_logger().info("Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results))
+    require_imx500_fit(validated.config, results)
     return results
+
+
+def require_imx500_fit(config, results: dict[str, Any]) -> None:
+    """With `imx500_require_fit`, a model that does not fit the sensor fails the run (after its results are written)."""
+    imx500 = results["hardware"]["imx500"]
+    if config.imx500_require_fit and imx500 and not imx500["skipped"] and not imx500["fits"]:
+        raise InputError(
+            f"the model does not fit the IMX500: {imx500['memory_usage_bytes']:,} bytes needed, {imx500['memory_available_bytes']:,} available "
+            f"({imx500['utilization_percent']:.0f}%); make it smaller (mct_mixed_precision, fewer channels) or set imx500_require_fit to false"
+        )

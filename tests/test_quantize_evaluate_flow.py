@@ -62,7 +62,7 @@ def test_the_flow_writes_the_sdk_outputs(first_run):
     assert list(results)[:4] == SDK_KEYS
     assert results["image_count"] == 120
     assert [m["model"] for m in results["models"]] == ["keras", "keras_quantized", "tflite", "tflite_quantized"]
-    header = "model,description,file,size_kib,top_1,top_5,change_vs_keras,agreement,ms_1_thread,ms_all_threads,input,output,images"
+    header = "model,description,file,size_kib,top_1,top_5,change_vs_keras,agreement,ms_1_thread,ms_all_threads,input,output,npu_ops,ethos_u_inf_s,imx500_fits,images"
     assert (out / "results" / "results.csv").read_text().splitlines()[0] == header
 
 

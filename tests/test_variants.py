@@ -16,6 +16,7 @@ from tests.test_quantize_evaluate_flow import run, task_states
 DEFAULT_FILES = [
     "model.tflite", "model_quantized.tflite", "model_quantized.keras", "model_dynamic_range.tflite", "model_float16.tflite",
     "model_int8_float_io.tflite", "model_full_int8.tflite", "model_full_uint8.tflite", "model_int16x8.tflite",
+    "model_full_int8_vela.tflite", "model_full_uint8_vela.tflite", "imx500",  # the device compilers' outputs
 ]
 
 

@@ -1,0 +1,100 @@
+"""Step 8b: compile each full-integer TFLite model for an Arm Ethos-U NPU with Vela, and read back how
+much of it runs on the NPU, the memory it needs and its estimated speed.
+
+Vela only maps int8/int16 operators to the NPU: a float model would run entirely on the CPU, so it is
+declined with a message instead of compiled. The Vela-optimised model is published beside the model
+(`model_full_int8_vela.tflite`).
+"""
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefect import task
+
+from core.caching import ContentCachePolicy
+from core.errors import StepError
+from core.retry import RETRY_OPTIONS
+from core.storage import new_work_dir
+
+ETHOS_U_ACCELERATORS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
+FULL_INTEGER_VARIANTS = ("full_int8", "full_uint8")
+
+
+def declined(variant: str | None) -> dict:
+    return {"compiled": False, "reason": f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; build full_int8 or full_uint8)"}
+
+
+def vela_executable() -> str:
+    beside = Path(sys.executable).with_name("vela")
+    found = str(beside) if beside.exists() else shutil.which("vela")
+    if not found:
+        raise StepError("compile-for-ethos-u", "-", FileNotFoundError("vela is not installed: pip install -r requirements.txt (ethos-u-vela)"))
+    return found
+
+
+def parse_summary(stdout: str, summary_csv: Path) -> dict:
+    """Operator counts and memory from Vela's printed summary; cycles and speed from its CSV."""
+    def number(pattern: str) -> float:
+        match = re.search(pattern, stdout)
+        if not match:
+            raise ValueError(f"Vela's summary has no line matching {pattern!r}")
+        return float(match.group(1))
+
+    with open(summary_csv, newline="") as f:
+        row = next(csv.DictReader(f))
+    npu, cpu = int(number(r"NPU operators = (\d+)")), int(number(r"CPU operators = (\d+)"))
+    per_second = float(row["inferences_per_second"])
+    return {
+        "npu_operators": npu,
+        "cpu_operators": cpu,
+        "npu_share": npu / (npu + cpu) if npu + cpu else 0.0,
+        "sram_kib": number(r"Total SRAM used\s+([\d.]+) KiB"),
+        "off_chip_flash_kib": number(r"Total Off-chip Flash used\s+([\d.]+) KiB"),
+        "cycles_total": int(float(row["cycles_total"])),
+        "cycles_npu": int(float(row["cycles_npu"])),
+        "inferences_per_second": None if per_second != per_second else round(per_second, 1),  # NaN when nothing runs on the NPU
+        "system_config": row["system_config"],
+    }
+
+
+def compile_for_ethos_u(model_path: str, variant: str | None, accelerator: str, out_dir: Path) -> dict:
+    if accelerator not in ETHOS_U_ACCELERATORS:
+        raise ValueError(f"accelerator {accelerator!r}: expected one of {', '.join(ETHOS_U_ACCELERATORS)}")
+    if variant not in FULL_INTEGER_VARIANTS:
+        return declined(variant)
+    out_dir = Path(out_dir)
+    command = [vela_executable(), str(model_path), "--accelerator-config", accelerator, "--output-dir", str(out_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise StepError(f"compile-for-ethos-u ({variant})", model_path, RuntimeError((result.stderr or result.stdout)[-2000:]))
+    stem = Path(model_path).stem
+    summary = parse_summary(result.stdout, next(out_dir.glob(f"{stem}_summary_*.csv")))
+    version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
+    return {"compiled": True, "accelerator": accelerator, "vela_model": str(out_dir / f"{stem}_vela.tflite"), "vela_version": version, **summary}
+
+
+@task(
+    name="compile-for-ethos-u",
+    task_run_name="compile-for-ethos-u-{variant}",
+    cache_policy=ContentCachePolicy(file_inputs=("model_path",)),
+    persist_result=True,
+    **RETRY_OPTIONS,
+)
+def compile_for_ethos_u_task(model_path: str, variant: str, accelerator: str) -> dict:
+    from prefect.logging import get_run_logger
+
+    started = time.perf_counter()
+    result = compile_for_ethos_u(model_path, variant, accelerator, new_work_dir("vela"))
+    if result["compiled"]:
+        get_run_logger().info(
+            "Vela compiled %s for %s in %.1f s: %d of %d operators on the NPU, %.1f KiB SRAM, %.1f KiB off-chip flash, %s inferences/s",
+            Path(model_path).name, accelerator, time.perf_counter() - started, result["npu_operators"], result["npu_operators"] + result["cpu_operators"],
+            result["sram_kib"], result["off_chip_flash_kib"], result["inferences_per_second"],
+        )
+    return result

@@ -1,0 +1,121 @@
+"""Step 8a: convert the MCT-quantized model for Sony's IMX500 sensor with Sony's converter
+(`imxconv-tf`), and read back whether it fits the chip.
+
+The converter takes the MCT model in MCT's Keras format (what the quantize step saves) and writes
+`packerOut.zip` (what the AITRIOS packager takes), `dnnParams.xml` and `<name>_MemoryReport.json`.
+It cannot share this project's environment (see requirements-imx500.txt), so it runs as a command:
+`IMX500_CONVERTER` names it, else `.venv-imx500/bin/imxconv-tf` (`make imx500`), else `imxconv-tf`
+on PATH. Without it, or without Java, the step is skipped with a message saying how to install it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from prefect import task
+
+from core.caching import ContentCachePolicy
+from core.errors import StepError
+from core.retry import RETRY_OPTIONS
+from core.storage import REPO_ROOT, new_work_dir
+
+CONVERTER_ENV = "IMX500_CONVERTER"
+HOW_TO_INSTALL = (
+    "run `make imx500` (installs imx500-converter[tf] from requirements-imx500.txt into .venv-imx500), "
+    f"or install it in an environment of its own and set {CONVERTER_ENV} to its imxconv-tf"
+)
+
+
+def find_converter() -> str | None:
+    named = os.environ.get(CONVERTER_ENV)
+    if named:
+        return named if Path(named).is_file() else None
+    local = REPO_ROOT / ".venv-imx500" / "bin" / "imxconv-tf"
+    return str(local) if local.is_file() else shutil.which("imxconv-tf")
+
+
+def skipped(reason: str) -> dict:
+    return {"compiled": False, "skipped": True, "reason": reason}
+
+
+def _bytes(value: str) -> int:
+    """'9874080B' (the converter with --report-size-unit B) -> 9874080."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*B\s*", str(value))
+    if not match:
+        raise ValueError(f"unexpected size {value!r} in the IMX500 memory report")
+    return int(float(match.group(1)))
+
+
+def parse_memory_report(path: Path) -> dict:
+    report = json.loads(Path(path).read_text())["Memory Report"]
+    return {
+        "memory_usage_bytes": _bytes(report["Memory Usage"]),
+        "memory_available_bytes": _bytes(report["Total Memory Available On Chip"]),
+        "runtime_memory_bytes": _bytes(report["Runtime Memory Physical Size"]),
+        "model_memory_bytes": _bytes(report["Model Memory Physical Size"]),
+        "utilization_percent": float(str(report["Memory Utilization"]).rstrip("%")),
+        "fits": bool(report["Fit In Chip"]),
+    }
+
+
+def parse_input_tensor(dnn_params: Path) -> dict:
+    tensor = ET.parse(dnn_params).getroot().find(".//inputTensor")
+    if tensor is None:
+        raise ValueError(f"{dnn_params} has no inputTensor")
+    return {"input_scale": float(tensor.get("scale")), "input_format": tensor.get("format"), "input_bits": int(tensor.get("bitsPerElement"))}
+
+
+def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str | None = None) -> dict:
+    if converter is None:
+        return skipped(f"Sony's IMX500 converter (imxconv-tf) is not installed: {HOW_TO_INSTALL}")
+    if shutil.which("java") is None:
+        return skipped("Sony's IMX500 converter needs Java 17 on PATH (`java -version`); install a JRE, e.g. apt install openjdk-17-jre-headless")
+    target = Path(out_dir) / "imx500"
+
+    def convert(*extra: str) -> subprocess.CompletedProcess:
+        command = [converter, "-i", str(quantized_keras_path), "-o", str(target), "--overwrite-output", "--report-size-unit", "B", *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=3600)
+
+    result = convert()
+    report = next(target.glob("*_MemoryReport.json"), None)
+    if result.returncode != 0 and report is None:
+        # A model too large for the chip fails the conversion; the memory report alone still says by how much.
+        if convert("--memory-report").returncode in (0, 1):
+            report = next(target.glob("*_MemoryReport.json"), None)
+    if report is None:
+        raise StepError("compile-for-imx500", quantized_keras_path, RuntimeError((result.stdout + result.stderr)[-2000:]))
+    memory = parse_memory_report(report)
+    outputs = {"folder": str(target), "memory_report": str(report)}
+    if result.returncode == 0:
+        outputs.update(packer_out=str(target / "packerOut.zip"), dnn_params=str(target / "dnnParams.xml"), **parse_input_tensor(target / "dnnParams.xml"))
+    return {"compiled": result.returncode == 0, "skipped": False, **memory, **outputs, "converter": converter, "message": "" if result.returncode == 0 else (result.stdout + result.stderr)[-1000:]}
+
+
+@task(
+    name="compile-for-imx500",
+    cache_policy=ContentCachePolicy(file_inputs=("quantized_keras_path",)),
+    persist_result=True,
+    **RETRY_OPTIONS,
+)
+def compile_for_imx500_task(quantized_keras_path: str, converter: str | None) -> dict:
+    """`converter` (find_converter()) is part of the cache key: installing the converter redoes a skipped run."""
+    from prefect.logging import get_run_logger
+
+    started = time.perf_counter()
+    result = compile_for_imx500(quantized_keras_path, new_work_dir("imx500"), converter)
+    logger = get_run_logger()
+    if result["skipped"]:
+        logger.warning("IMX500 conversion skipped: %s", result["reason"])
+    else:
+        logger.info(
+            "IMX500 converter in %.1f s: %s of %s bytes on chip (%.0f%%), %s",
+            time.perf_counter() - started, result["memory_usage_bytes"], result["memory_available_bytes"], result["utilization_percent"],
+            "fits" if result["fits"] else "DOES NOT FIT",
+        )
+    return result

@@ -1,0 +1,91 @@
+"""The real device compilers on the sample model: Sony's IMX500 converter on the MCT model, Arm's Vela on
+the full-integer model; their reports in the results and the recommendation; both cached by content."""
+import json
+
+import pytest
+
+from core.errors import InputError
+from core.recommend import recommend
+from tasks.compile_for_ethos_u import compile_for_ethos_u
+from tasks.compile_for_imx500 import compile_for_imx500, find_converter, parse_memory_report
+from tasks.record_results import require_imx500_fit
+from tests.conftest import sdk_config, write_config
+from tests.test_quantize_evaluate_flow import run, task_states
+
+pytestmark = pytest.mark.skipif(find_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500")
+
+
+@pytest.fixture(scope="module")
+def hardware_run(prefect_harness, sample_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hardware")
+    config_path = write_config(out / "configuration.json", sdk_config(sample_dir, out, variants=["mct_ptq", "full_int8"]))
+    state = run(config_path)
+    assert state.is_completed(), state.message
+    return config_path, out, json.loads((out / "results" / "results.json").read_text())
+
+
+def test_the_imx500_conversion_writes_the_packager_input_and_a_memory_report_that_fits(hardware_run):
+    _, out, results = hardware_run
+    folder = out / "models" / "imx500"
+    assert (folder / "packerOut.zip").stat().st_size > 0 and (folder / "dnnParams.xml").exists()
+    report = parse_memory_report(next(folder.glob("*_MemoryReport.json")))
+    assert report["fits"] is True and 0 < report["memory_usage_bytes"] < report["memory_available_bytes"]
+    imx500 = results["hardware"]["imx500"]
+    assert imx500["fits"] is True and imx500["input_format"] in ("signed", "unsigned") and imx500["input_scale"] > 0
+    assert imx500["packer_out"] == str(folder / "packerOut.zip")
+    assert next(m for m in results["models"] if m["model"] == "tflite_quantized")["imx500"]["fits"] is True
+
+
+def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_run):
+    _, out, results = hardware_run
+    ethos_u = next(m for m in results["models"] if m["model"] == "tflite_full_int8")["ethos_u"]
+    assert ethos_u["compiled"] and ethos_u["accelerator"] == "ethos-u55-128"
+    assert ethos_u["npu_share"] == 1.0 and ethos_u["cpu_operators"] == 0 and ethos_u["npu_operators"] > 0
+    assert ethos_u["sram_kib"] > 0 and ethos_u["cycles_total"] > 0 and ethos_u["inferences_per_second"] > 0
+    assert (out / "models" / "model_full_int8_vela.tflite").stat().st_size > 0
+    float_model = next(m for m in results["models"] if m["model"] == "tflite")["ethos_u"]
+    assert float_model == {"compiled": False, "reason": "not for Ethos-U: needs a full-integer model (variant float32 is not; build full_int8 or full_uint8)"}
+
+
+def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
+    _, out, _ = hardware_run
+    result = compile_for_ethos_u(str(out / "models" / "model.tflite"), "float32", "ethos-u55-128", tmp_path)
+    assert result["compiled"] is False and result["reason"].startswith("not for Ethos-U: needs a full-integer model")
+    assert list(tmp_path.iterdir()) == []  # Vela never ran
+
+
+def test_a_rerun_does_not_call_the_compilers_again(hardware_run):
+    config_path, _, _ = hardware_run
+    states = task_states(run(config_path), expected=19)
+    assert states["compile-for-imx500"] == "Cached" and states["compile-for-ethos-u-full_int8"] == "Cached", states
+
+
+def test_a_target_device_restricts_the_recommendation(hardware_run):
+    _, _, results = hardware_run
+    assert recommend(results["models"], 0.05, "size", "imx500")["chosen"] == "tflite_quantized"
+    on_ethos_u = recommend(results["models"], 0.05, "size", "ethos-u55-128")
+    assert on_ethos_u["chosen"] == "tflite_full_int8" and "most operators on the NPU" in on_ethos_u["reason"]
+    assert any("not for Ethos-U" in r["reason"] for r in on_ethos_u["rejected"])
+
+
+def test_without_the_converter_the_step_is_skipped_with_how_to_install_it(tmp_path):
+    result = compile_for_imx500("model_quantized.keras", tmp_path, converter=None)
+    assert result["skipped"] and "make imx500" in result["reason"] and "IMX500_CONVERTER" in result["reason"]
+
+
+def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_path):
+    report = tmp_path / "big_MemoryReport.json"
+    report.write_text(json.dumps({"Memory Report": {
+        "Runtime Memory Physical Size": "89088B", "Model Memory Physical Size": "9783968B", "Memory Usage": "9874080B",
+        "Total Memory Available On Chip": "8388480B", "Memory Utilization": "118%", "Fit In Chip": False}}))
+    imx500 = {"skipped": False, **parse_memory_report(report)}
+    assert imx500["fits"] is False and imx500["utilization_percent"] == 118
+    too_big = {"hardware": {"imx500": imx500}}
+
+    class Config:
+        imx500_require_fit = True
+
+    with pytest.raises(InputError, match=r"does not fit the IMX500: 9,874,080 bytes needed, 8,388,480 available \(118%\)"):
+        require_imx500_fit(Config, too_big)
+    Config.imx500_require_fit = False
+    require_imx500_fit(Config, too_big)  # only reported

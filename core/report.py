@@ -163,8 +163,8 @@ def _recommendation_html(recommendation: dict) -> str:
 
 def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
     headers = ["Model", "File", "Size (KiB)", "Top-1", "Top-5", "Change vs Keras", "Agreement",
-               "Latency 1 thread (ms)", "Latency all threads (ms)", "Input", "Output"]
-    text_columns = {0, 1, 9, 10}
+               "Latency 1 thread (ms)", "Latency all threads (ms)", "Input", "Output", "Ethos-U NPU ops", "Ethos-U inferences/s", "Fits IMX500"]
+    text_columns = {0, 1, 9, 10, 13}
     head = "".join(f'<th class="text">{h}</th>' if i in text_columns else f"<th>{h}</th>"
                    for i, h in enumerate(headers))
     rows = []
@@ -182,6 +182,9 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
             _ms(latency.get("all_threads")),
             _e(m["input_dtype"]),
             _e(m["output_dtype"]),
+            _percent((m.get("ethos_u") or {}).get("npu_share")),
+            _e((m.get("ethos_u") or {}).get("inferences_per_second") or "–"),
+            _e({True: "yes", False: "no"}.get((m.get("imx500") or {}).get("fits"), "–")),
         ]
         row = "".join(f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>"
                       for i, c in enumerate(cells))

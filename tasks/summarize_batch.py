@@ -38,6 +38,7 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
         row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if key in results else None
     for name in ("keras", "tflite", "tflite_quantized"):
         row[f"size_kib_{name}"] = round(models[name]["file_size_bytes"] / 1024, 1) if name in models else None
+    row["recommended"] = (results.get("recommendation") or {}).get("chosen")
     row["error"] = item.get("error", "")
     return row
 

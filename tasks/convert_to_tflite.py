@@ -5,6 +5,7 @@ calibration set). Each result is checked against what its variant promises (core
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -24,6 +25,9 @@ from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, check_variant
 # The converter supports 16x8 for fewer operators than int8: a model it cannot convert is reported
 # as unsupported for that variant rather than failing the run.
 OPTIONAL_VARIANTS = ("int16x8",)
+# The converter's bindings keep process-wide state that is not documented as safe to use from
+# several threads at once; conversions take seconds, so they run one at a time.
+CONVERTER_LOCK = threading.Lock()
 
 
 def configure(converter, variant: str, calibration: Optional[np.ndarray]) -> None:
@@ -53,9 +57,10 @@ def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_
     model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r") if variant in CALIBRATED_VARIANTS else None
     try:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        configure(converter, variant, calibration)
-        flatbuffer = converter.convert()
+        with CONVERTER_LOCK:
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            configure(converter, variant, calibration)
+            flatbuffer = converter.convert()
     except Exception as exc:
         if variant in OPTIONAL_VARIANTS:
             return {"path": None, "variant": variant, "unsupported": f"{type(exc).__name__}: {exc}"}

@@ -1,6 +1,6 @@
 """Cache keys computed from content, not from paths or run ids.
 
-A step's key covers the source of its module (the step's logic and its task wrapper),
+A step's key covers the source of its module (the step's logic and its task wrapper) and of core/,
 the bytes of every file or folder it reads, and the values of its other inputs. Running the
 same configuration twice therefore does the heavy work once, and changing one image or one
 value redoes what depends on it and nothing else. Output locations are not inputs of the
@@ -8,9 +8,12 @@ cached steps: they write to the cache's work folder and the last step publishes.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from prefect.cache_policies import CachePolicy
@@ -18,6 +21,17 @@ from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
 from core.files import hash_path
+
+
+@functools.cache
+def core_source_digest() -> str:
+    """The steps' logic also lives in core/ (metrics, image store, model running, variants): a change
+    there must not leave results computed by the old code in use."""
+    core_dir = Path(__file__).resolve().parent
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(core_dir.glob("*.py")):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -39,7 +53,7 @@ class ContentCachePolicy(CachePolicy):
         **kwargs: Any,
     ) -> Optional[str]:
         module = sys.modules[task_ctx.task.fn.__module__]
-        parts: dict[str, Any] = {"source": inspect.getsource(module)}
+        parts: dict[str, Any] = {"source": inspect.getsource(module), "core": core_source_digest()}
         for name, value in sorted(inputs.items()):
             if name in self.ignore:
                 continue

@@ -133,6 +133,10 @@ class QuantizeConfig(BaseModel):
     def _target_device_agrees(self) -> "QuantizeConfig":
         if self.target_device == "imx500" and self.target_platform != "imx500":
             raise ValueError(f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it")
+        if self.imx500_require_fit and self.target_platform != "imx500":
+            raise ValueError(f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model quantized for the IMX500 is converted for it")
+        if self.target_device and self.target_device.startswith("ethos-u") and self.variants is not None and not {"full_int8", "full_uint8"} & set(self.variants):
+            raise ValueError(f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to variants")
         if self.target_device and self.target_device.startswith("ethos-u"):
             if "ethos_u_accelerator" not in self.model_fields_set:
                 self.ethos_u_accelerator = self.target_device

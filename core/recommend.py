@@ -31,7 +31,7 @@ def device_problem(model: dict, target_device: str | None) -> str | None:
             return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
         if imx500.get("skipped"):
             return imx500["reason"]
-        return None if imx500["fits"] else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
+        return None if imx500["compiled"] and imx500["fits"] else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
     if target_device:
         ethos_u = model.get("ethos_u") or {}
         return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
@@ -45,6 +45,10 @@ def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "si
     deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
     unfit = [{"model": m["model"], "top_1_drop": round(baseline - m["top_1_accuracy"], 6), "reason": device_problem(m, target_device)} for m in deployable if device_problem(m, target_device)]
     candidates = [m for m in deployable if not device_problem(m, target_device)]
+    if not candidates and unfit:
+        reason = f"no TFLite model can go to {target_device}: {unfit[0]['model']}: {unfit[0]['reason']}"
+        return {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline, "target_device": target_device,
+                "chosen": None, "closest": None, "reason": reason, "rejected": unfit}
     drop = {m["model"]: round(baseline - m["top_1_accuracy"], 6) for m in candidates}
     within = [m for m in candidates if drop[m["model"]] <= max_accuracy_drop + 1e-9]
     summary = {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline, "target_device": target_device}

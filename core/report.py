@@ -40,6 +40,11 @@ tr.chosen { background: #eaf6ea; font-weight: bold; }
 
 def write_html_report(results: dict, path: str | Path) -> Path:
     """Write the report for `results` to `path` atomically and return the path."""
+    return atomic_write_text(Path(path), html_report(results))
+
+
+def html_report(results: dict) -> str:
+    """The whole report as one self-contained HTML page."""
     class_names = list(results["class_names"])
     models = results["models"]
     recommendation = results["recommendation"]
@@ -68,7 +73,7 @@ def write_html_report(results: dict, path: str | Path) -> Path:
             "</div>",
         ]
     parts.append("</body></html>\n")
-    return atomic_write_text(Path(path), "\n".join(parts))
+    return "\n".join(parts)
 
 
 def accuracy_size_chart_png(results: dict) -> bytes:

@@ -44,6 +44,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _signal_group(pid: int, sig: int) -> bool:
+    """Signal the process group `pid` leads; False when it is gone or not ours (a recycled pid)."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def _background(command: list[str], log: Path, env: dict[str, str]) -> int:
     with open(log, "ab") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -119,7 +128,8 @@ def stop(state_dir: Path | None = None, grace: float = 15.0) -> list[str]:
         pid = stack["pids"].get(name)
         if pid is None or not _alive(pid):
             continue
-        os.killpg(pid, signal.SIGTERM)
+        if not _signal_group(pid, signal.SIGTERM):
+            continue
         deadline = time.monotonic() + grace
         while _alive(pid) and time.monotonic() < deadline:
             try:  # reap our own child; a process started by an earlier command is reaped by init
@@ -128,7 +138,7 @@ def stop(state_dir: Path | None = None, grace: float = 15.0) -> list[str]:
                 pass
             time.sleep(0.2)
         if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
         stopped.append(f"{name} (pid {pid})")
     state_file(state_dir).unlink()
     return stopped

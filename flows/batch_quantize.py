@@ -48,13 +48,21 @@ def batch_quantize(
     if runner.distributed:
         with make_task_runner(runner) as remote:
             futures = [remote.submit(quantize_configuration_task, {"config_path": path, "progress": progress}) for path in paths]
-            outcomes = [future.result() for future in futures]
+            outcomes = [outcome_of(path, future) for path, future in zip(paths, futures)]
     else:
         outcomes = [outcome(path, quantize_evaluate(config_path=path, progress=progress, return_state=True)) for path in paths]
     summary = summarize_batch_task(outcomes)
     if summary["failed"]:
         return Failed(message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}", data=summary)
     return Completed(message=f"all {summary['count']} configurations completed", data=summary)
+
+
+def outcome_of(config_path: str, future) -> dict:
+    """A configuration's outcome, even when its worker died before Prefect could record a state."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return {"configuration": config_path, "status": "crashed", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def main(argv: list[str] | None = None) -> int:

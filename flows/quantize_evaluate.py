@@ -32,6 +32,7 @@ from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, MCT_VARIANTS,
 from tasks.compile_for_ethos_u import FULL_INTEGER_VARIANTS, compile_for_ethos_u_task
 from tasks.compile_for_imx500 import compile_for_imx500_task
 from tasks.compile_for_imx500 import find_converter as find_imx500_converter
+from tasks.compile_for_imx500 import find_java
 from tasks.convert_to_tflite import convert_to_tflite_task
 from tasks.evaluate_model import evaluate_model_task, merge_shards
 from tasks.measure_latency import measure_latency_task, this_machine
@@ -90,19 +91,23 @@ def quantize_evaluate(
             parts = shards(evaluation_set.result()["image_count"], runner.evaluation_shards)
             return [remote.submit(evaluate_model_task, {**arguments, "start": a, "stop": b, "shard_label": f"-shard-{i + 1}-of-{len(parts)}"}) for i, (a, b) in enumerate(parts)]
 
+        model_paths = {"keras": c.source_keras_model}
         evaluations = {"keras": evaluate("keras", c.source_keras_model)}
         built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
         unsupported = {name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None}
         tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
         for name, built in tflite_models.items():
+            model_paths[name] = built["path"]
             evaluations[name] = evaluate(name, built["path"])
-        evaluations["keras_quantized"] = evaluate("keras_quantized", quantized["mct_ptq"].result()["path"])
+        model_paths["keras_quantized"] = quantized["mct_ptq"].result()["path"]
+        evaluations["keras_quantized"] = evaluate("keras_quantized", model_paths["keras_quantized"])
         for v, future in quantized.items():
             name = model_id(v, c.float_tflite)
             tflite_models[name] = {**export_quantized_tflite_task(future.result()["path"], v), "quantization": future.result()}
-            evaluations[name] = evaluate(name, tflite_models[name]["path"])
+            model_paths[name] = tflite_models[name]["path"]
+            evaluations[name] = evaluate(name, model_paths[name])
         # The device compilers run beside the evaluations.
-        imx500 = compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter()) if c.target_platform == "imx500" else None
+        imx500 = compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter(), find_java()) if c.target_platform == "imx500" else None
         vela = {
             name: compile_for_ethos_u_task.submit(built["path"], built["variant"], c.ethos_u_accelerator)
             for name, built in tflite_models.items()
@@ -114,7 +119,7 @@ def quantize_evaluate(
         hardware = {"imx500": imx500.result() if imx500 else None, "ethos_u": {name: future.result() for name, future in vela.items()}}
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     machine = this_machine()
-    latencies = {name: measure_latency_task(name, e["model_path"], images, c.latency_repeats, machine, unsafe) for name, e in evaluated.items()}
+    latencies = {name: measure_latency_task(name, model_paths[name], images, c.latency_repeats, machine, unsafe) for name in evaluated}
     return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported, hardware)
 
 

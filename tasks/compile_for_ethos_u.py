@@ -68,15 +68,23 @@ def compile_for_ethos_u(model_path: str, variant: str | None, accelerator: str, 
         raise ValueError(f"accelerator {accelerator!r}: expected one of {', '.join(ETHOS_U_ACCELERATORS)}")
     if variant not in FULL_INTEGER_VARIANTS:
         return declined(variant)
-    out_dir = Path(out_dir)
+    try:
+        return _compile(Path(model_path), accelerator, Path(out_dir))
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration) as exc:
+        raise StepError(f"compile-for-ethos-u ({variant})", model_path, exc) from exc
+
+
+def _compile(model_path: Path, accelerator: str, out_dir: Path) -> dict:
     command = [vela_executable(), str(model_path), "--accelerator-config", accelerator, "--output-dir", str(out_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
-        raise StepError(f"compile-for-ethos-u ({variant})", model_path, RuntimeError((result.stderr or result.stdout)[-2000:]))
-    stem = Path(model_path).stem
-    summary = parse_summary(result.stdout, next(out_dir.glob(f"{stem}_summary_*.csv")))
+        raise RuntimeError(f"vela exited with {result.returncode}: {(result.stderr or result.stdout)[-2000:]}")
+    summary_csv = next(out_dir.glob(f"{model_path.stem}_summary_*.csv"), None)
+    if summary_csv is None:
+        raise RuntimeError(f"vela wrote no summary CSV to {out_dir}: {result.stdout[-1000:]}")
+    summary = parse_summary(result.stdout, summary_csv)
     version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
-    return {"compiled": True, "accelerator": accelerator, "vela_model": str(out_dir / f"{stem}_vela.tflite"), "vela_version": version, **summary}
+    return {"compiled": True, "accelerator": accelerator, "vela_model": str(out_dir / f"{model_path.stem}_vela.tflite"), "vela_version": version, **summary}
 
 
 @task(

@@ -35,9 +35,13 @@ HOW_TO_INSTALL = (
 def find_converter() -> str | None:
     named = os.environ.get(CONVERTER_ENV)
     if named:
-        return named if Path(named).is_file() else None
+        return named
     local = REPO_ROOT / ".venv-imx500" / "bin" / "imxconv-tf"
     return str(local) if local.is_file() else shutil.which("imxconv-tf")
+
+
+def find_java() -> str | None:
+    return shutil.which("java")
 
 
 def skipped(reason: str) -> dict:
@@ -71,30 +75,44 @@ def parse_input_tensor(dnn_params: Path) -> dict:
     return {"input_scale": float(tensor.get("scale")), "input_format": tensor.get("format"), "input_bits": int(tensor.get("bitsPerElement"))}
 
 
-def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str | None = None) -> dict:
+def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java") -> dict:
+    """`converter` and `java` as found by find_converter() and find_java(); None when missing."""
     if converter is None:
         return skipped(f"Sony's IMX500 converter (imxconv-tf) is not installed: {HOW_TO_INSTALL}")
-    if shutil.which("java") is None:
+    if not Path(converter).is_file() and shutil.which(converter) is None:
+        return skipped(f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, or unset it and {HOW_TO_INSTALL.removeprefix('run ')}")
+    if java is None:
         return skipped("Sony's IMX500 converter needs Java 17 on PATH (`java -version`); install a JRE, e.g. apt install openjdk-17-jre-headless")
     target = Path(out_dir) / "imx500"
+    try:
+        return _convert(converter, Path(quantized_keras_path), target)
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, ET.ParseError) as exc:
+        raise StepError("compile-for-imx500", quantized_keras_path, exc) from exc
 
-    def convert(*extra: str) -> subprocess.CompletedProcess:
-        command = [converter, "-i", str(quantized_keras_path), "-o", str(target), "--overwrite-output", "--report-size-unit", "B", *extra]
+
+def _convert(converter: str, model: Path, target: Path) -> dict:
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        command = [converter, "-i", str(model), "-o", str(target), "--overwrite-output", "--report-size-unit", "B", *extra]
         return subprocess.run(command, capture_output=True, text=True, timeout=3600)
 
-    result = convert()
+    result = run()
     report = next(target.glob("*_MemoryReport.json"), None)
     if result.returncode != 0 and report is None:
-        # A model too large for the chip fails the conversion; the memory report alone still says by how much.
-        if convert("--memory-report").returncode in (0, 1):
-            report = next(target.glob("*_MemoryReport.json"), None)
+        # A model too large for the chip fails the conversion; the memory report alone says by how much.
+        run("--memory-report")
+        report = next(target.glob("*_MemoryReport.json"), None)
+    output = (result.stdout + result.stderr)[-2000:]
     if report is None:
-        raise StepError("compile-for-imx500", quantized_keras_path, RuntimeError((result.stdout + result.stderr)[-2000:]))
+        raise RuntimeError(f"imxconv-tf exited with {result.returncode} and wrote no memory report:\n{output}")
     memory = parse_memory_report(report)
-    outputs = {"folder": str(target), "memory_report": str(report)}
+    if result.returncode != 0 and memory["fits"]:
+        raise RuntimeError(f"imxconv-tf exited with {result.returncode} although the model fits:\n{output}")
+    found = {"compiled": result.returncode == 0, "skipped": False, **memory, "folder": str(target), "memory_report": str(report), "converter": converter}
     if result.returncode == 0:
-        outputs.update(packer_out=str(target / "packerOut.zip"), dnn_params=str(target / "dnnParams.xml"), **parse_input_tensor(target / "dnnParams.xml"))
-    return {"compiled": result.returncode == 0, "skipped": False, **memory, **outputs, "converter": converter, "message": "" if result.returncode == 0 else (result.stdout + result.stderr)[-1000:]}
+        found.update(packer_out=str(target / "packerOut.zip"), dnn_params=str(target / "dnnParams.xml"), **parse_input_tensor(target / "dnnParams.xml"))
+    else:
+        found["reason"] = f"does not fit the IMX500: {output[-500:]}"
+    return found
 
 
 @task(
@@ -103,12 +121,12 @@ def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str 
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def compile_for_imx500_task(quantized_keras_path: str, converter: str | None) -> dict:
-    """`converter` (find_converter()) is part of the cache key: installing the converter redoes a skipped run."""
+def compile_for_imx500_task(quantized_keras_path: str, converter: str | None, java: str | None) -> dict:
+    """`converter` and `java` are part of the cache key: installing either redoes a skipped run."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = compile_for_imx500(quantized_keras_path, new_work_dir("imx500"), converter)
+    result = compile_for_imx500(quantized_keras_path, new_work_dir("imx500"), converter, java)
     logger = get_run_logger()
     if result["skipped"]:
         logger.warning("IMX500 conversion skipped: %s", result["reason"])

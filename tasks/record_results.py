@@ -23,7 +23,7 @@ from core.errors import InputError
 from core.locking import locked_folders
 from core.metrics import agreement, per_class_accuracy
 from core.recommend import recommend
-from core.report import write_html_report
+from core.report import html_report
 from core.variants import PROMISES, SDK_MODELS, variant_file_name
 from core.retry import RETRY_OPTIONS
 from tasks.compile_for_ethos_u import declined as declined_for_ethos_u
@@ -138,8 +138,10 @@ def record_results(
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
     )
+    report = html_report(results)  # drawn before taking the locks: it is the slow part
     # Models and results of one run are published together, under the folders' locks.
     with locked_folders([output_dir, result_dir], timeout=lock_timeout):
+        results["removed_stale_outputs"] = remove_stale_outputs(output_dir, {Path(published[name]).name for name in order} | vela_names(models), imx500_published=bool(hardware["imx500"] and not hardware["imx500"]["skipped"]))
         for name in order:
             if name != "keras":
                 atomic_copy(Path(sources[name]), Path(published[name]))
@@ -155,8 +157,30 @@ def record_results(
             next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = published
         atomic_write_json(result_dir / "results.json", results)
         atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
-        write_html_report(results, result_dir / "report.html")
+        atomic_write_text(result_dir / "report.html", report)
     return results
+
+
+def vela_names(models: list[dict]) -> set[str]:
+    return {f"{Path(m['file']).stem}_vela.tflite" for m in models if (m.get("ethos_u") or {}).get("compiled")}
+
+
+def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> list[str]:
+    """Outputs an earlier run made that this run does not (a variant dropped, the IMX500 converter not
+    run): left in place they would sit beside models they no longer match."""
+    import shutil
+
+    from core.variants import PROMISES
+
+    ours = {f"model_{variant}.tflite" for variant in PROMISES} | {f"model_{variant}_vela.tflite" for variant in PROMISES}
+    ours |= {"model_quantized_vela.tflite", "model_vela.tflite"}
+    removed = [name for name in sorted(ours - kept) if (output_dir / name).is_file()]
+    for name in removed:
+        (output_dir / name).unlink()
+    if not imx500_published and (output_dir / "imx500").is_dir():
+        shutil.rmtree(output_dir / "imx500")
+        removed.append("imx500/")
+    return removed
 
 
 def _percent(share: float | None) -> str | None:
@@ -257,7 +281,11 @@ def record_results_task(
 def require_imx500_fit(config, results: dict[str, Any]) -> None:
     """With `imx500_require_fit`, a model that does not fit the sensor fails the run (after its results are written)."""
     imx500 = results["hardware"]["imx500"]
-    if config.imx500_require_fit and imx500 and not imx500["skipped"] and not imx500["fits"]:
+    if not config.imx500_require_fit:
+        return
+    if not imx500 or imx500["skipped"]:
+        raise InputError(f"imx500_require_fit is set but the fit could not be checked: {(imx500 or {}).get('reason', 'the IMX500 converter did not run')}")
+    if not (imx500["compiled"] and imx500["fits"]):
         raise InputError(
             f"the model does not fit the IMX500: {imx500['memory_usage_bytes']:,} bytes needed, {imx500['memory_available_bytes']:,} available "
             f"({imx500['utilization_percent']:.0f}%); make it smaller (mct_mixed_precision, fewer channels) or set imx500_require_fit to false"

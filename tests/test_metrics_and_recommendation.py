@@ -66,3 +66,8 @@ def test_an_impossible_budget_recommends_nothing_and_names_the_closest():
     assert choice["closest"] == "tflite"
     assert "no TFLite model stays within" in choice["reason"] and "the closest is tflite" in choice["reason"]
     assert len(choice["rejected"]) == 4
+
+
+def test_a_device_that_can_take_no_model_is_named_as_the_reason():
+    choice = recommend(MODELS, max_accuracy_drop=0.05, target_device="ethos-u55-128")
+    assert choice["chosen"] is None and choice["reason"].startswith("no TFLite model can go to ethos-u55-128")

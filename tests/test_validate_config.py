@@ -224,3 +224,8 @@ def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_pa
     message = error_for(sdk_config(sample_dir, tmp_path, variants=["mct_mixed_precision"], target_platform="tflite"), tmp_path)
     assert "variant 'mct_mixed_precision' needs target_platform 'imx500', got 'tflite'" in message
     assert "set target_platform to imx500" in message and "source_keras_model" not in message
+
+
+def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
+    message = error_for(sdk_config(sample_dir, tmp_path, target_device="ethos-u55-128", variants=["mct_ptq"]), tmp_path)
+    assert "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8' to variants" in message

@@ -60,7 +60,12 @@ def atomic_copy_tree(source: Path, destination: Path) -> Path:
         shutil.copytree(source, staging, dirs_exist_ok=True)
         if destination.exists():
             os.replace(destination, old)
-        os.replace(staging, destination)
+        try:
+            os.replace(staging, destination)
+        except OSError:
+            if old.exists():  # put the previous folder back rather than lose it
+                os.replace(old, destination)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)

@@ -36,6 +36,13 @@ class NpyBatchWriter:
         self.count += len(batch)
 
     def close(self) -> Path:
+        try:
+            return self._finish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _finish(self) -> Path:
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.count, *self.item_shape)}
         text = repr(header).encode("latin1")
         padding = HEADER_BYTES - len(np.lib.format.MAGIC_PREFIX) - 2 - 2 - len(text) - 1
@@ -50,7 +57,8 @@ class NpyBatchWriter:
         return self.path
 
     def abort(self) -> None:
-        self.file.close()
+        if not self.file.closed:
+            self.file.close()
         self.tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> "NpyBatchWriter":

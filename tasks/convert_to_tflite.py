@@ -62,7 +62,7 @@ def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_
             configure(converter, variant, calibration)
             flatbuffer = converter.convert()
     except Exception as exc:
-        if variant in OPTIONAL_VARIANTS:
+        if variant in OPTIONAL_VARIANTS and "not yet supported" in str(exc):
             return {"path": None, "variant": variant, "unsupported": f"{type(exc).__name__}: {exc}"}
         raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
     path = atomic_write_bytes(Path(out_dir) / f"model_{variant}.tflite", flatbuffer)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from core.storage import REPO_ROOT  # reads QUANTIZE_CACHE_DIR only when called, so main() can still set it
 
 
 def describe_machine() -> str:
@@ -85,13 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     # A cache and a Prefect database of its own, so the cold run is cold; set before Prefect and the flow load.
     os.environ.update({"QUANTIZE_CACHE_DIR": str(scratch / "cache"), "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"})
     os.environ.pop("PREFECT_API_URL", None)
-    sys.path.insert(0, str(REPO_ROOT))
-    import core  # noqa: F401
     from benchmarks.augment import augmented_set
     from benchmarks.throughput import notebook_evaluation, project_evaluation
     from core.sample_data import make_sample
 
-    print(f"machine: {describe_machine()}\nscratch: {scratch}", flush=True)
+    machine = describe_machine()
+    print(f"machine: {machine}\nscratch: {scratch}", flush=True)
     sample = make_sample()
     config = json.loads((REPO_ROOT / "configs" / "digits" / "configuration.json").read_text())
     for key in ("source_keras_model", "dataset_image_dir", "evaluate_image_dir", "evaluate_label_file"):
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     config.update(output_dir=str(scratch / "out" / "models"), evaluate_result_dir=str(scratch / "out" / "results"))
     config_path = scratch / "configuration.json"
     config_path.write_text(json.dumps(config))
-    figures: dict = {"machine": describe_machine()}
+    figures: dict = {"machine": machine}
 
     # Start the ephemeral Prefect API and TensorFlow before timing anything.
     from prefect import flow
@@ -108,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\n[2] cold run of the whole flow, then a rerun served from the cache", flush=True)
     cold_seconds, cold_state = timed_flow(config_path)
-    cached_seconds, cached_state = timed_flow(config_path)
+    cached_seconds, _ = timed_flow(config_path)
     figures["cold_seconds"], figures["cached_seconds"] = round(cold_seconds, 2), round(cached_seconds, 2)
     figures["cached_share_of_cold"] = round(cached_seconds / cold_seconds, 4)
     print(f"    cold {cold_seconds:.1f} s, cached {cached_seconds:.1f} s: the rerun takes {100 * cached_seconds / cold_seconds:.1f}% of the cold run (target < 15%)")
@@ -131,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("\n[1] evaluation throughput, 4 models: project against the old notebook's way", flush=True)
     figures["throughput"] = []
-    for name, eval_dir in [("sample", sample / "validation"), (f"{args.throughput_images} images", augmented_set(sample / "validation", scratch / "eval-throughput", args.throughput_images))]:
-        project_seconds, count = project_evaluation(eval_dir, models, scratch / f"throughput-{count_name(name)}")
+    enlarged = augmented_set(sample / "validation", scratch / "eval-throughput", args.throughput_images)
+    for name, label, eval_dir in [("sample", "sample", sample / "validation"), (f"{args.throughput_images} images", "enlarged", enlarged)]:
+        project_seconds, count = project_evaluation(eval_dir, models, scratch / f"throughput-{label}")
         notebook_seconds, _ = notebook_evaluation(eval_dir, models)
         row = {
             "set": name, "images": count,
@@ -159,10 +159,6 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=2))
     print("\n" + json.dumps(figures))
     return 0
-
-
-def count_name(name: str) -> str:
-    return name.split()[0]
 
 
 if __name__ == "__main__":

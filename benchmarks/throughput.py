@@ -14,7 +14,7 @@ import numpy as np
 
 from core.config import Preprocessing
 from core.images import decode_rgb
-from core.models import TFLitePredictor, load_keras_model, load_quantized_keras_model
+from core.models import TFLitePredictor, load_keras_by_name
 from core.preprocessing import preprocess
 from tasks.evaluate_model import evaluate_model
 from tasks.load_evaluation_set import list_evaluation_images, load_evaluation_set
@@ -43,7 +43,7 @@ def notebook_evaluation(eval_dir: Path, models: dict[str, str]) -> tuple[float, 
             predictor = TFLitePredictor(path)
             predict = predictor
         else:
-            model = load_keras_model(path) if name == "keras" else load_quantized_keras_model(path)
+            model = load_keras_by_name(name, path)
             predict = lambda x, model=model: model.predict(x, verbose=0)  # noqa: E731
         correct = 0
         for file, label in pairs:

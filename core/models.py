@@ -93,6 +93,11 @@ def load_quantized_keras_model(path: str | Path):
     return mct.keras_load_quantized_model(str(path), compile=False)
 
 
+def load_keras_by_name(model_name: str, path: str | Path, allow_unsafe_code: bool = False):
+    """'keras' is the user's float model, 'keras_quantized' the MCT-quantized one."""
+    return load_keras_model(path, allow_unsafe_code) if model_name == "keras" else load_quantized_keras_model(path)
+
+
 def keras_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
     return lambda batch: np.asarray(model.predict_on_batch(batch))
 

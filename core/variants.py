@@ -49,15 +49,6 @@ PROMISES: dict[str, Promise] = {
 }
 
 
-def variant_file_name(variant: str, float_tflite: str) -> str:
-    """The SDK's two files keep their names; every other variant gets a self-explaining one."""
-    if variant == float_tflite:
-        return "model.tflite"
-    if variant == "mct_ptq":
-        return "model_quantized.tflite"
-    return f"model_{variant}.tflite"
-
-
 def model_id(variant: str, float_tflite: str) -> str:
     """The name a variant's TFLite model has in the results: the SDK's two keep theirs."""
     if variant == float_tflite:
@@ -71,6 +62,11 @@ def variants_to_build(requested: list[str] | None, float_tflite: str) -> list[st
     """The requested variants (default DEFAULT_VARIANTS), always with the SDK's two, in catalogue order."""
     wanted = set(requested if requested is not None else DEFAULT_VARIANTS) | {float_tflite, "mct_ptq"}
     return [v for v in CONVERTER_VARIANTS + MCT_VARIANTS if v in wanted]
+
+
+def variant_file_name(variant: str, float_tflite: str) -> str:
+    """The file named as the model: model.tflite, model_quantized.tflite, model_<variant>.tflite."""
+    return f"model{model_id(variant, float_tflite).removeprefix('tflite')}.tflite"
 
 
 class VariantMismatch(Exception):

@@ -26,6 +26,10 @@ WORK_POOL = "local-process"
 DEFAULT_PORT = 4200
 
 
+def stack_dir(state_dir: Path | None = None) -> Path:
+    return Path(state_dir or cache_root() / "prefect-stack")
+
+
 def state_file(state_dir: Path) -> Path:
     return state_dir / "stack.json"
 
@@ -90,7 +94,7 @@ def start(
     env: dict[str, str] | None = None,
 ) -> dict:
     """`env` adds to this process's environment for the server, the commands and the worker (and so the flow runs)."""
-    state_dir = Path(state_dir or cache_root() / "prefect-stack")
+    state_dir = stack_dir(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     if state_file(state_dir).exists():
         running = json.loads(state_file(state_dir).read_text())
@@ -119,7 +123,7 @@ def start(
 
 def stop(state_dir: Path | None = None, grace: float = 15.0) -> list[str]:
     """Stops the worker, then the server; returns what was stopped."""
-    state_dir = Path(state_dir or cache_root() / "prefect-stack")
+    state_dir = stack_dir(state_dir)
     if not state_file(state_dir).exists():
         return []
     stack = json.loads(state_file(state_dir).read_text())
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         stopped = stop(args.state_dir)
         print("stopped " + ", ".join(stopped) if stopped else "nothing was running")
     else:
-        path = state_file(Path(args.state_dir or cache_root() / "prefect-stack"))
+        path = state_file(stack_dir(args.state_dir))
         if not path.exists():
             print("not running")
             return 1

@@ -67,7 +67,7 @@ def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_
         raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
     path = atomic_write_bytes(Path(out_dir) / f"model_{variant}.tflite", flatbuffer)
     found = check_variant(path, variant)
-    return {"path": str(path), "variant": variant, "kind": variant, "tensorflow_version": tf.__version__, **found}
+    return {"path": str(path), "variant": variant, "tensorflow_version": tf.__version__, **found}
 
 
 @task(

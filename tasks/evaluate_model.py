@@ -21,7 +21,7 @@ from tqdm import tqdm
 from core.caching import ContentCachePolicy
 from core.image_store import image_count, iter_batches
 from core.metrics import confusion_matrix, top_k_correct
-from core.models import TFLitePredictor, keras_predictor, load_keras_model, load_quantized_keras_model
+from core.models import TFLitePredictor, keras_predictor, load_keras_by_name
 from core.retry import RETRY_OPTIONS
 
 KERAS_MODELS = ("keras", "keras_quantized")
@@ -47,10 +47,8 @@ def injected_faults() -> set[str]:
 
 
 def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
-    if model_name == "keras":
-        return keras_predictor(load_keras_model(model_path, allow_unsafe_code))
-    if model_name == "keras_quantized":
-        return keras_predictor(load_quantized_keras_model(model_path))
+    if model_name in KERAS_MODELS:
+        return keras_predictor(load_keras_by_name(model_name, model_path, allow_unsafe_code))
     if model_name.startswith("tflite"):
         # Evaluations run concurrently, up to one per core: one thread each fills the cores
         # without oversubscribing them.
@@ -100,44 +98,51 @@ def evaluate_model(
         top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code, start, stop)
         seconds = time.perf_counter() - started
     labels = np.load(labels_path)[start:stop]
-    class_count = class_count or model_classes
     predicted = top_k[:, 0]
-    correct, correct_top_5 = top_k_correct(top_k[:, :1], labels), top_k_correct(top_k, labels)
-    count = len(labels)
+    return evaluation_record(
+        model_name,
+        model_path,
+        correct=top_k_correct(top_k[:, :1], labels),
+        correct_top_5=top_k_correct(top_k, labels),
+        seconds=seconds,
+        matrix=confusion_matrix(predicted, labels, class_count or model_classes),
+        predicted=predicted.tolist(),
+        shard=[start, start + len(labels)],
+    )
+
+
+def evaluation_record(model_name: str, model_path: str, correct: int, correct_top_5: int, seconds: float, matrix, predicted: list[int], shard: list[int]) -> dict:
+    """What an evaluation (of all the images or of a shard) returns; the accuracies follow from the counts."""
+    count = len(predicted)
     return {
         "model": model_name,
         "model_path": model_path,
         "top_1_accuracy": correct / count if count else 0.0,
         "top_5_accuracy": correct_top_5 / count if count else 0.0,
-        "correct": correct,
-        "correct_top_5": correct_top_5,
-        "image_count": int(count),
+        "correct": int(correct),
+        "correct_top_5": int(correct_top_5),
+        "image_count": count,
         "seconds": round(seconds, 3),
-        "confusion_matrix": confusion_matrix(predicted, labels, class_count).tolist(),
-        "predicted": predicted.tolist(),
-        "shard": [start, start + int(count)],
+        "confusion_matrix": np.asarray(matrix).tolist(),
+        "predicted": predicted,
+        "shard": shard,
     }
 
 
 def merge_shards(parts: list[dict]) -> dict:
     """One model's evaluation from its shards' (in image order): counts and matrices add up exactly."""
     parts = sorted(parts, key=lambda p: p["shard"][0])
-    count = sum(p["image_count"] for p in parts)
-    correct, correct_top_5 = sum(p["correct"] for p in parts), sum(p["correct_top_5"] for p in parts)
-    return {
-        "model": parts[0]["model"],
-        "model_path": parts[0]["model_path"],
-        "top_1_accuracy": correct / count if count else 0.0,
-        "top_5_accuracy": correct_top_5 / count if count else 0.0,
-        "correct": correct,
-        "correct_top_5": correct_top_5,
-        "image_count": count,
-        "seconds": round(sum(p["seconds"] for p in parts), 3),  # work, not wall time: shards run in parallel
-        "confusion_matrix": np.sum([p["confusion_matrix"] for p in parts], axis=0).tolist(),
-        "predicted": [c for p in parts for c in p["predicted"]],
-        "shard": [parts[0]["shard"][0], parts[-1]["shard"][1]],
-        "shards": len(parts),
-    }
+    merged = evaluation_record(
+        parts[0]["model"],
+        parts[0]["model_path"],
+        correct=sum(p["correct"] for p in parts),
+        correct_top_5=sum(p["correct_top_5"] for p in parts),
+        seconds=sum(p["seconds"] for p in parts),  # work, not wall time: shards run in parallel
+        matrix=np.sum([p["confusion_matrix"] for p in parts], axis=0),
+        predicted=[c for p in parts for c in p["predicted"]],
+        shard=[parts[0]["shard"][0], parts[-1]["shard"][1]],
+    )
+    return {**merged, "shards": len(parts)}
 
 
 @task(

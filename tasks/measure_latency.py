@@ -17,7 +17,7 @@ import numpy as np
 from prefect import task
 
 from core.caching import ContentCachePolicy
-from core.models import TFLitePredictor, load_keras_model, load_quantized_keras_model
+from core.models import TFLitePredictor, load_keras_by_name
 from core.retry import RETRY_OPTIONS
 
 WARM_UP = 3
@@ -43,7 +43,7 @@ def measure_latency(model_name: str, model_path: str, images_path: str, repeats:
     if model_name.startswith("tflite"):
         single, every = TFLitePredictor(model_path, num_threads=1), TFLitePredictor(model_path, num_threads=os.cpu_count())
         return {"1_thread": median_ms(single, image, repeats), "all_threads": median_ms(every, image, repeats), "repeats": repeats}
-    model = load_keras_model(model_path, allow_unsafe_code) if model_name == "keras" else load_quantized_keras_model(model_path)
+    model = load_keras_by_name(model_name, model_path, allow_unsafe_code)
     return {"1_thread": None, "all_threads": median_ms(lambda x: model(x, training=False), image, repeats), "repeats": repeats}
 
 

@@ -37,8 +37,8 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
 
 
 ERROR_METHODS = ("noclipping", "mse", "mae", "kl", "lp", "hmse")
-METHODS = ("ptq", "gptq", "mixed_precision")
 MCT_METHODS = {"mct_ptq": "ptq", "mct_gptq": "gptq", "mct_mixed_precision": "mixed_precision"}
+METHODS = tuple(MCT_METHODS.values())
 
 
 def mct_options(config, variant: str) -> dict | None:
@@ -75,17 +75,16 @@ def quantize_with_mct(
         tpc = mct.get_target_platform_capabilities(tpc_version=TPC_VERSION, device_type=target_platform)
         error = mct.core.QuantizationErrorMethod[error_method.upper()]
         quantization_config = mct.core.QuantizationConfig(activation_error_method=error, weights_error_method=error)
+        mixed = mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration))) if method == "mixed_precision" else None
+        core_config = mct.core.CoreConfig(quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {}))
         details: dict = {}
         if method == "gptq":
-            core_config = mct.core.CoreConfig(quantization_config=quantization_config)
             gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=options["epochs"])
             quantized, _ = mct.gptq.keras_gradient_post_training_quantization(
                 model, data, gptq_config=gptq_config, core_config=core_config, target_platform_capabilities=tpc
             )
             details["gptq_epochs"] = options["epochs"]
         elif method == "mixed_precision":
-            mixed = mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration)))
-            core_config = mct.core.CoreConfig(quantization_config=quantization_config, mixed_precision_config=mixed)
             full = mct.core.keras_resource_utilization_data(model, data, core_config, target_platform_capabilities=tpc)
             budget = full.weights_memory * options["weights_memory_ratio"]
             quantized, _ = mct.ptq.keras_post_training_quantization(
@@ -93,7 +92,6 @@ def quantize_with_mct(
             )
             details.update(weights_memory_ratio=options["weights_memory_ratio"], weights_memory_budget_bytes=float(budget), weights_memory_8bit_bytes=float(full.weights_memory))
         else:
-            core_config = mct.core.CoreConfig(quantization_config=quantization_config)
             quantized, _ = mct.ptq.keras_post_training_quantization(model, data, core_config=core_config, target_platform_capabilities=tpc)
         path = Path(out_dir) / ("model_quantized.keras" if method == "ptq" else f"model_mct_{method}.keras")
         mct.exporter.keras_export_model(model=quantized, save_model_path=str(path))

@@ -109,8 +109,11 @@ def record_results(
         m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - baseline, 6)
         if m["model"].startswith("tflite"):
             m["ethos_u"] = hardware["ethos_u"].get(m["model"]) or declined_for_ethos_u(m["variant"])
-    if hardware["imx500"] is not None:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
-        next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = hardware["imx500"]
+    # One record, shared by the model row and results["hardware"], updated in place once published.
+    imx500 = dict(hardware["imx500"]) if hardware["imx500"] else None
+    imx500_ran = bool(imx500 and not imx500["skipped"])
+    if imx500:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
+        next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = imx500
     results: dict[str, Any] = {f"top_1_accuracy_{name}": evaluations[name]["top_1_accuracy"] for name in SDK_MODELS}
     results.update(
         {
@@ -132,7 +135,7 @@ def record_results(
                 "files": calibration["skipped"] + evaluation_set["skipped"],
             },
             "latency_machine": latencies["keras"].get("machine"),
-            "hardware": {"imx500": hardware["imx500"], "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
+            "hardware": {"imx500": imx500, "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
             "report": str(result_dir / "report.html"),
             "configuration": validated.source,
             "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -141,28 +144,27 @@ def record_results(
     report = html_report(results)  # drawn before taking the locks: it is the slow part
     # Models and results of one run are published together, under the folders' locks.
     with locked_folders([output_dir, result_dir], timeout=lock_timeout):
-        results["removed_stale_outputs"] = remove_stale_outputs(output_dir, {Path(published[name]).name for name in order} | vela_names(models), imx500_published=bool(hardware["imx500"] and not hardware["imx500"]["skipped"]))
+        vela_models = {m["model"]: vela_file_name(m) for m in models if (m.get("ethos_u") or {}).get("compiled")}
+        kept = {Path(published[name]).name for name in order} | set(vela_models.values())
+        results["removed_stale_outputs"] = remove_stale_outputs(output_dir, kept, imx500_published=imx500_ran)
         for name in order:
             if name != "keras":
                 atomic_copy(Path(sources[name]), Path(published[name]))
         for m in models:
-            vela = m.get("ethos_u") or {}
-            if vela.get("compiled"):
-                m["ethos_u"] = {**vela, "vela_model": str(atomic_copy(Path(vela["vela_model"]), output_dir / f"{Path(m['file']).stem}_vela.tflite"))}
-        imx500 = hardware["imx500"]
-        if imx500 and not imx500["skipped"]:
+            if m["model"] in vela_models:
+                m["ethos_u"] = {**m["ethos_u"], "vela_model": str(atomic_copy(Path(m["ethos_u"]["vela_model"]), output_dir / vela_models[m["model"]]))}
+        if imx500_ran:
             folder = atomic_copy_tree(Path(imx500["folder"]), output_dir / "imx500")
-            published = {**imx500, **{k: str(folder / Path(imx500[k]).name) for k in ("memory_report", "packer_out", "dnn_params") if k in imx500}, "folder": str(folder)}
-            results["hardware"]["imx500"] = published
-            next(m for m in models if m["model"] == "tflite_quantized")["imx500"] = published
+            imx500.update({k: str(folder / Path(imx500[k]).name) for k in ("memory_report", "packer_out", "dnn_params") if k in imx500}, folder=str(folder))
         atomic_write_json(result_dir / "results.json", results)
         atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
         atomic_write_text(result_dir / "report.html", report)
     return results
 
 
-def vela_names(models: list[dict]) -> set[str]:
-    return {f"{Path(m['file']).stem}_vela.tflite" for m in models if (m.get("ethos_u") or {}).get("compiled")}
+def vela_file_name(model: dict) -> str:
+    """Vela's model is published beside the model it compiled: model_full_int8_vela.tflite."""
+    return f"{Path(model['file']).stem}_vela.tflite"
 
 
 def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> list[str]:
@@ -170,10 +172,7 @@ def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: boo
     run): left in place they would sit beside models they no longer match."""
     import shutil
 
-    from core.variants import PROMISES
-
     ours = {f"model_{variant}.tflite" for variant in PROMISES} | {f"model_{variant}_vela.tflite" for variant in PROMISES}
-    ours |= {"model_quantized_vela.tflite", "model_vela.tflite"}
     removed = [name for name in sorted(ours - kept) if (output_dir / name).is_file()]
     for name in removed:
         (output_dir / name).unlink()

@@ -1,5 +1,6 @@
 """Enlarged evaluation sets made from the sample's validation images by random augmentation
 (shift, rotation, brightness), in the same one-folder-per-class layout."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ its peak resident memory, so the benchmark can compare evaluation-set sizes in f
 `peak_rss_mib` is the process's peak; `evaluation_peak_mib` the peak reached during the evaluation
 above the resident memory before it (after TensorFlow's import), the part that would grow with the set.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,16 @@ def main(argv: list[str]) -> None:
     seconds, count = project_evaluation(Path(eval_dir), models, Path(work_dir))
     evaluation_peak = _status_kib("VmHWM") - before
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"images": count, "seconds": seconds, "peak_rss_mib": round(peak_kib / 1024, 1), "evaluation_peak_mib": round(evaluation_peak / 1024, 1)}))
+    print(
+        json.dumps(
+            {
+                "images": count,
+                "seconds": seconds,
+                "peak_rss_mib": round(peak_kib / 1024, 1),
+                "evaluation_peak_mib": round(evaluation_peak / 1024, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

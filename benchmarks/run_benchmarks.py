@@ -10,6 +10,7 @@ baseline measured in the same run. No figure is asserted anywhere: this script p
    (target < 10% on the sample);
 4. peak resident memory of the evaluation at 1k and at --large images (target: growth < 20%).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,14 @@ from core.storage import REPO_ROOT  # reads QUANTIZE_CACHE_DIR only when called,
 
 def describe_machine() -> str:
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     return f"{os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
 
 
@@ -67,23 +75,56 @@ def timed_flow(config_path: Path):
 
 
 def memory_probe(eval_dir: Path, work_dir: Path, models: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "benchmarks.memory_probe", str(eval_dir), str(work_dir), *(f"{k}={v}" for k, v in models.items())]
-    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.memory_probe",
+        str(eval_dir),
+        str(work_dir),
+        *(f"{k}={v}" for k, v in models.items()),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
     if result.returncode != 0:
         raise SystemExit(f"memory probe failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run_benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--large", type=int, default=10_000, help="images in the enlarged evaluation set for the memory figure (default 10000)")
-    parser.add_argument("--throughput-images", type=int, default=1_000, help="images in the enlarged set for the throughput figure (default 1000)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run_benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--large",
+        type=int,
+        default=10_000,
+        help="images in the enlarged evaluation set for the memory figure (default 10000)",
+    )
+    parser.add_argument(
+        "--throughput-images",
+        type=int,
+        default=1_000,
+        help="images in the enlarged set for the throughput figure (default 1000)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
-    scratch = Path(tempfile.mkdtemp(prefix="quantize-benchmark-", dir=REPO_ROOT / ".cache" if (REPO_ROOT / ".cache").exists() else None))
+    scratch = Path(
+        tempfile.mkdtemp(
+            prefix="quantize-benchmark-", dir=REPO_ROOT / ".cache" if (REPO_ROOT / ".cache").exists() else None
+        )
+    )
     # A cache and a Prefect database of its own, so the cold run is cold; set before Prefect and the flow load.
-    os.environ.update({"QUANTIZE_CACHE_DIR": str(scratch / "cache"), "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    os.environ.update(
+        {
+            "QUANTIZE_CACHE_DIR": str(scratch / "cache"),
+            "PREFECT_HOME": str(scratch / "prefect-home"),
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+    )
     os.environ.pop("PREFECT_API_URL", None)
     from benchmarks.augment import augmented_set
     from benchmarks.throughput import notebook_evaluation, project_evaluation
@@ -110,12 +151,18 @@ def main(argv: list[str] | None = None) -> int:
     cached_seconds, _ = timed_flow(config_path)
     figures["cold_seconds"], figures["cached_seconds"] = round(cold_seconds, 2), round(cached_seconds, 2)
     figures["cached_share_of_cold"] = round(cached_seconds / cold_seconds, 4)
-    print(f"    cold {cold_seconds:.1f} s, cached {cached_seconds:.1f} s: the rerun takes {100 * cached_seconds / cold_seconds:.1f}% of the cold run (target < 15%)")
+    print(
+        f"    cold {cold_seconds:.1f} s, cached {cached_seconds:.1f} s: the rerun takes {100 * cached_seconds / cold_seconds:.1f}% of the cold run (target < 15%)"
+    )
 
     print("\n[3] orchestration overhead of the cold run", flush=True)
     run = flow_run_figures(cold_state)
     overhead = max(0.0, run["flow_seconds"] - run["steps_busy_seconds"])
-    figures["overhead"] = {**run, "overhead_seconds": round(overhead, 3), "overhead_share": round(overhead / run["flow_seconds"], 4)}
+    figures["overhead"] = {
+        **run,
+        "overhead_seconds": round(overhead, 3),
+        "overhead_share": round(overhead / run["flow_seconds"], 4),
+    }
     print(
         f"    flow {run['flow_seconds']:.2f} s, at least one of {run['task_runs']} steps running for {run['steps_busy_seconds']:.2f} s: "
         f"overhead {overhead:.2f} s = {100 * overhead / run['flow_seconds']:.1f}% (target < 10%)"
@@ -131,25 +178,46 @@ def main(argv: list[str] | None = None) -> int:
     print("\n[1] evaluation throughput, 4 models: project against the old notebook's way", flush=True)
     figures["throughput"] = []
     enlarged = augmented_set(sample / "validation", scratch / "eval-throughput", args.throughput_images)
-    for name, label, eval_dir in [("sample", "sample", sample / "validation"), (f"{args.throughput_images} images", "enlarged", enlarged)]:
+    for name, label, eval_dir in [
+        ("sample", "sample", sample / "validation"),
+        (f"{args.throughput_images} images", "enlarged", enlarged),
+    ]:
         project_seconds, count = project_evaluation(eval_dir, models, scratch / f"throughput-{label}")
         notebook_seconds, _ = notebook_evaluation(eval_dir, models)
         row = {
-            "set": name, "images": count,
-            "project_images_per_s": round(4 * count / project_seconds, 1), "notebook_images_per_s": round(4 * count / notebook_seconds, 1),
+            "set": name,
+            "images": count,
+            "project_images_per_s": round(4 * count / project_seconds, 1),
+            "notebook_images_per_s": round(4 * count / notebook_seconds, 1),
             "speedup": round(notebook_seconds / project_seconds, 2),
         }
         figures["throughput"].append(row)
-        print(f"    {name}: project {row['project_images_per_s']} images/s, notebook {row['notebook_images_per_s']} images/s: {row['speedup']}x (target >= 3x)")
+        print(
+            f"    {name}: project {row['project_images_per_s']} images/s, notebook {row['notebook_images_per_s']} images/s: {row['speedup']}x (target >= 3x)"
+        )
 
     print(f"\n[4] peak resident memory of the evaluation, 1000 and {args.large} images (fresh processes)", flush=True)
-    small = memory_probe(augmented_set(sample / "validation", scratch / "eval-1000", 1000), scratch / "memory-1000", models)
-    large = memory_probe(augmented_set(sample / "validation", scratch / f"eval-{args.large}", args.large), scratch / f"memory-{args.large}", models)
+    small = memory_probe(
+        augmented_set(sample / "validation", scratch / "eval-1000", 1000), scratch / "memory-1000", models
+    )
+    large = memory_probe(
+        augmented_set(sample / "validation", scratch / f"eval-{args.large}", args.large),
+        scratch / f"memory-{args.large}",
+        models,
+    )
     growth = large["peak_rss_mib"] / small["peak_rss_mib"] - 1
     evaluation_growth = large["evaluation_peak_mib"] / small["evaluation_peak_mib"] - 1
     decoded_mib = large["images"] * 32 * 32 * 3 * 4 / 2**20
-    figures["memory"] = {"small": small, "large": large, "growth": round(growth, 4), "evaluation_growth": round(evaluation_growth, 4), "large_set_decoded_mib": round(decoded_mib, 1)}
-    print(f"    process peak: {small['images']} images {small['peak_rss_mib']} MiB, {large['images']} images {large['peak_rss_mib']} MiB: growth {100 * growth:.1f}% (target < 20%)")
+    figures["memory"] = {
+        "small": small,
+        "large": large,
+        "growth": round(growth, 4),
+        "evaluation_growth": round(evaluation_growth, 4),
+        "large_set_decoded_mib": round(decoded_mib, 1),
+    }
+    print(
+        f"    process peak: {small['images']} images {small['peak_rss_mib']} MiB, {large['images']} images {large['peak_rss_mib']} MiB: growth {100 * growth:.1f}% (target < 20%)"
+    )
     print(
         f"    evaluation's own peak above the process before it: {small['evaluation_peak_mib']} MiB and {large['evaluation_peak_mib']} MiB: "
         f"growth {100 * evaluation_growth:.1f}% (the {large['images']} images are {decoded_mib:.0f} MiB decoded)"

@@ -4,6 +4,7 @@ Project: decode every image once (in parallel, streamed), then evaluate the mode
 batches. Notebook: one model after another, decoding every image again for each model, one image per
 inference call.
 """
+
 from __future__ import annotations
 
 import time
@@ -29,7 +30,14 @@ def project_evaluation(eval_dir: Path, models: dict[str, str], work_dir: Path) -
     started = time.perf_counter()
     evaluation_set = load_evaluation_set(str(eval_dir), "jpg", CLASSES, SIZE, Preprocessing(), work_dir, progress=False)
     with ThreadPoolExecutor(4) as pool:  # the flow's task runner
-        results = list(pool.map(lambda item: evaluate_model(item[0], item[1], evaluation_set["images_path"], evaluation_set["labels_path"], BATCH, False), models.items()))
+        results = list(
+            pool.map(
+                lambda item: evaluate_model(
+                    item[0], item[1], evaluation_set["images_path"], evaluation_set["labels_path"], BATCH, False
+                ),
+                models.items(),
+            )
+        )
     assert all(r["image_count"] == evaluation_set["image_count"] for r in results)
     return time.perf_counter() - started, evaluation_set["image_count"]
 

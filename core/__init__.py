@@ -4,6 +4,7 @@ The workflow's steps live in `tasks/`, one module per step; this package holds w
 several steps share: the configuration model, preprocessing, image decoding, model
 loading and running, atomic file writes and the content-based cache policy.
 """
+
 import os
 
 # TensorFlow is chatty at import; keep warnings and errors only unless the user asked otherwise.

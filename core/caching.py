@@ -6,6 +6,7 @@ same configuration twice therefore does the heavy work once, and changing one im
 value redoes what depends on it and nothing else. Output locations are not inputs of the
 cached steps: they write to the cache's work folder and the last step publishes.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,7 +15,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -51,7 +52,7 @@ class ContentCachePolicy(CachePolicy):
         inputs: dict[str, Any],
         flow_parameters: dict[str, Any],
         **kwargs: Any,
-    ) -> Optional[str]:
+    ) -> str | None:
         module = sys.modules[task_ctx.task.fn.__module__]
         parts: dict[str, Any] = {"source": inspect.getsource(module), "core": core_source_digest()}
         for name, value in sorted(inputs.items()):

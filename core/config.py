@@ -4,14 +4,25 @@
 filesystem, so the Prefect UI can render and validate it as a form. `tasks.validate_config`
 then checks it against the files it names.
 """
+
 from __future__ import annotations
 
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from core.errors import ConfigError
 from core.variants import Variant
@@ -28,7 +39,14 @@ SDK_KEYS = (
     "evaluate_label_file",
     "evaluate_result_dir",
 )
-PATH_KEYS = ("source_keras_model", "dataset_image_dir", "output_dir", "evaluate_image_dir", "evaluate_label_file", "evaluate_result_dir")
+PATH_KEYS = (
+    "source_keras_model",
+    "dataset_image_dir",
+    "output_dir",
+    "evaluate_image_dir",
+    "evaluate_label_file",
+    "evaluate_result_dir",
+)
 
 Number = StrictFloat | StrictInt
 
@@ -47,16 +65,28 @@ class Preprocessing(BaseModel):
         "'shorter_side_center_crop': resize the shorter side, keeping the aspect ratio, then cut the centre square.",
     )
     crop_fraction: Number = Field(
-        1.0, gt=0, le=1, description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 is the usual ImageNet crop)."
+        1.0,
+        gt=0,
+        le=1,
+        description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 is the usual ImageNet crop).",
     )
-    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field("bilinear", description="Resampling filter used by the resize.")
-    scale: Number = Field(1 / 255, description="Multiplies the pixel values (0..255). 1/255 gives [0, 1]; 1/127.5 with offset -1 gives [-1, 1].")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
+        "bilinear", description="Resampling filter used by the resize."
+    )
+    scale: Number = Field(
+        1 / 255,
+        description="Multiplies the pixel values (0..255). 1/255 gives [0, 1]; 1/127.5 with offset -1 gives [-1, 1].",
+    )
     offset: Number = Field(0.0, description="Added after scaling.")
-    mean: Optional[tuple[Number, Number, Number]] = Field(None, description="Per-channel (R, G, B) mean subtracted after scale and offset; give std too.")
-    std: Optional[tuple[Number, Number, Number]] = Field(None, description="Per-channel (R, G, B) standard deviation divided by after the mean; give mean too.")
+    mean: tuple[Number, Number, Number] | None = Field(
+        None, description="Per-channel (R, G, B) mean subtracted after scale and offset; give std too."
+    )
+    std: tuple[Number, Number, Number] | None = Field(
+        None, description="Per-channel (R, G, B) standard deviation divided by after the mean; give mean too."
+    )
 
     @model_validator(mode="after")
-    def _mean_and_std_together(self) -> "Preprocessing":
+    def _mean_and_std_together(self) -> Preprocessing:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both 'mean' and 'std', or neither")
         if self.std is not None and any(s <= 0 for s in self.std):
@@ -72,80 +102,143 @@ class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", title="Quantize and evaluate configuration")
 
     source_keras_model: StrictStr = Field(
-        ..., min_length=1, description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to the configuration file's folder."
+        ...,
+        min_length=1,
+        description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to the configuration file's folder.",
     )
     dataset_image_dir: StrictStr = Field(
-        ..., min_length=1, description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the training set advised)."
+        ...,
+        min_length=1,
+        description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the training set advised).",
     )
-    batch_size: StrictInt = Field(..., ge=1, description="Images per calibration batch: at least 1 and at most the number of calibration images. SDK default 50.")
-    input_tensor_size: StrictInt = Field(..., ge=1, description="Side of the model's square input in pixels; must equal the model's input height and width. SDK default 224.")
+    batch_size: StrictInt = Field(
+        ...,
+        ge=1,
+        description="Images per calibration batch: at least 1 and at most the number of calibration images. SDK default 50.",
+    )
+    input_tensor_size: StrictInt = Field(
+        ...,
+        ge=1,
+        description="Side of the model's square input in pixels; must equal the model's input height and width. SDK default 224.",
+    )
     iteration_count: StrictInt = Field(..., ge=1, description="Calibration batches fed to MCT. SDK default 10.")
-    output_dir: StrictStr = Field(..., min_length=1, description="Folder that receives model.tflite and model_quantized.tflite (created if missing).")
-    evaluate_image_dir: StrictStr = Field(..., min_length=1, description="Evaluation images, ImageNet layout: one folder per class, named as in the label file.")
-    evaluate_image_extension: StrictStr = Field(
-        ..., min_length=1, pattern=r"^[A-Za-z0-9]+$", description="Extension of the evaluation images, without the dot, case sensitive (e.g. 'jpg')."
+    output_dir: StrictStr = Field(
+        ...,
+        min_length=1,
+        description="Folder that receives model.tflite and model_quantized.tflite (created if missing).",
     )
-    evaluate_label_file: StrictStr = Field(..., min_length=1, description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1}.')
-    evaluate_result_dir: StrictStr = Field(..., min_length=1, description="Folder that receives results.json and results.csv (created if missing).")
+    evaluate_image_dir: StrictStr = Field(
+        ...,
+        min_length=1,
+        description="Evaluation images, ImageNet layout: one folder per class, named as in the label file.",
+    )
+    evaluate_image_extension: StrictStr = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9]+$",
+        description="Extension of the evaluation images, without the dot, case sensitive (e.g. 'jpg').",
+    )
+    evaluate_label_file: StrictStr = Field(
+        ..., min_length=1, description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1}.'
+    )
+    evaluate_result_dir: StrictStr = Field(
+        ..., min_length=1, description="Folder that receives results.json and results.csv (created if missing)."
+    )
 
-    preprocessing: Preprocessing = Field(default_factory=Preprocessing, description="Preprocessing shared by calibration and every evaluation.")
+    preprocessing: Preprocessing = Field(
+        default_factory=Preprocessing, description="Preprocessing shared by calibration and every evaluation."
+    )
     seed: StrictInt = Field(0, ge=0, description="Seed of the calibration sample, so a run can be reproduced.")
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
-        "imx500", description="MCT target platform capabilities: 'imx500' (Sony's AITRIOS sensor), 'tflite' or 'qnnpack'."
+        "imx500",
+        description="MCT target platform capabilities: 'imx500' (Sony's AITRIOS sensor), 'tflite' or 'qnnpack'.",
     )
     float_tflite: Literal["float32", "dynamic_range"] = Field(
         "float32",
         description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
     )
-    evaluation_batch_size: StrictInt = Field(32, ge=1, le=4096, description="Images per inference call during evaluation.")
-    variants: Optional[list[Variant]] = Field(
+    evaluation_batch_size: StrictInt = Field(
+        32, ge=1, le=4096, description="Images per inference call during evaluation."
+    )
+    variants: list[Variant] | None = Field(
         None,
         description="Which quantization variants to build and compare. Default: every TensorFlow-converter variant "
         "(float32, dynamic_range, float16, int8_float_io, full_int8, full_uint8, int16x8) and mct_ptq; "
         "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and model_quantized.tflite are always built.",
     )
     mct_error_method: Literal["noclipping", "mse", "mae", "kl", "lp", "hmse"] = Field(
-        "mse", description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL divergence (slow), 'mse' MCT's default."
+        "mse",
+        description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL divergence (slow), 'mse' MCT's default.",
     )
-    gptq_epochs: StrictInt = Field(5, ge=1, le=1000, description="Epochs of MCT's gradient-based PTQ (the mct_gptq variant).")
+    gptq_epochs: StrictInt = Field(
+        5, ge=1, le=1000, description="Epochs of MCT's gradient-based PTQ (the mct_gptq variant)."
+    )
     mixed_precision_weights_ratio: Number = Field(
-        0.75, gt=0, le=1, description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights memory."
+        0.75,
+        gt=0,
+        le=1,
+        description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights memory.",
     )
     max_accuracy_drop: Number = Field(
-        0.01, ge=0, le=1, description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 is one point."
+        0.01,
+        ge=0,
+        le=1,
+        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 is one point.",
     )
-    objective: Literal["size", "latency"] = Field("size", description="What the recommendation minimises among the models within the budget: file size or latency.")
-    latency_repeats: StrictInt = Field(20, ge=1, le=10000, description="Timed inferences per model and thread setting; the latency is their median.")
+    objective: Literal["size", "latency"] = Field(
+        "size",
+        description="What the recommendation minimises among the models within the budget: file size or latency.",
+    )
+    latency_repeats: StrictInt = Field(
+        20, ge=1, le=10000, description="Timed inferences per model and thread setting; the latency is their median."
+    )
     ethos_u_accelerator: Literal["ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] = Field(
         "ethos-u55-128", description="Arm Ethos-U configuration Vela compiles the full-integer models for."
     )
-    imx500_require_fit: StrictBool = Field(False, description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise it is only reported).")
-    target_device: Optional[Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]] = Field(
+    imx500_require_fit: StrictBool = Field(
+        False,
+        description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise it is only reported).",
+    )
+    target_device: Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] | None = Field(
         None,
         description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an Ethos-U name keeps the models Vela compiled, "
         "preferring the highest share of operators on the NPU.",
     )
     allow_unsafe_model_code: StrictBool = Field(
-        False, description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust."
+        False,
+        description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust.",
     )
 
     @model_validator(mode="after")
-    def _target_device_agrees(self) -> "QuantizeConfig":
+    def _target_device_agrees(self) -> QuantizeConfig:
         if self.target_device == "imx500" and self.target_platform != "imx500":
-            raise ValueError(f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it")
+            raise ValueError(
+                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it"
+            )
         if self.imx500_require_fit and self.target_platform != "imx500":
-            raise ValueError(f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model quantized for the IMX500 is converted for it")
-        if self.target_device and self.target_device.startswith("ethos-u") and self.variants is not None and not {"full_int8", "full_uint8"} & set(self.variants):
-            raise ValueError(f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to variants")
+            raise ValueError(
+                f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model quantized for the IMX500 is converted for it"
+            )
+        if (
+            self.target_device
+            and self.target_device.startswith("ethos-u")
+            and self.variants is not None
+            and not {"full_int8", "full_uint8"} & set(self.variants)
+        ):
+            raise ValueError(
+                f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
+            )
         if self.target_device and self.target_device.startswith("ethos-u"):
             if "ethos_u_accelerator" not in self.model_fields_set:
                 self.ethos_u_accelerator = self.target_device
             elif self.ethos_u_accelerator != self.target_device:
-                raise ValueError(f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} differ: give one, or the same in both")
+                raise ValueError(
+                    f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} differ: give one, or the same in both"
+                )
         return self
 
     @model_validator(mode="after")
-    def _mixed_precision_needs_imx500(self) -> "QuantizeConfig":
+    def _mixed_precision_needs_imx500(self) -> QuantizeConfig:
         if self.variants and "mct_mixed_precision" in self.variants and self.target_platform != "imx500":
             raise ValueError(
                 f"variant 'mct_mixed_precision' needs target_platform 'imx500', got {self.target_platform!r}: "
@@ -158,7 +251,11 @@ def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
     """Read and structurally validate a configuration file; relative paths will resolve against its folder."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError([f"configuration file {str(path)!r} does not exist: expected a JSON file such as configs/digits/configuration.json"])
+        raise ConfigError(
+            [
+                f"configuration file {str(path)!r} does not exist: expected a JSON file such as configs/digits/configuration.json"
+            ]
+        )
     if path.is_dir():
         raise ConfigError([f"configuration file {str(path)!r} is a folder: expected a JSON file"])
     try:
@@ -166,7 +263,9 @@ def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
     except UnicodeDecodeError as exc:
         raise ConfigError([f"configuration file {str(path)!r} is not UTF-8 text: {exc}"]) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"configuration file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]) from None
+        raise ConfigError(
+            [f"configuration file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]
+        ) from None
     return parse_config(data, source=str(path)), path.resolve().parent
 
 
@@ -175,7 +274,9 @@ def parse_config(data: Any, source: str | None = None) -> QuantizeConfig:
     if isinstance(data, QuantizeConfig):
         return data
     if not isinstance(data, dict):
-        raise ConfigError([f"the configuration must be a JSON object of keys and values, got {type(data).__name__}"], source)
+        raise ConfigError(
+            [f"the configuration must be a JSON object of keys and values, got {type(data).__name__}"], source
+        )
     try:
         return QuantizeConfig.model_validate(data)
     except ValidationError as exc:
@@ -214,8 +315,14 @@ def _expected(loc: str) -> str:
         field = fields.get(part)
         if field is None:
             return "see the configuration reference in README.md"
-        model = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
-    return f"expected {field.description[0].lower()}{field.description[1:]}" if field and field.description else "see README.md"
+        model = (
+            field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
+        )
+    return (
+        f"expected {field.description[0].lower()}{field.description[1:]}"
+        if field and field.description
+        else "see README.md"
+    )
 
 
 def _json_type(value: Any) -> str:

@@ -15,7 +15,9 @@ class ConfigError(InputError):
         self.problems = list(problems)
         self.source = source
         where = f" in {source}" if source else ""
-        lines = [f"configuration invalid{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"]
+        lines = [
+            f"configuration invalid{where} ({len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}):"
+        ]
         lines += [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 

@@ -1,4 +1,5 @@
 """Atomic writes and content hashing of files and folders."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 _CHUNK = 1 << 20
 

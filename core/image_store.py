@@ -5,11 +5,12 @@ memory. It is decoded once, batch by batch, appended to the file, and every mode
 it back batch by batch with plain reads (not a memory map, whose touched pages would stay resident).
 The file is a standard .npy: `np.load(path, mmap_mode="r")` opens it too.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -43,13 +44,19 @@ class NpyBatchWriter:
             raise
 
     def _finish(self) -> Path:
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (self.count, *self.item_shape)}
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": (self.count, *self.item_shape),
+        }
         text = repr(header).encode("latin1")
         padding = HEADER_BYTES - len(np.lib.format.MAGIC_PREFIX) - 2 - 2 - len(text) - 1
         if padding < 0:
             raise ValueError(f"shape {header['shape']} does not fit the reserved header")
         self.file.seek(0)
-        self.file.write(np.lib.format.magic(1, 0) + (HEADER_BYTES - 10).to_bytes(2, "little") + text + b" " * padding + b"\n")
+        self.file.write(
+            np.lib.format.magic(1, 0) + (HEADER_BYTES - 10).to_bytes(2, "little") + text + b" " * padding + b"\n"
+        )
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -61,7 +68,7 @@ class NpyBatchWriter:
             self.file.close()
         self.tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "NpyBatchWriter":
+    def __enter__(self) -> NpyBatchWriter:
         return self
 
     def __exit__(self, kind, value, traceback) -> None:

@@ -1,4 +1,5 @@
 """Finding and decoding image files."""
+
 from __future__ import annotations
 
 import warnings
@@ -23,7 +24,9 @@ def find_jpegs(folder: Path) -> list[Path]:
     """JPEG files (.jpg / .jpeg in any case) anywhere below `folder`, sorted for reproducibility."""
     folder = Path(folder)
     return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in JPEG_SUFFIXES and p.is_file() and not is_junk(p.relative_to(folder))
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in JPEG_SUFFIXES and p.is_file() and not is_junk(p.relative_to(folder))
     )
 
 
@@ -40,7 +43,9 @@ def decode_rgb(path: Path) -> Image.Image:
                         "downscale it or remove it from the folder"
                     )
                 if path.suffix.lower() in JPEG_SUFFIXES and image.format != "JPEG":
-                    raise InputError(f"image {path} is a {image.format} file named {path.suffix}: convert it to JPEG or rename it")
+                    raise InputError(
+                        f"image {path} is a {image.format} file named {path.suffix}: convert it to JPEG or rename it"
+                    )
                 image = ImageOps.exif_transpose(image)
                 if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                     image = image.point(lambda v: v / 256).convert("L")
@@ -48,4 +53,6 @@ def decode_rgb(path: Path) -> Image.Image:
     except InputError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise InputError(f"image {path} cannot be decoded ({type(exc).__name__}: {exc}): replace or remove the file") from None
+        raise InputError(
+            f"image {path} cannot be decoded ({type(exc).__name__}: {exc}): replace or remove the file"
+        ) from None

@@ -3,6 +3,7 @@
 The lock holds the owner's process id and host; a lock left by a process that no longer
 exists on this host is stale and is taken over.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from core.errors import InputError
 
@@ -31,7 +32,11 @@ def _alive(pid: int) -> bool:
 
 def _try_acquire(lock: Path) -> dict | None:
     """Create the lock; on failure return its owner (None if a stale lock was removed)."""
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": dt.datetime.now().isoformat(timespec="seconds"),
+    }
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

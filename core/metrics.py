@@ -1,5 +1,6 @@
 """Accuracy figures computed from predictions: Top-k, confusion matrix, per-class accuracy and the
 agreement of two models. Plain numpy on integer arrays, so sharded counts add up exactly."""
+
 from __future__ import annotations
 
 import numpy as np

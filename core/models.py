@@ -1,8 +1,9 @@
 """Loading the models the workflow handles, and running them on batches of preprocessed images."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -71,7 +72,9 @@ def load_keras_model(path: str | Path, allow_unsafe_code: bool = False):
     path = Path(path)
     fmt = keras_model_format(path)
     if fmt is None:
-        raise InputError(f"model {path} is not a Keras model: expected an .h5 or .keras file, or a SavedModel folder holding saved_model.pb")
+        raise InputError(
+            f"model {path} is not a Keras model: expected an .h5 or .keras file, or a SavedModel folder holding saved_model.pb"
+        )
     lambdas = code_carrying_layers(_stored_config(path, fmt))
     if lambdas and not allow_unsafe_code:
         raise InputError(

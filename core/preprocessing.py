@@ -1,4 +1,5 @@
 """The one preprocessing of the workflow, applied to calibration and evaluation images alike."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,11 @@ from PIL import Image
 
 from core.config import Preprocessing
 
-_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC, "nearest": Image.Resampling.NEAREST}
+_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def resize(image: Image.Image, size: int, spec: Preprocessing) -> Image.Image:

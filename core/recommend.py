@@ -4,6 +4,7 @@ inference on all threads (`latency`). Every other candidate is listed with why i
 
 With a `target_device`, only the models that device can take compete: for `imx500` those that fit the
 sensor, for an Ethos-U the ones Vela compiled, the highest share of operators on the NPU first."""
+
 from __future__ import annotations
 
 import math
@@ -31,38 +32,82 @@ def device_problem(model: dict, target_device: str | None) -> str | None:
             return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
         if imx500.get("skipped"):
             return imx500["reason"]
-        return None if imx500["compiled"] and imx500["fits"] else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
+        return (
+            None
+            if imx500["compiled"] and imx500["fits"]
+            else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
+        )
     if target_device:
         ethos_u = model.get("ethos_u") or {}
         return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
     return None
 
 
-def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "size", target_device: str | None = None) -> dict:
+def recommend(
+    models: list[dict], max_accuracy_drop: float, objective: str = "size", target_device: str | None = None
+) -> dict:
     if objective not in ("size", "latency"):
         raise ValueError(f"objective {objective!r}: expected 'size' or 'latency'")
     baseline = next(m for m in models if m["model"] == "keras")["top_1_accuracy"]
     deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
-    unfit = [{"model": m["model"], "top_1_drop": round(baseline - m["top_1_accuracy"], 6), "reason": device_problem(m, target_device)} for m in deployable if device_problem(m, target_device)]
+    unfit = [
+        {
+            "model": m["model"],
+            "top_1_drop": round(baseline - m["top_1_accuracy"], 6),
+            "reason": device_problem(m, target_device),
+        }
+        for m in deployable
+        if device_problem(m, target_device)
+    ]
     candidates = [m for m in deployable if not device_problem(m, target_device)]
     if not candidates and unfit:
         reason = f"no TFLite model can go to {target_device}: {unfit[0]['model']}: {unfit[0]['reason']}"
-        return {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline, "target_device": target_device,
-                "chosen": None, "closest": None, "reason": reason, "rejected": unfit}
+        return {
+            "objective": objective,
+            "max_accuracy_drop": max_accuracy_drop,
+            "baseline_top_1": baseline,
+            "target_device": target_device,
+            "chosen": None,
+            "closest": None,
+            "reason": reason,
+            "rejected": unfit,
+        }
     drop = {m["model"]: round(baseline - m["top_1_accuracy"], 6) for m in candidates}
     within = [m for m in candidates if drop[m["model"]] <= max_accuracy_drop + 1e-9]
-    summary = {"objective": objective, "max_accuracy_drop": max_accuracy_drop, "baseline_top_1": baseline, "target_device": target_device}
+    summary = {
+        "objective": objective,
+        "max_accuracy_drop": max_accuracy_drop,
+        "baseline_top_1": baseline,
+        "target_device": target_device,
+    }
     if not within:
         closest = min(candidates, key=lambda m: (drop[m["model"]], _measure(m, objective))) if candidates else None
-        rejected = [{"model": m["model"], "top_1_drop": drop[m["model"]], "reason": f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"} for m in candidates]
+        rejected = [
+            {
+                "model": m["model"],
+                "top_1_drop": drop[m["model"]],
+                "reason": f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}",
+            }
+            for m in candidates
+        ]
         where = f" that {target_device} can take" if target_device else ""
         reason = f"no TFLite model{where} stays within a Top-1 drop of {max_accuracy_drop:.4f} of the float Keras model ({baseline:.4f})"
         if closest:
             reason += f"; the closest is {closest['model']} (drop {drop[closest['model']]:.4f})"
-        return {**summary, "chosen": None, "closest": closest["model"] if closest else None, "reason": reason, "rejected": rejected + unfit}
+        return {
+            **summary,
+            "chosen": None,
+            "closest": closest["model"] if closest else None,
+            "reason": reason,
+            "rejected": rejected + unfit,
+        }
     npu_first = target_device is not None and target_device.startswith("ethos-u")
-    chosen = min(within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"]))
-    word = ("smallest" if objective == "size" else "fastest") + (" of those with the most operators on the NPU" if npu_first else "")
+    chosen = min(
+        within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"])
+    )
+    word = ("smallest" if objective == "size" else "fastest") + (
+        " of those with the most operators on the NPU" if npu_first else ""
+    )
     if target_device:
         word += f" that {target_device} can take"
     reason = (
@@ -80,7 +125,13 @@ def recommend(models: list[dict], max_accuracy_drop: float, objective: str = "si
         else:
             why = f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"
         rejected.append({"model": m["model"], "top_1_drop": drop[m["model"]], "reason": why})
-    return {**summary, "chosen": chosen["model"], "closest": chosen["model"], "reason": reason, "rejected": rejected + unfit}
+    return {
+        **summary,
+        "chosen": chosen["model"],
+        "closest": chosen["model"],
+        "reason": reason,
+        "rejected": rejected + unfit,
+    }
 
 
 def npu_share(model: dict) -> float:

@@ -9,6 +9,7 @@ pyplot: pyplot keeps global state that is unsafe when Prefect runs tasks in thre
 matplotlib is imported inside the functions so that importing this module (and the CLI
 that imports it) stays fast.
 """
+
 from __future__ import annotations
 
 import base64
@@ -55,8 +56,7 @@ def html_report(results: dict) -> str:
         "<title>Quantization report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Quantization report</h1>",
-        f"<p>{len(models)} models evaluated on {int(results['image_count'])} images "
-        f"in {len(class_names)} classes.</p>",
+        f"<p>{len(models)} models evaluated on {int(results['image_count'])} images in {len(class_names)} classes.</p>",
         _recommendation_html(recommendation),
         "<h2>Comparison</h2>",
         _comparison_table_html(models, recommendation.get("chosen")),
@@ -68,7 +68,10 @@ def html_report(results: dict) -> str:
         parts += [
             f"<h3>{_e(model['description'])} <small>({_e(model['model'])})</small></h3>",
             '<div class="model">',
-            _img(remembered_png(confusion_matrix_png, model["model"], model["confusion_matrix"], class_names), f"Confusion matrix of {model['model']}"),
+            _img(
+                remembered_png(confusion_matrix_png, model["model"], model["confusion_matrix"], class_names),
+                f"Confusion matrix of {model['model']}",
+            ),
             _per_class_table_html(model["per_class_accuracy"], class_names),
             "</div>",
         ]
@@ -92,11 +95,13 @@ def accuracy_size_chart_png(results: dict) -> bytes:
         sizes.append(size_kib)
         is_chosen = model["model"] == chosen
         ax.scatter(
-            [size_kib], [model["top_1_accuracy"]],
+            [size_kib],
+            [model["top_1_accuracy"]],
             s=160 if is_chosen else 45,
             marker="*" if is_chosen else markers[index % len(markers)],
             label=f"{model['model']} (chosen)" if is_chosen else model["model"],
-            zorder=3, alpha=0.85,
+            zorder=3,
+            alpha=0.85,
         )
     # Log scale only where sizes span orders of magnitude (and none is zero, which it cannot show).
     if sizes and min(sizes) > 0 and max(sizes) / min(sizes) > 10:
@@ -137,8 +142,15 @@ def confusion_matrix_png(model: dict, class_names: list[str]) -> bytes:
         if n <= _MAX_ANNOTATED_CLASSES:
             threshold = matrix.max() / 2
             for (row, col), count in np.ndenumerate(matrix):
-                ax.text(col, row, f"{int(count)}", ha="center", va="center", fontsize=8,
-                        color="white" if count > threshold else "black")
+                ax.text(
+                    col,
+                    row,
+                    f"{int(count)}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if count > threshold else "black",
+                )
     ax.set_title(model["model"], fontsize=10)
     fig.tight_layout()
     return _png(fig)
@@ -150,14 +162,15 @@ def _recommendation_html(recommendation: dict) -> str:
     criteria = f"Objective: {objective}, losing at most {drop} of Top-1 accuracy vs Keras."
     chosen = recommendation.get("chosen")
     if chosen is not None:
-        body = (f"<p><strong>Recommended model: {_e(chosen)}</strong></p>"
-                f"<p>{_e(recommendation['reason'])}</p>")
+        body = f"<p><strong>Recommended model: {_e(chosen)}</strong></p><p>{_e(recommendation['reason'])}</p>"
         css_class = "recommendation"
     else:
         closest = recommendation.get("closest")
         closest_text = f" The closest is <strong>{_e(closest)}</strong>." if closest is not None else ""
-        body = (f"<p><strong>None qualifies: no model meets these criteria.</strong>{closest_text}</p>"
-                f"<p>{_e(recommendation['reason'])}</p>")
+        body = (
+            f"<p><strong>None qualifies: no model meets these criteria.</strong>{closest_text}</p>"
+            f"<p>{_e(recommendation['reason'])}</p>"
+        )
         css_class = "recommendation none"
     rejected = recommendation.get("rejected") or []
     if rejected:
@@ -167,11 +180,26 @@ def _recommendation_html(recommendation: dict) -> str:
 
 
 def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
-    headers = ["Model", "File", "Size (KiB)", "Top-1", "Top-5", "Change vs Keras", "Agreement",
-               "Latency 1 thread (ms)", "Latency all threads (ms)", "Input", "Output", "Ethos-U NPU ops", "Ethos-U inferences/s", "Fits IMX500"]
+    headers = [
+        "Model",
+        "File",
+        "Size (KiB)",
+        "Top-1",
+        "Top-5",
+        "Change vs Keras",
+        "Agreement",
+        "Latency 1 thread (ms)",
+        "Latency all threads (ms)",
+        "Input",
+        "Output",
+        "Ethos-U NPU ops",
+        "Ethos-U inferences/s",
+        "Fits IMX500",
+    ]
     text_columns = {0, 1, 9, 10, 13}
-    head = "".join(f'<th class="text">{h}</th>' if i in text_columns else f"<th>{h}</th>"
-                   for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="text">{h}</th>' if i in text_columns else f"<th>{h}</th>" for i, h in enumerate(headers)
+    )
     rows = []
     for m in models:
         latency = m["latency_ms"]
@@ -191,18 +219,19 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
             _e((m.get("ethos_u") or {}).get("inferences_per_second") or "–"),
             _e({True: "yes", False: "no"}.get((m.get("imx500") or {}).get("fits"), "–")),
         ]
-        row = "".join(f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>"
-                      for i, c in enumerate(cells))
+        row = "".join(
+            f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>" for i, c in enumerate(cells)
+        )
         css = ' class="chosen"' if m["model"] == chosen else ""
         rows.append(f"<tr{css}>{row}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
 def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
-    rows = "".join(f'<tr><td class="text">{_e(name)}</td><td>{_percent(per_class.get(name))}</td></tr>'
-                   for name in class_names)
-    return ('<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead>'
-            f"<tbody>{rows}</tbody></table>")
+    rows = "".join(
+        f'<tr><td class="text">{_e(name)}</td><td>{_percent(per_class.get(name))}</td></tr>' for name in class_names
+    )
+    return f'<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead><tbody>{rows}</tbody></table>'
 
 
 def remembered_png(render, name: str, matrix: list, class_names: list[str]) -> bytes:

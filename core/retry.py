@@ -1,4 +1,5 @@
 """The retry policy shared by the workflow's steps: retry passing faults, never the user's input errors."""
+
 from __future__ import annotations
 
 from core.errors import InputError

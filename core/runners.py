@@ -1,9 +1,10 @@
 """Where the work runs: local threads (the default), a Dask `LocalCluster` of N worker processes on
 this machine, or an existing Dask scheduler. Dask workers must see the same paths as the flow: the
 models, the images, `output_dir` and the cache (`QUANTIZE_CACHE_DIR`) on a shared filesystem."""
+
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
@@ -14,16 +15,24 @@ class RunnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", title="Runner")
 
     kind: Literal["threads", "local_cluster", "address"] = Field(
-        "threads", description="'threads': this process (default). 'local_cluster': a Dask LocalCluster on 127.0.0.1. 'address': an existing Dask scheduler."
+        "threads",
+        description="'threads': this process (default). 'local_cluster': a Dask LocalCluster on 127.0.0.1. 'address': an existing Dask scheduler.",
     )
-    workers: StrictInt = Field(2, ge=1, le=256, description="Worker processes of the local cluster (one task at a time each).")
-    address: Optional[StrictStr] = Field(None, description="The scheduler's address, e.g. tcp://10.0.0.5:8786, with kind 'address'.")
+    workers: StrictInt = Field(
+        2, ge=1, le=256, description="Worker processes of the local cluster (one task at a time each)."
+    )
+    address: StrictStr | None = Field(
+        None, description="The scheduler's address, e.g. tcp://10.0.0.5:8786, with kind 'address'."
+    )
     evaluation_shards: StrictInt = Field(
-        1, ge=1, le=1024, description="Split each model's evaluation images into this many shards, evaluated on the workers and merged exactly."
+        1,
+        ge=1,
+        le=1024,
+        description="Split each model's evaluation images into this many shards, evaluated on the workers and merged exactly.",
     )
 
     @model_validator(mode="after")
-    def _address_with_its_kind(self) -> "RunnerConfig":
+    def _address_with_its_kind(self) -> RunnerConfig:
         if (self.kind == "address") != (self.address is not None):
             raise ValueError("give 'address' (e.g. tcp://host:8786) exactly when kind is 'address'")
         return self
@@ -45,7 +54,13 @@ def make_task_runner(config: RunnerConfig, threads: int = 4):
     return DaskTaskRunner(
         cluster_class="distributed.LocalCluster",
         # Loopback only, no dashboard; one thread per worker so that each runs one model (or shard) at a time.
-        cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1", "dashboard_address": None},
+        cluster_kwargs={
+            "n_workers": config.workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": None,
+        },
     )
 
 
@@ -58,9 +73,21 @@ def shards(count: int, parts: int) -> list[tuple[int, int]]:
 
 def add_runner_arguments(parser) -> None:
     group = parser.add_argument_group("where the work runs (default: threads in this process)")
-    group.add_argument("--local-cluster", type=int, metavar="N", help="run on a Dask LocalCluster of N worker processes on 127.0.0.1")
-    group.add_argument("--scheduler", metavar="ADDRESS", help="run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (paths must be shared)")
-    group.add_argument("--shards", type=int, default=1, metavar="K", help="with Dask: split each model's evaluation images into K shards (default 1)")
+    group.add_argument(
+        "--local-cluster", type=int, metavar="N", help="run on a Dask LocalCluster of N worker processes on 127.0.0.1"
+    )
+    group.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (paths must be shared)",
+    )
+    group.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with Dask: split each model's evaluation images into K shards (default 1)",
+    )
 
 
 def runner_from_arguments(args) -> RunnerConfig:

@@ -6,10 +6,10 @@ written as JPEG class folders, and a small Keras CNN trained on them here.
 Writes DEST/training/<digit>/*.jpg (calibration), DEST/validation/<digit>/*.jpg (evaluation),
 DEST/labels.json and DEST/model.h5. Nothing is rewritten when DEST/model.h5 already exists.
 """
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -65,7 +65,9 @@ def train_model(dest: Path, epochs: int = 30, seed: int = 0) -> Path:
         ],
         name="digits_cnn",
     )
-    model.compile(optimizer=tf.keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
     path = dest / "model.h5"
     tmp = dest / ".model.h5.tmp.h5"
@@ -74,7 +76,9 @@ def train_model(dest: Path, epochs: int = 30, seed: int = 0) -> Path:
     return path
 
 
-def make_sample(dest: Path = DEFAULT_DEST, train_count: int = 1200, validation_count: int = 400, epochs: int = 30) -> Path:
+def make_sample(
+    dest: Path = DEFAULT_DEST, train_count: int = 1200, validation_count: int = 400, epochs: int = 30
+) -> Path:
     dest = Path(dest)
     if (dest / "model.h5").exists():
         return dest
@@ -84,10 +88,19 @@ def make_sample(dest: Path = DEFAULT_DEST, train_count: int = 1200, validation_c
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m core.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"where to write the sample (default {DEFAULT_DEST.relative_to(REPO_ROOT)})")
+    parser = argparse.ArgumentParser(
+        prog="python -m core.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dest",
+        type=Path,
+        default=DEFAULT_DEST,
+        help=f"where to write the sample (default {DEFAULT_DEST.relative_to(REPO_ROOT)})",
+    )
     parser.add_argument("--train-count", type=int, default=1200, help="training (calibration) images (default 1200)")
-    parser.add_argument("--validation-count", type=int, default=400, help="validation (evaluation) images (default 400)")
+    parser.add_argument(
+        "--validation-count", type=int, default=400, help="validation (evaluation) images (default 400)"
+    )
     args = parser.parse_args()
     dest = make_sample(args.dest, args.train_count, args.validation_count)
     print(f"sample ready in {dest}")

@@ -5,6 +5,7 @@ at a shared filesystem). Inside it:
   prefect-results/  Prefect's persisted task results and cache records
   work/<step>/...   the files each step produced (decoded image sets, models)
 """
+
 from __future__ import annotations
 
 import os

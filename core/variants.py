@@ -5,16 +5,26 @@ Users of these tools are often silently handed a float-input model when they ask
 every exported .tflite is inspected after export: input and output dtypes, their quantization
 parameters, and the tensor types inside. A mismatch is a `VariantMismatch` naming the variant.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 
 Variant = Literal[
-    "float32", "dynamic_range", "float16", "int8_float_io", "full_int8", "full_uint8", "int16x8", "mct_ptq", "mct_gptq", "mct_mixed_precision"
+    "float32",
+    "dynamic_range",
+    "float16",
+    "int8_float_io",
+    "full_int8",
+    "full_uint8",
+    "int16x8",
+    "mct_ptq",
+    "mct_gptq",
+    "mct_mixed_precision",
 ]
 # The four models the SDK compared; results.json keeps a top_1_accuracy_<name> key for each.
 SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
@@ -31,18 +41,28 @@ class Promise:
     description: str
     input_dtype: str
     output_dtype: str
-    inner: Optional[str] = None  # a tensor type that must appear inside ("int8", "float16", "int16")
-    quantized_activations: Optional[bool] = None  # True: QUANTIZE ops (real int activations); False: none allowed
+    inner: str | None = None  # a tensor type that must appear inside ("int8", "float16", "int16")
+    quantized_activations: bool | None = None  # True: QUANTIZE ops (real int activations); False: none allowed
 
 
 PROMISES: dict[str, Promise] = {
     "float32": Promise("TFLite float32", "float32", "float32", quantized_activations=False),
-    "dynamic_range": Promise("TFLite dynamic range (int8 weights, float activations)", "float32", "float32", "int8", quantized_activations=False),
+    "dynamic_range": Promise(
+        "TFLite dynamic range (int8 weights, float activations)",
+        "float32",
+        "float32",
+        "int8",
+        quantized_activations=False,
+    ),
     "float16": Promise("TFLite float16 weights", "float32", "float32", "float16"),
-    "int8_float_io": Promise("TFLite integer, float input/output", "float32", "float32", "int8", quantized_activations=True),
+    "int8_float_io": Promise(
+        "TFLite integer, float input/output", "float32", "float32", "int8", quantized_activations=True
+    ),
     "full_int8": Promise("TFLite full integer, int8 input/output", "int8", "int8", "int8"),
     "full_uint8": Promise("TFLite full integer, uint8 input/output", "uint8", "uint8", "int8"),
-    "int16x8": Promise("TFLite 16x8 (int16 activations, int8 weights)", "float32", "float32", "int16", quantized_activations=True),
+    "int16x8": Promise(
+        "TFLite 16x8 (int16 activations, int8 weights)", "float32", "float32", "int16", quantized_activations=True
+    ),
     "mct_ptq": Promise("MCT PTQ, int8 TFLite", "float32", "float32", "int8"),
     "mct_gptq": Promise("MCT GPTQ, int8 TFLite", "float32", "float32", "int8"),
     "mct_mixed_precision": Promise("MCT mixed precision, int8 TFLite", "float32", "float32", "int8"),
@@ -109,5 +129,8 @@ def check_variant(path: str | Path, variant: str, promise: Promise | None = None
     if promise.quantized_activations is False and has_quantize_ops:
         problems.append("activations are quantized, expected float activations")
     if problems:
-        raise VariantMismatch(f"variant '{variant}' ({promise.description}) exported {Path(path).name} that does not keep its promise: " + "; ".join(problems))
+        raise VariantMismatch(
+            f"variant '{variant}' ({promise.description}) exported {Path(path).name} that does not keep its promise: "
+            + "; ".join(problems)
+        )
     return found

@@ -7,6 +7,7 @@ ids live in the state folder.
     python -m deployments.local_stack status
     python -m deployments.local_stack stop      # or: make stop
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,15 @@ def _signal_group(pid: int, sig: int) -> bool:
 
 def _background(command: list[str], log: Path, env: dict[str, str]) -> int:
     with open(log, "ab") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return process.pid
 
 
@@ -99,21 +108,41 @@ def start(
     if state_file(state_dir).exists():
         running = json.loads(state_file(state_dir).read_text())
         if any(_alive(pid) for pid in running["pids"].values()):
-            raise RuntimeError(f"a stack is already running (API {running['api_url']}); stop it first: python -m deployments.local_stack stop")
+            raise RuntimeError(
+                f"a stack is already running (API {running['api_url']}); stop it first: python -m deployments.local_stack stop"
+            )
     api_url = f"http://{host}:{port}/api"
     # PWD: prefect.yaml's pull step records it as the folder the worker runs flows from.
-    env = {**os.environ, **(env or {}), "PREFECT_API_URL": api_url, "PWD": str(REPO_ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        **(env or {}),
+        "PREFECT_API_URL": api_url,
+        "PWD": str(REPO_ROOT),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
-    pids = {"server": _background(_prefect("server", "start", "--host", host, "--port", str(port)), state_dir / "server.log", server_env)}
+    pids = {
+        "server": _background(
+            _prefect("server", "start", "--host", host, "--port", str(port)), state_dir / "server.log", server_env
+        )
+    }
     stack = {"api_url": api_url, "ui_url": f"http://{host}:{port}", "pids": pids, "logs": str(state_dir)}
     atomic_write_json(state_file(state_dir), stack)
     try:
         wait_for_api(api_url, timeout, pids["server"], state_dir / "server.log")
-        _run(_prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"), env, f"creating work pool {WORK_POOL}")
+        _run(
+            _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"),
+            env,
+            f"creating work pool {WORK_POOL}",
+        )
         if deploy:
             _run(_prefect("--no-prompt", "deploy", "--all"), env, "prefect deploy --all (prefect.yaml)")
         if worker:
-            pids["worker"] = _background(_prefect("worker", "start", "--pool", WORK_POOL, "--name", "local-worker"), state_dir / "worker.log", env)
+            pids["worker"] = _background(
+                _prefect("worker", "start", "--pool", WORK_POOL, "--name", "local-worker"),
+                state_dir / "worker.log",
+                env,
+            )
     except BaseException:
         stop(state_dir)
         raise
@@ -149,11 +178,19 @@ def stop(state_dir: Path | None = None, grace: float = 15.0) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.local_stack", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.local_stack",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("action", choices=["start", "stop", "status"])
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the API and UI (default 4200)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--state-dir", type=Path, help="where the logs and process ids go (default .cache/prefect-stack)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, help="where the logs and process ids go (default .cache/prefect-stack)"
+    )
     parser.add_argument("--no-worker", action="store_true", help="start the server, pool and deployments only")
     args = parser.parse_args(argv)
     if args.action == "start":
@@ -162,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         except RuntimeError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
-        print(f"Prefect UI:  {stack['ui_url']}\nAPI:         export PREFECT_API_URL={stack['api_url']}\nlogs:        {stack['logs']}")
+        print(
+            f"Prefect UI:  {stack['ui_url']}\nAPI:         export PREFECT_API_URL={stack['api_url']}\nlogs:        {stack['logs']}"
+        )
     elif args.action == "stop":
         stopped = stop(args.state_dir)
         print("stopped " + ", ".join(stopped) if stopped else "nothing was running")

@@ -3,6 +3,7 @@ schedule) execute in this process. The served deployments mirror those in prefec
 
     PREFECT_API_URL=http://127.0.0.1:4200/api .venv/bin/python -m deployments.serve
 """
+
 from prefect import serve
 
 from core.storage import REPO_ROOT

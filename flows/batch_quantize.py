@@ -6,22 +6,22 @@ A configuration that fails fails its own subflow; the others still run. The summ
 (`batch-quantize-summary`) lists every model with its status, Top-1 accuracies and sizes, and the
 batch run ends Failed when any configuration failed, so a schedule's failures show in the UI.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import logging
 import sys
-from typing import Optional
 
-import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from prefect import flow
 from prefect.states import Completed, Failed
 
+import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.errors import InputError
+from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
-from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
 from tasks.list_configurations import list_configurations_task
 from tasks.quantize_configuration import quantize_configuration_task
 from tasks.summarize_batch import outcome, summarize_batch_task
@@ -34,7 +34,10 @@ from tasks.summarize_batch import outcome, summarize_batch_task
     validate_parameters=True,
 )
 def batch_quantize(
-    config_dir: Optional[str] = "configs", config_paths: Optional[list[str]] = None, progress: bool = False, runner: RunnerConfig = RunnerConfig()
+    config_dir: str | None = "configs",
+    config_paths: list[str] | None = None,
+    progress: bool = False,
+    runner: RunnerConfig = RunnerConfig(),
 ):
     """Quantize and evaluate many models.
 
@@ -47,13 +50,21 @@ def batch_quantize(
     paths = list_configurations_task(config_dir, config_paths)
     if runner.distributed:
         with make_task_runner(runner) as remote:
-            futures = [remote.submit(quantize_configuration_task, {"config_path": path, "progress": progress}) for path in paths]
+            futures = [
+                remote.submit(quantize_configuration_task, {"config_path": path, "progress": progress})
+                for path in paths
+            ]
             outcomes = [outcome_of(path, future) for path, future in zip(paths, futures)]
     else:
-        outcomes = [outcome(path, quantize_evaluate(config_path=path, progress=progress, return_state=True)) for path in paths]
+        outcomes = [
+            outcome(path, quantize_evaluate(config_path=path, progress=progress, return_state=True)) for path in paths
+        ]
     summary = summarize_batch_task(outcomes)
     if summary["failed"]:
-        return Failed(message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}", data=summary)
+        return Failed(
+            message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}",
+            data=summary,
+        )
     return Completed(message=f"all {summary['count']} configurations completed", data=summary)
 
 
@@ -72,13 +83,29 @@ def main(argv: list[str] | None = None) -> int:
         "each as its own subflow, and print a summary table. One failing configuration does not stop the others.",
         epilog="Exit status: 0 when every configuration completed, 1 when any failed, 2 when no configuration could be found.",
     )
-    parser.add_argument("config_dir", nargs="?", default="configs", help="folder searched for configuration.json files (default: configs)")
-    parser.add_argument("--config", action="append", default=[], metavar="CONFIGURATION_JSON", help="a configuration file to add; repeatable")
+    parser.add_argument(
+        "config_dir",
+        nargs="?",
+        default="configs",
+        help="folder searched for configuration.json files (default: configs)",
+    )
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="CONFIGURATION_JSON",
+        help="a configuration file to add; repeatable",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_runner_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        state = batch_quantize(config_dir=args.config_dir or None, config_paths=args.config, runner=runner_from_arguments(args), return_state=True)
+        state = batch_quantize(
+            config_dir=args.config_dir or None,
+            config_paths=args.config,
+            runner=runner_from_arguments(args),
+            return_state=True,
+        )
         summary = state.result(raise_on_failure=False)
         if isinstance(summary, Exception):
             raise summary

@@ -10,6 +10,7 @@ validate config -> load evaluation set, convert the float variants (model.tflite
                 -> measure each model's latency, one at a time
                 -> record results (publish models, results.json, results.csv, report.html, artifacts, recommendation)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,28 +18,27 @@ import json
 import logging
 import sys
 from contextlib import ExitStack
-from typing import Any, Optional
+from typing import Any
 
-import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from prefect import flow
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
+import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.storage import results_storage_dir
 from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, MCT_VARIANTS, model_id, variants_to_build
 from tasks.compile_for_ethos_u import FULL_INTEGER_VARIANTS, compile_for_ethos_u_task
-from tasks.compile_for_imx500 import compile_for_imx500_task
+from tasks.compile_for_imx500 import compile_for_imx500_task, find_java
 from tasks.compile_for_imx500 import find_converter as find_imx500_converter
-from tasks.compile_for_imx500 import find_java
 from tasks.convert_to_tflite import convert_to_tflite_task
 from tasks.evaluate_model import evaluate_model_task, merge_shards
-from tasks.measure_latency import measure_latency_task, this_machine
 from tasks.export_quantized_tflite import export_quantized_tflite_task
 from tasks.load_calibration_set import load_calibration_set_task
 from tasks.load_evaluation_set import load_evaluation_set_task
+from tasks.measure_latency import measure_latency_task, this_machine
 from tasks.quantize_with_mct import MCT_METHODS, mct_options, quantize_with_mct_task
 from tasks.record_results import format_table, record_results_task
 from tasks.validate_config import validate_config_task
@@ -52,7 +52,10 @@ from tasks.validate_config import validate_config_task
     validate_parameters=True,
 )
 def quantize_evaluate(
-    config_path: Optional[str] = None, config: Optional[QuantizeConfig] = None, progress: bool = True, runner: RunnerConfig = RunnerConfig()
+    config_path: str | None = None,
+    config: QuantizeConfig | None = None,
+    progress: bool = True,
+    runner: RunnerConfig = RunnerConfig(),
 ) -> dict[str, Any]:
     """Quantize and evaluate one model.
 
@@ -66,14 +69,41 @@ def quantize_evaluate(
     c = validated.config
     unsafe, classes = c.allow_unsafe_model_code, len(validated.class_names)
     variants = variants_to_build(c.variants, c.float_tflite)
-    evaluation_set = load_evaluation_set_task.submit(c.evaluate_image_dir, c.evaluate_image_extension, validated.class_names, c.input_tensor_size, c.preprocessing, progress)
+    evaluation_set = load_evaluation_set_task.submit(
+        c.evaluate_image_dir,
+        c.evaluate_image_extension,
+        validated.class_names,
+        c.input_tensor_size,
+        c.preprocessing,
+        progress,
+    )
     # Float conversions need no calibration: they start while the calibration set loads.
-    converted = {v: convert_to_tflite_task.submit(c.source_keras_model, v, None, unsafe) for v in variants if v in CONVERTER_VARIANTS and v not in CALIBRATED_VARIANTS}
-    calibration = load_calibration_set_task(c.dataset_image_dir, c.input_tensor_size, c.batch_size, c.iteration_count, c.preprocessing, c.seed, progress)
-    converted.update({v: convert_to_tflite_task.submit(c.source_keras_model, v, calibration["path"], unsafe) for v in variants if v in CALIBRATED_VARIANTS})
+    converted = {
+        v: convert_to_tflite_task.submit(c.source_keras_model, v, None, unsafe)
+        for v in variants
+        if v in CONVERTER_VARIANTS and v not in CALIBRATED_VARIANTS
+    }
+    calibration = load_calibration_set_task(
+        c.dataset_image_dir, c.input_tensor_size, c.batch_size, c.iteration_count, c.preprocessing, c.seed, progress
+    )
+    converted.update(
+        {
+            v: convert_to_tflite_task.submit(c.source_keras_model, v, calibration["path"], unsafe)
+            for v in variants
+            if v in CALIBRATED_VARIANTS
+        }
+    )
     quantized = {
         v: quantize_with_mct_task.submit(
-            c.source_keras_model, calibration["path"], c.batch_size, c.target_platform, progress, unsafe, MCT_METHODS[v], c.mct_error_method, mct_options(c, v)
+            c.source_keras_model,
+            calibration["path"],
+            c.batch_size,
+            c.target_platform,
+            progress,
+            unsafe,
+            MCT_METHODS[v],
+            c.mct_error_method,
+            mct_options(c, v),
         )
         for v in variants
         if v in MCT_VARIANTS
@@ -84,17 +114,33 @@ def quantize_evaluate(
         remote = dask.enter_context(make_task_runner(runner)) if runner.distributed else None
 
         def evaluate(model_name: str, model_path: str) -> list:
-            arguments = dict(model_name=model_name, model_path=model_path, images_path=images, labels_path=labels, batch_size=c.evaluation_batch_size, progress=progress,
-                             allow_unsafe_code=unsafe, class_count=classes)
+            arguments = dict(
+                model_name=model_name,
+                model_path=model_path,
+                images_path=images,
+                labels_path=labels,
+                batch_size=c.evaluation_batch_size,
+                progress=progress,
+                allow_unsafe_code=unsafe,
+                class_count=classes,
+            )
             if remote is None:
                 return [evaluate_model_task.submit(**arguments)]
             parts = shards(evaluation_set.result()["image_count"], runner.evaluation_shards)
-            return [remote.submit(evaluate_model_task, {**arguments, "start": a, "stop": b, "shard_label": f"-shard-{i + 1}-of-{len(parts)}"}) for i, (a, b) in enumerate(parts)]
+            return [
+                remote.submit(
+                    evaluate_model_task,
+                    {**arguments, "start": a, "stop": b, "shard_label": f"-shard-{i + 1}-of-{len(parts)}"},
+                )
+                for i, (a, b) in enumerate(parts)
+            ]
 
         model_paths = {"keras": c.source_keras_model}
         evaluations = {"keras": evaluate("keras", c.source_keras_model)}
         built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
-        unsupported = {name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None}
+        unsupported = {
+            name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None
+        }
         tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
         for name, built in tflite_models.items():
             model_paths[name] = built["path"]
@@ -103,11 +149,18 @@ def quantize_evaluate(
         evaluations["keras_quantized"] = evaluate("keras_quantized", model_paths["keras_quantized"])
         for v, future in quantized.items():
             name = model_id(v, c.float_tflite)
-            tflite_models[name] = {**export_quantized_tflite_task(future.result()["path"], v), "quantization": future.result()}
+            tflite_models[name] = {
+                **export_quantized_tflite_task(future.result()["path"], v),
+                "quantization": future.result(),
+            }
             model_paths[name] = tflite_models[name]["path"]
             evaluations[name] = evaluate(name, model_paths[name])
         # The device compilers run beside the evaluations.
-        imx500 = compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter(), find_java()) if c.target_platform == "imx500" else None
+        imx500 = (
+            compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter(), find_java())
+            if c.target_platform == "imx500"
+            else None
+        )
         vela = {
             name: compile_for_ethos_u_task.submit(built["path"], built["variant"], c.ethos_u_accelerator)
             for name, built in tflite_models.items()
@@ -116,11 +169,19 @@ def quantize_evaluate(
         # Let every evaluation finish (and be cached) before a failed one fails the run.
         wait([part for parts in evaluations.values() for part in parts])
         evaluated = {name: merge_shards([part.result() for part in parts]) for name, parts in evaluations.items()}
-        hardware = {"imx500": imx500.result() if imx500 else None, "ethos_u": {name: future.result() for name, future in vela.items()}}
+        hardware = {
+            "imx500": imx500.result() if imx500 else None,
+            "ethos_u": {name: future.result() for name, future in vela.items()},
+        }
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     machine = this_machine()
-    latencies = {name: measure_latency_task(name, model_paths[name], images, c.latency_repeats, machine, unsafe) for name in evaluated}
-    return record_results_task(validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported, hardware)
+    latencies = {
+        name: measure_latency_task(name, model_paths[name], images, c.latency_repeats, machine, unsafe)
+        for name in evaluated
+    }
+    return record_results_task(
+        validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported, hardware
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,14 +202,20 @@ def main(argv: list[str] | None = None) -> int:
             "described in README.md."
         ),
     )
-    parser.add_argument("config_path", metavar="CONFIGURATION_JSON", help="SDK-format configuration.json; relative paths in it resolve against its folder")
+    parser.add_argument(
+        "config_path",
+        metavar="CONFIGURATION_JSON",
+        help="SDK-format configuration.json; relative paths in it resolve against its folder",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     parser.add_argument("--json", action="store_true", help="print results.json's content instead of the table")
     add_runner_arguments(parser)
     args = parser.parse_args(argv)
     try:
         load_config_file(args.config_path)  # structural problems are reported before Prefect starts
-        results = quantize_evaluate(config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args))
+        results = quantize_evaluate(
+            config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args)
+        )
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

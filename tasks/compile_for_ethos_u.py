@@ -5,6 +5,7 @@ Vela only maps int8/int16 operators to the NPU: a float model would run entirely
 declined with a message instead of compiled. The Vela-optimised model is published beside the model
 (`model_full_int8_vela.tflite`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,19 +28,27 @@ FULL_INTEGER_VARIANTS = ("full_int8", "full_uint8")
 
 
 def declined(variant: str | None) -> dict:
-    return {"compiled": False, "reason": f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; build full_int8 or full_uint8)"}
+    return {
+        "compiled": False,
+        "reason": f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; build full_int8 or full_uint8)",
+    }
 
 
 def vela_executable() -> str:
     beside = Path(sys.executable).with_name("vela")
     found = str(beside) if beside.exists() else shutil.which("vela")
     if not found:
-        raise StepError("compile-for-ethos-u", "-", FileNotFoundError("vela is not installed: pip install -r requirements.txt (ethos-u-vela)"))
+        raise StepError(
+            "compile-for-ethos-u",
+            "-",
+            FileNotFoundError("vela is not installed: pip install -r requirements.txt (ethos-u-vela)"),
+        )
     return found
 
 
 def parse_summary(stdout: str, summary_csv: Path) -> dict:
     """Operator counts and memory from Vela's printed summary; cycles and speed from its CSV."""
+
     def number(pattern: str) -> float:
         match = re.search(pattern, stdout)
         if not match:
@@ -58,7 +67,9 @@ def parse_summary(stdout: str, summary_csv: Path) -> dict:
         "off_chip_flash_kib": number(r"Total Off-chip Flash used\s+([\d.]+) KiB"),
         "cycles_total": int(float(row["cycles_total"])),
         "cycles_npu": int(float(row["cycles_npu"])),
-        "inferences_per_second": None if per_second != per_second else round(per_second, 1),  # NaN when nothing runs on the NPU
+        "inferences_per_second": None
+        if per_second != per_second
+        else round(per_second, 1),  # NaN when nothing runs on the NPU
         "system_config": row["system_config"],
     }
 
@@ -84,7 +95,13 @@ def _compile(model_path: Path, accelerator: str, out_dir: Path) -> dict:
         raise RuntimeError(f"vela wrote no summary CSV to {out_dir}: {result.stdout[-1000:]}")
     summary = parse_summary(result.stdout, summary_csv)
     version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
-    return {"compiled": True, "accelerator": accelerator, "vela_model": str(out_dir / f"{model_path.stem}_vela.tflite"), "vela_version": version, **summary}
+    return {
+        "compiled": True,
+        "accelerator": accelerator,
+        "vela_model": str(out_dir / f"{model_path.stem}_vela.tflite"),
+        "vela_version": version,
+        **summary,
+    }
 
 
 @task(
@@ -102,7 +119,13 @@ def compile_for_ethos_u_task(model_path: str, variant: str, accelerator: str) ->
     if result["compiled"]:
         get_run_logger().info(
             "Vela compiled %s for %s in %.1f s: %d of %d operators on the NPU, %.1f KiB SRAM, %.1f KiB off-chip flash, %s inferences/s",
-            Path(model_path).name, accelerator, time.perf_counter() - started, result["npu_operators"], result["npu_operators"] + result["cpu_operators"],
-            result["sram_kib"], result["off_chip_flash_kib"], result["inferences_per_second"],
+            Path(model_path).name,
+            accelerator,
+            time.perf_counter() - started,
+            result["npu_operators"],
+            result["npu_operators"] + result["cpu_operators"],
+            result["sram_kib"],
+            result["off_chip_flash_kib"],
+            result["inferences_per_second"],
         )
     return result

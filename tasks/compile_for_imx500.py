@@ -7,6 +7,7 @@ It cannot share this project's environment (see requirements-imx500.txt), so it 
 `IMX500_CONVERTER` names it, else `.venv-imx500/bin/imxconv-tf` (`make imx500`), else `imxconv-tf`
 on PATH. Without it, or without Java, the step is skipped with a message saying how to install it.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,17 +73,27 @@ def parse_input_tensor(dnn_params: Path) -> dict:
     tensor = ET.parse(dnn_params).getroot().find(".//inputTensor")
     if tensor is None:
         raise ValueError(f"{dnn_params} has no inputTensor")
-    return {"input_scale": float(tensor.get("scale")), "input_format": tensor.get("format"), "input_bits": int(tensor.get("bitsPerElement"))}
+    return {
+        "input_scale": float(tensor.get("scale")),
+        "input_format": tensor.get("format"),
+        "input_bits": int(tensor.get("bitsPerElement")),
+    }
 
 
-def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java") -> dict:
+def compile_for_imx500(
+    quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java"
+) -> dict:
     """`converter` and `java` as found by find_converter() and find_java(); None when missing."""
     if converter is None:
         return skipped(f"Sony's IMX500 converter (imxconv-tf) is not installed: {HOW_TO_INSTALL}")
     if not Path(converter).is_file() and shutil.which(converter) is None:
-        return skipped(f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, or unset it and {HOW_TO_INSTALL.removeprefix('run ')}")
+        return skipped(
+            f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, or unset it and {HOW_TO_INSTALL.removeprefix('run ')}"
+        )
     if java is None:
-        return skipped("Sony's IMX500 converter needs Java 17 on PATH (`java -version`); install a JRE, e.g. apt install openjdk-17-jre-headless")
+        return skipped(
+            "Sony's IMX500 converter needs Java 17 on PATH (`java -version`); install a JRE, e.g. apt install openjdk-17-jre-headless"
+        )
     target = Path(out_dir) / "imx500"
     try:
         return _convert(converter, Path(quantized_keras_path), target)
@@ -92,7 +103,17 @@ def compile_for_imx500(quantized_keras_path: str, out_dir: Path, converter: str 
 
 def _convert(converter: str, model: Path, target: Path) -> dict:
     def run(*extra: str) -> subprocess.CompletedProcess:
-        command = [converter, "-i", str(model), "-o", str(target), "--overwrite-output", "--report-size-unit", "B", *extra]
+        command = [
+            converter,
+            "-i",
+            str(model),
+            "-o",
+            str(target),
+            "--overwrite-output",
+            "--report-size-unit",
+            "B",
+            *extra,
+        ]
         return subprocess.run(command, capture_output=True, text=True, timeout=3600)
 
     result = run()
@@ -107,9 +128,20 @@ def _convert(converter: str, model: Path, target: Path) -> dict:
     memory = parse_memory_report(report)
     if result.returncode != 0 and memory["fits"]:
         raise RuntimeError(f"imxconv-tf exited with {result.returncode} although the model fits:\n{output}")
-    found = {"compiled": result.returncode == 0, "skipped": False, **memory, "folder": str(target), "memory_report": str(report), "converter": converter}
+    found = {
+        "compiled": result.returncode == 0,
+        "skipped": False,
+        **memory,
+        "folder": str(target),
+        "memory_report": str(report),
+        "converter": converter,
+    }
     if result.returncode == 0:
-        found.update(packer_out=str(target / "packerOut.zip"), dnn_params=str(target / "dnnParams.xml"), **parse_input_tensor(target / "dnnParams.xml"))
+        found.update(
+            packer_out=str(target / "packerOut.zip"),
+            dnn_params=str(target / "dnnParams.xml"),
+            **parse_input_tensor(target / "dnnParams.xml"),
+        )
     else:
         found["reason"] = f"does not fit the IMX500: {output[-500:]}"
     return found
@@ -133,7 +165,10 @@ def compile_for_imx500_task(quantized_keras_path: str, converter: str | None, ja
     else:
         logger.info(
             "IMX500 converter in %.1f s: %s of %s bytes on chip (%.0f%%), %s",
-            time.perf_counter() - started, result["memory_usage_bytes"], result["memory_available_bytes"], result["utilization_percent"],
+            time.perf_counter() - started,
+            result["memory_usage_bytes"],
+            result["memory_available_bytes"],
+            result["utilization_percent"],
             "fits" if result["fits"] else "DOES NOT FIT",
         )
     return result

@@ -3,12 +3,12 @@ per call: float32, dynamic_range (the old SDK's Optimize.DEFAULT: int8 weights, 
 float16, int8_float_io, full_int8, full_uint8 and int16x8 (the last four calibrate on the
 calibration set). Each result is checked against what its variant promises (core.variants).
 """
+
 from __future__ import annotations
 
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 from prefect import task
@@ -21,7 +21,6 @@ from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, check_variant
 
-
 # The converter supports 16x8 for fewer operators than int8: a model it cannot convert is reported
 # as unsupported for that variant rather than failing the run.
 OPTIONAL_VARIANTS = ("int16x8",)
@@ -30,7 +29,7 @@ OPTIONAL_VARIANTS = ("int16x8",)
 CONVERTER_LOCK = threading.Lock()
 
 
-def configure(converter, variant: str, calibration: Optional[np.ndarray]) -> None:
+def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
     import tensorflow as tf
 
     if variant == "float32":
@@ -39,15 +38,23 @@ def configure(converter, variant: str, calibration: Optional[np.ndarray]) -> Non
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if variant in CALIBRATED_VARIANTS:
-        converter.representative_dataset = lambda: ([calibration[i : i + 1].astype(np.float32)] for i in range(len(calibration)))
+        converter.representative_dataset = lambda: (
+            [calibration[i : i + 1].astype(np.float32)] for i in range(len(calibration))
+        )
     if variant in ("full_int8", "full_uint8"):
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = tf.int8 if variant == "full_int8" else tf.uint8
+        converter.inference_input_type = converter.inference_output_type = (
+            tf.int8 if variant == "full_int8" else tf.uint8
+        )
     if variant == "int16x8":
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
 
 
-def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_path: Optional[str] = None, allow_unsafe_code: bool = False) -> dict:
+def convert_to_tflite(
+    model_path: str, variant: str, out_dir: Path, calibration_path: str | None = None, allow_unsafe_code: bool = False
+) -> dict:
     import tensorflow as tf
 
     if variant not in CONVERTER_VARIANTS:
@@ -77,16 +84,25 @@ def convert_to_tflite(model_path: str, variant: str, out_dir: Path, calibration_
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def convert_to_tflite_task(model_path: str, variant: str, calibration_path: Optional[str] = None, allow_unsafe_code: bool = False) -> dict:
+def convert_to_tflite_task(
+    model_path: str, variant: str, calibration_path: str | None = None, allow_unsafe_code: bool = False
+) -> dict:
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
     result = convert_to_tflite(model_path, variant, new_work_dir("convert"), calibration_path, allow_unsafe_code)
     if result["path"] is None:
-        get_run_logger().warning("TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result["unsupported"])
+        get_run_logger().warning(
+            "TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result["unsupported"]
+        )
         return result
     get_run_logger().info(
         "TensorFlow's converter made the %s variant of %s (input %s, output %s) -> %s in %.1f s",
-        variant, model_path, result["input_dtype"], result["output_dtype"], result["path"], time.perf_counter() - started,
+        variant,
+        model_path,
+        result["input_dtype"],
+        result["output_dtype"],
+        result["path"],
+        time.perf_counter() - started,
     )
     return result

@@ -7,6 +7,7 @@ Fault injection, for tests and drills: QUANTIZE_FAIL_EVALUATION=tflite_quantized
 list of model names, or 'all'; or @FILE, read while that file exists) makes those evaluations
 fail. It is not part of the cache key.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,14 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
 
 
 def predict_top_k(
-    model_name: str, model_path: str, images_path: str, batch_size: int, progress: bool = True, allow_unsafe_code: bool = False, start: int = 0, stop: int | None = None
+    model_name: str,
+    model_path: str,
+    images_path: str,
+    batch_size: int,
+    progress: bool = True,
+    allow_unsafe_code: bool = False,
+    start: int = 0,
+    stop: int | None = None,
 ) -> tuple[np.ndarray, int]:
     """(images, min(5, classes)) class ids, best first, of images [start, stop), and the model's class count."""
     stop = image_count(images_path) if stop is None else stop
@@ -95,7 +103,9 @@ def evaluate_model(
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     with EVALUATION_SLOTS:
         started = time.perf_counter()
-        top_k, model_classes = predict_top_k(model_name, model_path, images_path, batch_size, progress, allow_unsafe_code, start, stop)
+        top_k, model_classes = predict_top_k(
+            model_name, model_path, images_path, batch_size, progress, allow_unsafe_code, start, stop
+        )
         seconds = time.perf_counter() - started
     labels = np.load(labels_path)[start:stop]
     predicted = top_k[:, 0]
@@ -111,7 +121,16 @@ def evaluate_model(
     )
 
 
-def evaluation_record(model_name: str, model_path: str, correct: int, correct_top_5: int, seconds: float, matrix, predicted: list[int], shard: list[int]) -> dict:
+def evaluation_record(
+    model_name: str,
+    model_path: str,
+    correct: int,
+    correct_top_5: int,
+    seconds: float,
+    matrix,
+    predicted: list[int],
+    shard: list[int],
+) -> dict:
     """What an evaluation (of all the images or of a shard) returns; the accuracies follow from the counts."""
     count = len(predicted)
     return {
@@ -148,7 +167,9 @@ def merge_shards(parts: list[dict]) -> dict:
 @task(
     name="evaluate-model",
     task_run_name="evaluate-{model_name}{shard_label}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path", "labels_path"), ignore=("progress", "shard_label")),
+    cache_policy=ContentCachePolicy(
+        file_inputs=("model_path", "images_path", "labels_path"), ignore=("progress", "shard_label")
+    ),
     persist_result=True,
     **RETRY_OPTIONS,
 )
@@ -167,9 +188,25 @@ def evaluate_model_task(
 ) -> dict:
     from prefect.logging import get_run_logger
 
-    result = evaluate_model(model_name, model_path, images_path, labels_path, batch_size, progress, allow_unsafe_code, class_count, start, stop)
+    result = evaluate_model(
+        model_name,
+        model_path,
+        images_path,
+        labels_path,
+        batch_size,
+        progress,
+        allow_unsafe_code,
+        class_count,
+        start,
+        stop,
+    )
     get_run_logger().info(
         "%s: Top-1 %.4f, Top-5 %.4f (%d of %d images) in %.1f s",
-        model_name, result["top_1_accuracy"], result["top_5_accuracy"], result["correct"], result["image_count"], result["seconds"],
+        model_name,
+        result["top_1_accuracy"],
+        result["top_5_accuracy"],
+        result["correct"],
+        result["image_count"],
+        result["seconds"],
     )
     return result

@@ -4,6 +4,7 @@
 The old notebook converted it itself with TFLiteConverter and uint8 input, which fails under
 MCT 2.x ("'tfl.transpose' op has mismatched quantized axes"); MCT's exporter does not.
 """
+
 from __future__ import annotations
 
 import time
@@ -49,5 +50,11 @@ def export_quantized_tflite_task(quantized_model_path: str, variant: str = "mct_
 
     started = time.perf_counter()
     result = export_quantized_tflite(quantized_model_path, new_work_dir("export"), variant)
-    get_run_logger().info("MCT exported %s (%s) as an INT8 TFLite model -> %s in %.1f s", quantized_model_path, variant, result["path"], time.perf_counter() - started)
+    get_run_logger().info(
+        "MCT exported %s (%s) as an INT8 TFLite model -> %s in %.1f s",
+        quantized_model_path,
+        variant,
+        result["path"],
+        time.perf_counter() - started,
+    )
     return result

@@ -1,6 +1,7 @@
 """Step 2: load the calibration set: a seeded sample of the JPEGs below `dataset_image_dir`,
 decoded to RGB and preprocessed once, saved as one array of `iteration_count * batch_size` images.
 """
+
 from __future__ import annotations
 
 import time
@@ -60,7 +61,9 @@ def load_calibration_set(
             chosen.append(i)
             bar.update(1)
     if not decoded:
-        raise InputError(f"none of the {len(files)} JPEG files below {dataset_image_dir} can be decoded; first problem: {next(iter(skipped.values()))}")
+        raise InputError(
+            f"none of the {len(files)} JPEG files below {dataset_image_dir} can be decoded; first problem: {next(iter(skipped.values()))}"
+        )
     chosen = (chosen * -(-needed // len(chosen)))[:needed]  # only when nearly every file was bad
     images = np.stack([decoded[i] for i in chosen])
     path = atomic_save_numpy(Path(out_dir) / "calibration.npy", images)
@@ -94,13 +97,27 @@ def load_calibration_set_task(
 
     started = time.perf_counter()
     result = load_calibration_set(
-        dataset_image_dir, input_tensor_size, batch_size, iteration_count, preprocessing, seed, new_work_dir("calibration"), progress
+        dataset_image_dir,
+        input_tensor_size,
+        batch_size,
+        iteration_count,
+        preprocessing,
+        seed,
+        new_work_dir("calibration"),
+        progress,
     )
     logger = get_run_logger()
     for skip in result["skipped"]:
         logger.warning("Skipped: %s", skip["reason"])
     logger.info(
         "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s in %.1f s",
-        iteration_count, batch_size, result["images_used"], result["images_found"], dataset_image_dir, seed, result["path"], time.perf_counter() - started,
+        iteration_count,
+        batch_size,
+        result["images_used"],
+        result["images_found"],
+        dataset_image_dir,
+        seed,
+        result["path"],
+        time.perf_counter() - started,
     )
     return result

@@ -2,6 +2,7 @@
 files of each class folder of `evaluate_image_dir`, labelled through the label file, decoded
 (in parallel, streamed to disk in chunks) and preprocessed exactly as the calibration images were.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,6 @@ from core.images import decode_rgb, is_junk
 from core.preprocessing import preprocess
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-
 
 DECODE_CHUNK = 256  # images decoded (in parallel) and appended per step
 
@@ -62,20 +62,29 @@ def load_evaluation_set(
     listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
     out_dir = Path(out_dir)
     files, labels, skipped = [], [], []
-    with NpyBatchWriter(out_dir / "images.npy", (input_tensor_size, input_tensor_size, 3)) as writer, ThreadPoolExecutor(os.cpu_count()) as pool:
+    with (
+        NpyBatchWriter(out_dir / "images.npy", (input_tensor_size, input_tensor_size, 3)) as writer,
+        ThreadPoolExecutor(os.cpu_count()) as pool,
+    ):
         with tqdm(total=len(listed), desc="evaluation images", unit="img", disable=not progress) as bar:
             for first in range(0, len(listed), chunk_size):
                 chunk = listed[first : first + chunk_size]
                 decoded = list(pool.map(lambda pair: decode_one(pair[0], input_tensor_size, preprocessing), chunk))
                 kept = [(pair, image) for pair, image in zip(chunk, decoded) if not isinstance(image, str)]
-                skipped += [{"file": str(pair[0]), "reason": image} for pair, image in zip(chunk, decoded) if isinstance(image, str)]
+                skipped += [
+                    {"file": str(pair[0]), "reason": image}
+                    for pair, image in zip(chunk, decoded)
+                    if isinstance(image, str)
+                ]
                 if kept:
                     writer.append(np.stack([image for _, image in kept]))
                 files += [str(file) for (file, _), _ in kept]
                 labels += [label for (_, label), _ in kept]
                 bar.update(len(chunk))
         if not files:
-            raise InputError(f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; first problem: {skipped[0]['reason']}")
+            raise InputError(
+                f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; first problem: {skipped[0]['reason']}"
+            )
     atomic_save_numpy(out_dir / "labels.npy", np.array(labels, np.int64))
     atomic_write_json(out_dir / "files.json", files)
     return {
@@ -105,10 +114,22 @@ def load_evaluation_set_task(
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = load_evaluation_set(evaluate_image_dir, extension, class_names, input_tensor_size, preprocessing, new_work_dir("evaluation-set"), progress)
+    result = load_evaluation_set(
+        evaluate_image_dir,
+        extension,
+        class_names,
+        input_tensor_size,
+        preprocessing,
+        new_work_dir("evaluation-set"),
+        progress,
+    )
     logger = get_run_logger()
     logger.info(
-        "Evaluation set: %d images in %d classes from %s, decoded in %.1f s", result["image_count"], len(class_names), evaluate_image_dir, time.perf_counter() - started
+        "Evaluation set: %d images in %d classes from %s, decoded in %.1f s",
+        result["image_count"],
+        len(class_names),
+        evaluate_image_dir,
+        time.perf_counter() - started,
     )
     for skip in result["skipped"]:
         logger.warning("Skipped: %s", skip["reason"])

@@ -6,6 +6,7 @@ figures are not disturbed by other work. Keras cannot change its thread count on
 started, so Keras models get the all-threads figure only. The key covers the machine's name and
 core count: a figure measured on another machine is not reused.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,13 +39,26 @@ def median_ms(run, image: np.ndarray, repeats: int) -> float:
     return round(statistics.median(timings) * 1000, 4)
 
 
-def measure_latency(model_name: str, model_path: str, images_path: str, repeats: int = 20, allow_unsafe_code: bool = False) -> dict:
+def measure_latency(
+    model_name: str, model_path: str, images_path: str, repeats: int = 20, allow_unsafe_code: bool = False
+) -> dict:
     image = np.ascontiguousarray(np.load(images_path, mmap_mode="r")[:1])
     if model_name.startswith("tflite"):
-        single, every = TFLitePredictor(model_path, num_threads=1), TFLitePredictor(model_path, num_threads=os.cpu_count())
-        return {"1_thread": median_ms(single, image, repeats), "all_threads": median_ms(every, image, repeats), "repeats": repeats}
+        single, every = (
+            TFLitePredictor(model_path, num_threads=1),
+            TFLitePredictor(model_path, num_threads=os.cpu_count()),
+        )
+        return {
+            "1_thread": median_ms(single, image, repeats),
+            "all_threads": median_ms(every, image, repeats),
+            "repeats": repeats,
+        }
     model = load_keras_by_name(model_name, model_path, allow_unsafe_code)
-    return {"1_thread": None, "all_threads": median_ms(lambda x: model(x, training=False), image, repeats), "repeats": repeats}
+    return {
+        "1_thread": None,
+        "all_threads": median_ms(lambda x: model(x, training=False), image, repeats),
+        "repeats": repeats,
+    }
 
 
 @task(
@@ -54,9 +68,18 @@ def measure_latency(model_name: str, model_path: str, images_path: str, repeats:
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def measure_latency_task(model_name: str, model_path: str, images_path: str, repeats: int, machine: str, allow_unsafe_code: bool = False) -> dict:
+def measure_latency_task(
+    model_name: str, model_path: str, images_path: str, repeats: int, machine: str, allow_unsafe_code: bool = False
+) -> dict:
     from prefect.logging import get_run_logger
 
     result = measure_latency(model_name, model_path, images_path, repeats, allow_unsafe_code)
-    get_run_logger().info("%s: %s ms per image on 1 thread, %s ms on all threads (median of %d) on %s", model_name, result["1_thread"], result["all_threads"], repeats, machine)
+    get_run_logger().info(
+        "%s: %s ms per image on 1 thread, %s ms on all threads (median of %d) on %s",
+        model_name,
+        result["1_thread"],
+        result["all_threads"],
+        repeats,
+        machine,
+    )
     return {**result, "machine": machine}

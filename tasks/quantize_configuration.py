@@ -1,5 +1,6 @@
 """Batch step: run the quantize-and-evaluate flow for one configuration on whichever Dask worker runs
 this task, and report what it came to. It never raises: one configuration's failure is its own."""
+
 from __future__ import annotations
 
 from prefect import task

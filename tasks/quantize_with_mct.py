@@ -7,6 +7,7 @@ The calibration batches come from the calibration set's array; MCT sees `iterati
 batches of `batch_size` (MCT 2.x has no n_iter: the generator yields that many batches).
 The result is saved with MCT's Keras exporter, which the evaluation and the TFLite export load.
 """
+
 from __future__ import annotations
 
 import time
@@ -66,7 +67,9 @@ def quantize_with_mct(
     import model_compression_toolkit as mct
 
     if method not in METHODS or error_method not in ERROR_METHODS:
-        raise ValueError(f"method {method!r} / error method {error_method!r}: expected one of {METHODS} / {ERROR_METHODS}")
+        raise ValueError(
+            f"method {method!r} / error method {error_method!r}: expected one of {METHODS} / {ERROR_METHODS}"
+        )
     options = method_options or {}
     model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
@@ -75,8 +78,14 @@ def quantize_with_mct(
         tpc = mct.get_target_platform_capabilities(tpc_version=TPC_VERSION, device_type=target_platform)
         error = mct.core.QuantizationErrorMethod[error_method.upper()]
         quantization_config = mct.core.QuantizationConfig(activation_error_method=error, weights_error_method=error)
-        mixed = mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration))) if method == "mixed_precision" else None
-        core_config = mct.core.CoreConfig(quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {}))
+        mixed = (
+            mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration)))
+            if method == "mixed_precision"
+            else None
+        )
+        core_config = mct.core.CoreConfig(
+            quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {})
+        )
         details: dict = {}
         if method == "gptq":
             gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=options["epochs"])
@@ -88,11 +97,21 @@ def quantize_with_mct(
             full = mct.core.keras_resource_utilization_data(model, data, core_config, target_platform_capabilities=tpc)
             budget = full.weights_memory * options["weights_memory_ratio"]
             quantized, _ = mct.ptq.keras_post_training_quantization(
-                model, data, target_resource_utilization=mct.core.ResourceUtilization(weights_memory=budget), core_config=core_config, target_platform_capabilities=tpc
+                model,
+                data,
+                target_resource_utilization=mct.core.ResourceUtilization(weights_memory=budget),
+                core_config=core_config,
+                target_platform_capabilities=tpc,
             )
-            details.update(weights_memory_ratio=options["weights_memory_ratio"], weights_memory_budget_bytes=float(budget), weights_memory_8bit_bytes=float(full.weights_memory))
+            details.update(
+                weights_memory_ratio=options["weights_memory_ratio"],
+                weights_memory_budget_bytes=float(budget),
+                weights_memory_8bit_bytes=float(full.weights_memory),
+            )
         else:
-            quantized, _ = mct.ptq.keras_post_training_quantization(model, data, core_config=core_config, target_platform_capabilities=tpc)
+            quantized, _ = mct.ptq.keras_post_training_quantization(
+                model, data, core_config=core_config, target_platform_capabilities=tpc
+            )
         path = Path(out_dir) / ("model_quantized.keras" if method == "ptq" else f"model_mct_{method}.keras")
         mct.exporter.keras_export_model(model=quantized, save_model_path=str(path))
     except Exception as exc:
@@ -130,10 +149,25 @@ def quantize_with_mct_task(
 
     started = time.perf_counter()
     result = quantize_with_mct(
-        model_path, calibration_path, batch_size, target_platform, new_work_dir("quantize"), progress, allow_unsafe_code, method, error_method, method_options
+        model_path,
+        calibration_path,
+        batch_size,
+        target_platform,
+        new_work_dir("quantize"),
+        progress,
+        allow_unsafe_code,
+        method,
+        error_method,
+        method_options,
     )
     get_run_logger().info(
         "MCT %s %s (%s thresholds) quantized %s for target platform %s -> %s in %.1f s",
-        result["mct_version"], method, error_method, model_path, target_platform, result["path"], time.perf_counter() - started,
+        result["mct_version"],
+        method,
+        error_method,
+        model_path,
+        target_platform,
+        result["path"],
+        time.perf_counter() - started,
     )
     return result

@@ -7,6 +7,7 @@ run's good outputs. Every file is written to a temporary name and renamed into p
 and the Prefect artifacts: a table, a markdown summary with the recommendation and a link to the
 report, keyed per model.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,14 +19,14 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from core.files import atomic_copy, atomic_copy_tree, atomic_write_json, atomic_write_text
 from core.errors import InputError
+from core.files import atomic_copy, atomic_copy_tree, atomic_write_json, atomic_write_text
 from core.locking import locked_folders
 from core.metrics import agreement, per_class_accuracy
 from core.recommend import recommend
 from core.report import html_report
-from core.variants import PROMISES, SDK_MODELS, variant_file_name
 from core.retry import RETRY_OPTIONS
+from core.variants import PROMISES, SDK_MODELS, variant_file_name
 from tasks.compile_for_ethos_u import declined as declined_for_ethos_u
 from tasks.validate_config import ValidatedConfig
 
@@ -49,7 +50,17 @@ def size_bytes(path: str | Path) -> int:
 EDGE_TPU = "not supported: the Edge TPU compiler is not installable from the package registries this project uses"
 
 
-def model_row(name: str, description: str, published: str, source: str, evaluation: dict, latency: dict, reference: list[int], class_names: list[str], built: dict | None) -> dict:
+def model_row(
+    name: str,
+    description: str,
+    published: str,
+    source: str,
+    evaluation: dict,
+    latency: dict,
+    reference: list[int],
+    class_names: list[str],
+    built: dict | None,
+) -> dict:
     matrix = np.asarray(evaluation["confusion_matrix"])
     return {
         "model": name,
@@ -98,10 +109,22 @@ def record_results(
         sources[name] = built["path"]
         published[name] = str(output_dir / variant_file_name(built["variant"], config.float_tflite))
         descriptions[name] = PROMISES[built["variant"]].description
-    order = ["keras", "keras_quantized", "tflite", "tflite_quantized"] + [n for n in tflite_models if n not in SDK_MODELS]
+    order = ["keras", "keras_quantized", "tflite", "tflite_quantized"] + [
+        n for n in tflite_models if n not in SDK_MODELS
+    ]
     reference = evaluations["keras"]["predicted"]
     models = [
-        model_row(name, descriptions[name], published[name], sources[name], evaluations[name], latencies[name], reference, validated.class_names, tflite_models.get(name))
+        model_row(
+            name,
+            descriptions[name],
+            published[name],
+            sources[name],
+            evaluations[name],
+            latencies[name],
+            reference,
+            validated.class_names,
+            tflite_models.get(name),
+        )
         for name in order
     ]
     baseline = evaluations["keras"]["top_1_accuracy"]
@@ -123,10 +146,16 @@ def record_results(
             "recommendation": recommend(models, config.max_accuracy_drop, config.objective, config.target_device),
             "models": models,
             "float_tflite": config.float_tflite,
-            "quantization": {k: ptq[k] for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")},
+            "quantization": {
+                k: ptq[k] for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")
+            },
             "unsupported_variants": unsupported or {},
-            "mct_variants": {name: built["quantization"] for name, built in tflite_models.items() if "quantization" in built},
-            "calibration": {k: calibration[k] for k in ("batch_size", "iteration_count", "images_found", "images_used", "seed")},
+            "mct_variants": {
+                name: built["quantization"] for name, built in tflite_models.items() if "quantization" in built
+            },
+            "calibration": {
+                k: calibration[k] for k in ("batch_size", "iteration_count", "images_found", "images_used", "seed")
+            },
             "preprocessing": config.preprocessing.model_dump(),
             "labels_without_folder": validated.labels_without_folder,
             "skipped_images": {
@@ -138,7 +167,7 @@ def record_results(
             "hardware": {"imx500": imx500, "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
             "report": str(result_dir / "report.html"),
             "configuration": validated.source,
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
     )
     report = html_report(results)  # drawn before taking the locks: it is the slow part
@@ -152,10 +181,22 @@ def record_results(
                 atomic_copy(Path(sources[name]), Path(published[name]))
         for m in models:
             if m["model"] in vela_models:
-                m["ethos_u"] = {**m["ethos_u"], "vela_model": str(atomic_copy(Path(m["ethos_u"]["vela_model"]), output_dir / vela_models[m["model"]]))}
+                m["ethos_u"] = {
+                    **m["ethos_u"],
+                    "vela_model": str(
+                        atomic_copy(Path(m["ethos_u"]["vela_model"]), output_dir / vela_models[m["model"]])
+                    ),
+                }
         if imx500_ran:
             folder = atomic_copy_tree(Path(imx500["folder"]), output_dir / "imx500")
-            imx500.update({k: str(folder / Path(imx500[k]).name) for k in ("memory_report", "packer_out", "dnn_params") if k in imx500}, folder=str(folder))
+            imx500.update(
+                {
+                    k: str(folder / Path(imx500[k]).name)
+                    for k in ("memory_report", "packer_out", "dnn_params")
+                    if k in imx500
+                },
+                folder=str(folder),
+            )
         atomic_write_json(result_dir / "results.json", results)
         atomic_write_text(result_dir / "results.csv", results_table(results).to_csv(index=False))
         atomic_write_text(result_dir / "report.html", report)
@@ -172,7 +213,9 @@ def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: boo
     run): left in place they would sit beside models they no longer match."""
     import shutil
 
-    ours = {f"model_{variant}.tflite" for variant in PROMISES} | {f"model_{variant}_vela.tflite" for variant in PROMISES}
+    ours = {f"model_{variant}.tflite" for variant in PROMISES} | {
+        f"model_{variant}_vela.tflite" for variant in PROMISES
+    }
     removed = [name for name in sorted(ours - kept) if (output_dir / name).is_file()]
     for name in removed:
         (output_dir / name).unlink()
@@ -227,7 +270,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def unsupported_text(results: dict[str, Any]) -> str:
-    return "".join(f"Not built: {name}: {reason.splitlines()[0]}\n" for name, reason in results["unsupported_variants"].items())
+    return "".join(
+        f"Not built: {name}: {reason.splitlines()[0]}\n" for name, reason in results["unsupported_variants"].items()
+    )
 
 
 def recommendation_text(recommendation: dict) -> str:
@@ -239,7 +284,9 @@ def recommendation_text(recommendation: dict) -> str:
 def summary_markdown(results: dict[str, Any]) -> str:
     frame = results_table(results).fillna("-")
     rows = [list(frame.columns)] + frame.astype(str).values.tolist()
-    table = "\n".join("| " + " | ".join(map(str, row)) + " |" for row in rows[:1] + [["---"] * len(frame.columns)] + rows[1:])
+    table = "\n".join(
+        "| " + " | ".join(map(str, row)) + " |" for row in rows[:1] + [["---"] * len(frame.columns)] + rows[1:]
+    )
     rejected = "\n".join(f"- `{r['model']}`: {r['reason']}" for r in results["recommendation"]["rejected"])
     return (
         f"# Quantize and evaluate: {Path(results['models'][0]['file']).name}\n\n"
@@ -267,12 +314,27 @@ def record_results_task(
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(validated, calibration, tflite_models, evaluation_set, evaluations, latencies, unsupported, hardware)
+    results = record_results(
+        validated, calibration, tflite_models, evaluation_set, evaluations, latencies, unsupported, hardware
+    )
     key = artifact_key(validated.config.source_keras_model)
-    create_table_artifact(key=f"{key}-table", table=results_table(results).fillna("-").to_dict(orient="records"), description="Every model: size, Top-1, Top-5, agreement, latency, dtypes")
-    create_markdown_artifact(key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation")
-    create_link_artifact(key=f"{key}-report", link=Path(results["report"]).resolve().as_uri(), link_text="report.html", description="HTML report: confusion matrices, accuracy vs size")
-    get_run_logger().info("Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results))
+    create_table_artifact(
+        key=f"{key}-table",
+        table=results_table(results).fillna("-").to_dict(orient="records"),
+        description="Every model: size, Top-1, Top-5, agreement, latency, dtypes",
+    )
+    create_markdown_artifact(
+        key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation"
+    )
+    create_link_artifact(
+        key=f"{key}-report",
+        link=Path(results["report"]).resolve().as_uri(),
+        link_text="report.html",
+        description="HTML report: confusion matrices, accuracy vs size",
+    )
+    get_run_logger().info(
+        "Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results)
+    )
     require_imx500_fit(validated.config, results)
     return results
 
@@ -283,7 +345,9 @@ def require_imx500_fit(config, results: dict[str, Any]) -> None:
     if not config.imx500_require_fit:
         return
     if not imx500 or imx500["skipped"]:
-        raise InputError(f"imx500_require_fit is set but the fit could not be checked: {(imx500 or {}).get('reason', 'the IMX500 converter did not run')}")
+        raise InputError(
+            f"imx500_require_fit is set but the fit could not be checked: {(imx500 or {}).get('reason', 'the IMX500 converter did not run')}"
+        )
     if not (imx500["compiled"] and imx500["fits"]):
         raise InputError(
             f"the model does not fit the IMX500: {imx500['memory_usage_bytes']:,} bytes needed, {imx500['memory_available_bytes']:,} available "

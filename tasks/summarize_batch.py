@@ -1,5 +1,6 @@
 """Batch step 3: one row per configuration (model, status, each Top-1, sizes) as a table,
 a markdown summary and the keyed Prefect artifacts that give the batch a history."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,11 @@ def _model_name(path: str) -> str:
 def _row(item: dict[str, Any]) -> dict[str, Any]:
     results = item.get("results") or {}
     models = {m["model"]: m for m in results.get("models", [])}
-    row = {"configuration": item["configuration"], "model": _model_name(models["keras"]["file"]) if models else "", "status": item["status"]}
+    row = {
+        "configuration": item["configuration"],
+        "model": _model_name(models["keras"]["file"]) if models else "",
+        "status": item["status"],
+    }
     for key in TOP_1_KEYS:
         row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if key in results else None
     for name in ("keras", "tflite", "tflite_quantized"):
@@ -63,7 +68,18 @@ def summarize_batch_task(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     from prefect.logging import get_run_logger
 
     summary = summarize_batch(outcomes)
-    create_table_artifact(key=f"{SUMMARY_ARTIFACT_KEY}-table", table=summary["rows"], description="One row per configuration: status, Top-1 of each model, sizes")
-    create_markdown_artifact(key=SUMMARY_ARTIFACT_KEY, markdown=summary_markdown(summary), description="Batch quantization summary")
-    get_run_logger().info("%d of %d configurations completed; failed: %s", summary["completed"], summary["count"], summary["failed"] or "none")
+    create_table_artifact(
+        key=f"{SUMMARY_ARTIFACT_KEY}-table",
+        table=summary["rows"],
+        description="One row per configuration: status, Top-1 of each model, sizes",
+    )
+    create_markdown_artifact(
+        key=SUMMARY_ARTIFACT_KEY, markdown=summary_markdown(summary), description="Batch quantization summary"
+    )
+    get_run_logger().info(
+        "%d of %d configurations completed; failed: %s",
+        summary["completed"],
+        summary["count"],
+        summary["failed"] or "none",
+    )
     return summary

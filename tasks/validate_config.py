@@ -4,12 +4,13 @@ Every problem is collected and reported at once, each naming the key, the value 
 was expected. Relative paths resolve against the configuration file's folder (or, for a
 configuration given inline, against `base_dir`, by default the working directory).
 """
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from prefect import task
 from pydantic import BaseModel
@@ -26,7 +27,7 @@ class ValidatedConfig(BaseModel):
     config: QuantizeConfig
     source: str
     model_format: str
-    model_input_shape: list[Optional[int]]
+    model_input_shape: list[int | None]
     class_names: list[str]  # index is the class id
     calibration_image_count: int
     evaluation_image_count: int
@@ -42,7 +43,9 @@ def validate_config(
         raise ConfigError(["no configuration: give config_path (a configuration.json) or an inline config"])
     if config is not None and config_path is not None:
         raise ConfigError(
-            [f"both config_path ({config_path}) and an inline config were given: keep one (in the Prefect UI, empty the config_path field to use the inline config)"]
+            [
+                f"both config_path ({config_path}) and an inline config were given: keep one (in the Prefect UI, empty the config_path field to use the inline config)"
+            ]
         )
     if config_path is not None:
         parsed, folder = load_config_file(config_path)
@@ -60,7 +63,9 @@ def check_against_files(config: QuantizeConfig, base_dir: Path, source: str) -> 
     for key, path in paths.items():
         link = _symlink_in(path, base_dir)
         if link is not None:
-            problems.append(f"key '{key}' = {getattr(config, key)!r}: {link} is a symbolic link; symbolic links are not allowed, give the real path")
+            problems.append(
+                f"key '{key}' = {getattr(config, key)!r}: {link} is a symbolic link; symbolic links are not allowed, give the real path"
+            )
     if problems:
         raise ConfigError(problems, source)
 
@@ -68,10 +73,12 @@ def check_against_files(config: QuantizeConfig, base_dir: Path, source: str) -> 
     calibration_count = _check_calibration_dir(config, paths["dataset_image_dir"], problems)
     for key in ("output_dir", "evaluate_result_dir"):
         if paths[key].exists() and not paths[key].is_dir():
-            problems.append(f"key '{key}' = {getattr(config, key)!r}: {paths[key]} is a file; expected a folder (it is created if missing)")
+            problems.append(
+                f"key '{key}' = {getattr(config, key)!r}: {paths[key]} is a file; expected a folder (it is created if missing)"
+            )
     class_names = _check_labels(config, paths["evaluate_label_file"], problems)
     evaluation_count, without_folder = _check_evaluation_dir(config, paths["evaluate_image_dir"], class_names, problems)
-    input_shape: list[Optional[int]] = []
+    input_shape: list[int | None] = []
     if model_format and class_names is not None and not problems:
         input_shape = _check_model(config, paths["source_keras_model"], len(class_names), problems)
     if problems:
@@ -96,7 +103,7 @@ def _absolute(value: str, base_dir: Path) -> Path:
     return Path(os.path.normpath(path if path.is_absolute() else base_dir / path))
 
 
-def _symlink_in(path: Path, base_dir: Path) -> Optional[Path]:
+def _symlink_in(path: Path, base_dir: Path) -> Path | None:
     """The path itself or a folder above it that is a symbolic link, stopping at the folders
     that also hold the configuration (the user's environment, not their data)."""
     trusted = {base_dir, *base_dir.parents}
@@ -108,31 +115,41 @@ def _symlink_in(path: Path, base_dir: Path) -> Optional[Path]:
     return None
 
 
-def _check_model_path(config: QuantizeConfig, path: Path, problems: list[str]) -> Optional[str]:
+def _check_model_path(config: QuantizeConfig, path: Path, problems: list[str]) -> str | None:
     if not path.exists():
-        problems.append(f"key 'source_keras_model' = {config.source_keras_model!r}: {path} does not exist; expected an .h5 or .keras file, or a Keras SavedModel folder")
+        problems.append(
+            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} does not exist; expected an .h5 or .keras file, or a Keras SavedModel folder"
+        )
         return None
     fmt = keras_model_format(path)
     if fmt is None:
         what = "a folder without saved_model.pb" if path.is_dir() else f"a file with suffix {path.suffix!r}"
-        problems.append(f"key 'source_keras_model' = {config.source_keras_model!r}: {path} is {what}; expected an .h5 or .keras file, or a Keras SavedModel folder")
+        problems.append(
+            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} is {what}; expected an .h5 or .keras file, or a Keras SavedModel folder"
+        )
     return fmt
 
 
 def _check_calibration_dir(config: QuantizeConfig, path: Path, problems: list[str]) -> int:
     if not path.is_dir():
         state = "is a file" if path.exists() else "does not exist"
-        problems.append(f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: {path} {state}; expected a folder of calibration JPEG images")
+        problems.append(
+            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: {path} {state}; expected a folder of calibration JPEG images"
+        )
         return 0
     count = len(find_jpegs(path))
     if count == 0:
-        problems.append(f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: no JPEG files (.jpg, .jpeg) anywhere below {path}; add calibration images")
+        problems.append(
+            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: no JPEG files (.jpg, .jpeg) anywhere below {path}; add calibration images"
+        )
     elif config.batch_size > count:
-        problems.append(f"key 'batch_size' = {config.batch_size}: larger than the {count} calibration images in {path}; expected at most {count}")
+        problems.append(
+            f"key 'batch_size' = {config.batch_size}: larger than the {count} calibration images in {path}; expected at most {count}"
+        )
     return count
 
 
-def _check_labels(config: QuantizeConfig, path: Path, problems: list[str]) -> Optional[list[str]]:
+def _check_labels(config: QuantizeConfig, path: Path, problems: list[str]) -> list[str] | None:
     key = f"key 'evaluate_label_file' = {config.evaluate_label_file!r}"
     if not path.is_file():
         state = "is a folder" if path.exists() else "does not exist"
@@ -141,10 +158,14 @@ def _check_labels(config: QuantizeConfig, path: Path, problems: list[str]) -> Op
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        problems.append(f"{key}: {path} is not valid JSON ({exc}); expected an object such as {{\"daisy\": 0, \"dandelion\": 1}}")
+        problems.append(
+            f'{key}: {path} is not valid JSON ({exc}); expected an object such as {{"daisy": 0, "dandelion": 1}}'
+        )
         return None
     if not isinstance(labels, dict) or not labels:
-        problems.append(f"{key}: {path} holds {type(labels).__name__ if labels else 'an empty object'}; expected a non-empty object of class names to ids")
+        problems.append(
+            f"{key}: {path} holds {type(labels).__name__ if labels else 'an empty object'}; expected a non-empty object of class names to ids"
+        )
         return None
     bad = {name: value for name, value in labels.items() if not isinstance(value, int) or isinstance(value, bool)}
     if bad:
@@ -159,7 +180,9 @@ def _check_labels(config: QuantizeConfig, path: Path, problems: list[str]) -> Op
     return [name for name, _ in sorted(labels.items(), key=lambda item: item[1])]
 
 
-def _check_evaluation_dir(config: QuantizeConfig, path: Path, class_names: Optional[list[str]], problems: list[str]) -> tuple[int, list[str]]:
+def _check_evaluation_dir(
+    config: QuantizeConfig, path: Path, class_names: list[str] | None, problems: list[str]
+) -> tuple[int, list[str]]:
     key = f"key 'evaluate_image_dir' = {config.evaluate_image_dir!r}"
     if not path.is_dir():
         state = "is a file" if path.exists() else "does not exist"
@@ -167,7 +190,12 @@ def _check_evaluation_dir(config: QuantizeConfig, path: Path, class_names: Optio
         return 0, []
     folders = sorted(p for p in path.iterdir() if p.is_dir() and not is_junk(Path(p.name)))
     suffix = "." + config.evaluate_image_extension
-    count = sum(1 for folder in folders for f in folder.iterdir() if f.is_file() and f.suffix == suffix and not is_junk(Path(f.name)))
+    count = sum(
+        1
+        for folder in folders
+        for f in folder.iterdir()
+        if f.is_file() and f.suffix == suffix and not is_junk(Path(f.name))
+    )
     if count == 0:
         other_case = [f.name for folder in folders for f in folder.iterdir() if f.suffix.lower() == suffix.lower()][:1]
         hint = f" (found {other_case[0]!r}: the extension is case sensitive)" if other_case else ""
@@ -179,12 +207,14 @@ def _check_evaluation_dir(config: QuantizeConfig, path: Path, class_names: Optio
         return count, []
     unknown = [f.name for f in folders if f.name not in class_names]
     if unknown:
-        problems.append(f"{key}: class folders {unknown} have no entry in the label file {config.evaluate_label_file!r}; add them to it or remove the folders")
+        problems.append(
+            f"{key}: class folders {unknown} have no entry in the label file {config.evaluate_label_file!r}; add them to it or remove the folders"
+        )
     present = {f.name for f in folders}
     return count, [name for name in class_names if name not in present]
 
 
-def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems: list[str]) -> list[Optional[int]]:
+def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems: list[str]) -> list[int | None]:
     try:
         model = load_keras_model(path, config.allow_unsafe_model_code)
     except InputError as exc:
@@ -192,18 +222,24 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
         return []
     inputs, outputs = model.inputs, model.outputs
     if len(inputs) != 1 or len(outputs) != 1:
-        problems.append(f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an image classifier with one of each")
+        problems.append(
+            f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an image classifier with one of each"
+        )
         return []
     in_shape = [None if d is None else int(d) for d in inputs[0].shape]
     out_shape = [None if d is None else int(d) for d in outputs[0].shape]
     if len(in_shape) != 4 or in_shape[3] != 3:
-        problems.append(f"key 'source_keras_model': the model's input shape is {in_shape}; expected [batch, height, width, 3] (an RGB image classifier)")
+        problems.append(
+            f"key 'source_keras_model': the model's input shape is {in_shape}; expected [batch, height, width, 3] (an RGB image classifier)"
+        )
     elif any(side not in (None, config.input_tensor_size) for side in in_shape[1:3]):
         problems.append(
             f"key 'input_tensor_size' = {config.input_tensor_size}: the model's input is {in_shape[1]} x {in_shape[2]}; expected input_tensor_size to equal it"
         )
     if len(out_shape) != 2:
-        problems.append(f"key 'source_keras_model': the model's output shape is {out_shape}; expected [batch, number of classes]")
+        problems.append(
+            f"key 'source_keras_model': the model's output shape is {out_shape}; expected [batch, number of classes]"
+        )
     elif out_shape[1] != class_count:
         problems.append(
             f"key 'evaluate_label_file' = {config.evaluate_label_file!r}: it names {class_count} classes but the model outputs {out_shape[1]} scores; expected one label per output"

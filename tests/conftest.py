@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated Prefect home and cache, a small real sample, configurations."""
+
 import json
 import os
 import shutil

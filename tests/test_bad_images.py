@@ -1,4 +1,5 @@
 """Bad image files are skipped and counted, never a stack trace; junk files are ignored."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -29,7 +30,9 @@ def test_the_evaluation_skips_undecodable_files_and_names_each(own_sample, tmp_p
     folder = own_sample / "validation" / "3"
     before = len(list(folder.glob("digit_*.jpg")))
     add_bad_files(folder)
-    result = load_evaluation_set(str(own_sample / "validation"), "jpg", CLASSES, 32, Preprocessing(), tmp_path, progress=False)
+    result = load_evaluation_set(
+        str(own_sample / "validation"), "jpg", CLASSES, 32, Preprocessing(), tmp_path, progress=False
+    )
     skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in result["skipped"]}
     assert {"corrupt.jpg", "really_a_png.jpg", "empty.jpg"} <= set(skipped)
     assert "is a PNG file named .jpg" in skipped["really_a_png.jpg"]
@@ -42,7 +45,9 @@ def test_the_evaluation_skips_undecodable_files_and_names_each(own_sample, tmp_p
 def test_the_calibration_skips_undecodable_files_and_still_fills_every_batch(own_sample, tmp_path):
     folder = own_sample / "training" / "5"
     bad = add_bad_files(folder)
-    result = load_calibration_set(str(own_sample / "training"), 32, 50, 20, Preprocessing(), seed=0, out_dir=tmp_path, progress=False)
+    result = load_calibration_set(
+        str(own_sample / "training"), 32, 50, 20, Preprocessing(), seed=0, out_dir=tmp_path, progress=False
+    )
     assert np.load(result["path"]).shape == (1000, 32, 32, 3)
     assert {s["file"].rsplit("/", 1)[-1] for s in result["skipped"]} >= bad
 

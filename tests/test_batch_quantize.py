@@ -1,4 +1,5 @@
 """The batch flow runs one quantize-evaluate subflow per configuration, isolates failures and summarizes."""
+
 import json
 
 import pytest
@@ -17,7 +18,9 @@ def test_configurations_are_found_one_folder_per_model_sorted_without_duplicates
 
 
 def test_a_folder_without_configurations_is_named_with_the_fix(tmp_path):
-    with pytest.raises(InputError, match=r"config_dir .*: no configuration.json anywhere below .*; add one folder per model"):
+    with pytest.raises(
+        InputError, match=r"config_dir .*: no configuration.json anywhere below .*; add one folder per model"
+    ):
         list_configurations(str(tmp_path))
     with pytest.raises(InputError, match="no configurations given"):
         list_configurations(None, [])
@@ -27,7 +30,9 @@ def test_a_folder_without_configurations_is_named_with_the_fix(tmp_path):
 def batch(prefect_harness, sample_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
     write_config(root / "configs" / "digits" / "configuration.json", sdk_config(sample_dir, root / "digits"))
-    write_config(root / "configs" / "broken" / "configuration.json", sdk_config(sample_dir, root / "broken", batch_size="10"))
+    write_config(
+        root / "configs" / "broken" / "configuration.json", sdk_config(sample_dir, root / "broken", batch_size="10")
+    )
     state = batch_quantize(config_dir=str(root / "configs"), return_state=True)
     return root, state
 
@@ -46,7 +51,11 @@ def test_each_configuration_ran_as_its_own_subflow(batch):
 
     _, state = batch
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])))
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
     assert sorted(run.state.name for run in children) == ["Completed", "Failed"]
 
 
@@ -55,8 +64,13 @@ def test_the_summary_artifact_lists_every_model_with_its_status_accuracies_and_s
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        [table] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["batch-quantize-summary-table"])), limit=1)
-    rows = {row["configuration"].split("/")[-2]: row for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)}
+        [table] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["batch-quantize-summary-table"])), limit=1
+        )
+    rows = {
+        row["configuration"].split("/")[-2]: row
+        for row in (json.loads(table.data) if isinstance(table.data, str) else table.data)
+    }
     assert rows["digits"]["status"] == "completed" and rows["digits"]["top_1_tflite_quantized"] > 0.8
     assert rows["digits"]["size_kib_tflite_quantized"] < rows["digits"]["size_kib_tflite"]
     assert rows["broken"]["status"] == "failed" and "key 'batch_size' has value '10'" in rows["broken"]["error"]

@@ -1,4 +1,5 @@
 """The benchmark script runs from the command line; its figures are printed, never asserted."""
+
 import subprocess
 import sys
 
@@ -7,7 +8,13 @@ from core.storage import REPO_ROOT
 
 
 def test_the_benchmark_explains_its_four_figures_and_targets():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.run_benchmarks", "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run_benchmarks", "--help"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0
     for target in ("target >= 3x", "rerun < 15% of cold", "target < 10%", "growth < 20%"):
         assert target in result.stdout

@@ -1,4 +1,5 @@
 """Whatever JSON object arrives, the configuration validator answers with its own error or a valid configuration."""
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -10,7 +11,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
     max_leaves=6,
 )
-keys = st.sampled_from(list(SDK_KEYS) + ["preprocessing", "seed", "target_platform", "bach_size", ""]) | st.text(max_size=10)
+keys = st.sampled_from(list(SDK_KEYS) + ["preprocessing", "seed", "target_platform", "bach_size", ""]) | st.text(
+    max_size=10
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,6 +1,7 @@
 """Out onto a cluster: the evaluations sharded over the workers of a real `distributed.LocalCluster`
 (2 workers on 127.0.0.1), and the batch flow giving each worker a configuration, give exactly the
 single-process results."""
+
 import json
 
 import pytest
@@ -12,7 +13,16 @@ from tests.conftest import sdk_config, write_config
 from tests.test_quantize_evaluate_flow import task_states
 
 CLUSTER = {"kind": "local_cluster", "workers": 2}
-EXACT = ("model", "top_1_accuracy", "top_5_accuracy", "correct", "image_count", "confusion_matrix", "agreement_with_keras", "per_class_accuracy")
+EXACT = (
+    "model",
+    "top_1_accuracy",
+    "top_5_accuracy",
+    "correct",
+    "image_count",
+    "confusion_matrix",
+    "agreement_with_keras",
+    "per_class_accuracy",
+)
 
 
 def test_shards_cover_every_image_once_in_order():
@@ -30,21 +40,35 @@ def test_the_runner_needs_an_address_exactly_when_it_names_a_scheduler():
 def test_a_sharded_evaluation_on_a_local_cluster_equals_the_single_process_one(prefect_harness, sample_dir, tmp_path):
     single = quantize_evaluate(config=sdk_config(sample_dir, tmp_path / "single"), progress=False)
     state = quantize_evaluate(
-        config=sdk_config(sample_dir, tmp_path / "sharded"), progress=False, runner=RunnerConfig(**CLUSTER, evaluation_shards=3), return_state=True
+        config=sdk_config(sample_dir, tmp_path / "sharded"),
+        progress=False,
+        runner=RunnerConfig(**CLUSTER, evaluation_shards=3),
+        return_state=True,
     )
     assert state.is_completed(), state.message
     sharded = state.result()
     for one, merged in zip(single["models"], sharded["models"], strict=True):
         assert {k: one[k] for k in EXACT} == {k: merged[k] for k in EXACT}, one["model"]
     states = task_states(state, expected=4 * 3 + 11)
-    assert all(states[f"evaluate-{model}-shard-{i}-of-3"] == "Completed" for model in ("keras", "tflite_quantized") for i in (1, 2, 3)), states
+    assert all(
+        states[f"evaluate-{model}-shard-{i}-of-3"] == "Completed"
+        for model in ("keras", "tflite_quantized")
+        for i in (1, 2, 3)
+    ), states
 
 
 def test_the_batch_flow_on_a_local_cluster_gives_the_single_process_results(prefect_harness, sample_dir, tmp_path):
-    paths = [str(write_config(tmp_path / name / "configuration.json", sdk_config(sample_dir, tmp_path / name))) for name in ("a", "b")]
-    broken = write_config(tmp_path / "broken" / "configuration.json", {**sdk_config(sample_dir, tmp_path / "broken"), "batch_size": 0})
+    paths = [
+        str(write_config(tmp_path / name / "configuration.json", sdk_config(sample_dir, tmp_path / name)))
+        for name in ("a", "b")
+    ]
+    broken = write_config(
+        tmp_path / "broken" / "configuration.json", {**sdk_config(sample_dir, tmp_path / "broken"), "batch_size": 0}
+    )
     local = batch_quantize(config_dir=None, config_paths=paths, return_state=True).result()
-    state = batch_quantize(config_dir=None, config_paths=[*paths, str(broken)], runner=RunnerConfig(**CLUSTER), return_state=True)
+    state = batch_quantize(
+        config_dir=None, config_paths=[*paths, str(broken)], runner=RunnerConfig(**CLUSTER), return_state=True
+    )
     assert state.is_failed()  # the broken configuration fails alone
     cluster = state.result(raise_on_failure=False)
     rows = {row["configuration"]: row for row in cluster["rows"]}

@@ -1,4 +1,5 @@
 """What the Prefect UI and `prefect deploy` see of the flow."""
+
 import json
 
 import yaml
@@ -41,7 +42,10 @@ def test_the_batch_deployment_runs_nightly_on_the_configs_folder():
     [schedule] = batch["schedules"]
     cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
     assert [d.hour for d in asyncio.run(cron.get_dates(2))] == [2, 2] and schedule["active"] is True
-    assert batch["parameters"]["config_dir"] == "configs" and (REPO_ROOT / "configs" / "digits" / "configuration.json").exists()
+    assert (
+        batch["parameters"]["config_dir"] == "configs"
+        and (REPO_ROOT / "configs" / "digits" / "configuration.json").exists()
+    )
 
 
 def test_the_served_deployments_mirror_prefect_yaml():
@@ -50,4 +54,7 @@ def test_the_served_deployments_mirror_prefect_yaml():
     served = {d.name: d for d in deployments()}
     spec = {d["name"]: d for d in yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]}
     assert {name.removesuffix("-served") for name in served} == set(spec)
-    assert served["batch-quantize-nightly-served"].schedules[0].schedule.cron == spec["batch-quantize-nightly"]["schedules"][0]["cron"]
+    assert (
+        served["batch-quantize-nightly-served"].schedules[0].schedule.cron
+        == spec["batch-quantize-nightly"]["schedules"][0]["cron"]
+    )

@@ -1,5 +1,6 @@
 """The real device compilers on the sample model: Sony's IMX500 converter on the MCT model, Arm's Vela on
 the full-integer model; their reports in the results and the recommendation; both cached by content."""
+
 import json
 
 import pytest
@@ -12,13 +13,17 @@ from tasks.record_results import require_imx500_fit
 from tests.conftest import sdk_config, write_config
 from tests.test_quantize_evaluate_flow import run, task_states
 
-pytestmark = pytest.mark.skipif(find_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500")
+pytestmark = pytest.mark.skipif(
+    find_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500"
+)
 
 
 @pytest.fixture(scope="module")
 def hardware_run(prefect_harness, sample_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("hardware")
-    config_path = write_config(out / "configuration.json", sdk_config(sample_dir, out, variants=["mct_ptq", "full_int8"]))
+    config_path = write_config(
+        out / "configuration.json", sdk_config(sample_dir, out, variants=["mct_ptq", "full_int8"])
+    )
     state = run(config_path)
     assert state.is_completed(), state.message
     return config_path, out, json.loads((out / "results" / "results.json").read_text())
@@ -44,7 +49,10 @@ def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_
     assert ethos_u["sram_kib"] > 0 and ethos_u["cycles_total"] > 0 and ethos_u["inferences_per_second"] > 0
     assert (out / "models" / "model_full_int8_vela.tflite").stat().st_size > 0
     float_model = next(m for m in results["models"] if m["model"] == "tflite")["ethos_u"]
-    assert float_model == {"compiled": False, "reason": "not for Ethos-U: needs a full-integer model (variant float32 is not; build full_int8 or full_uint8)"}
+    assert float_model == {
+        "compiled": False,
+        "reason": "not for Ethos-U: needs a full-integer model (variant float32 is not; build full_int8 or full_uint8)",
+    }
 
 
 def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
@@ -75,9 +83,20 @@ def test_without_the_converter_the_step_is_skipped_with_how_to_install_it(tmp_pa
 
 def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_path):
     report = tmp_path / "big_MemoryReport.json"
-    report.write_text(json.dumps({"Memory Report": {
-        "Runtime Memory Physical Size": "89088B", "Model Memory Physical Size": "9783968B", "Memory Usage": "9874080B",
-        "Total Memory Available On Chip": "8388480B", "Memory Utilization": "118%", "Fit In Chip": False}}))
+    report.write_text(
+        json.dumps(
+            {
+                "Memory Report": {
+                    "Runtime Memory Physical Size": "89088B",
+                    "Model Memory Physical Size": "9783968B",
+                    "Memory Usage": "9874080B",
+                    "Total Memory Available On Chip": "8388480B",
+                    "Memory Utilization": "118%",
+                    "Fit In Chip": False,
+                }
+            }
+        )
+    )
     imx500 = {"skipped": False, "compiled": False, **parse_memory_report(report)}
     assert imx500["fits"] is False and imx500["utilization_percent"] == 118
     too_big = {"hardware": {"imx500": imx500}}
@@ -85,7 +104,9 @@ def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_p
     class Config:
         imx500_require_fit = True
 
-    with pytest.raises(InputError, match=r"does not fit the IMX500: 9,874,080 bytes needed, 8,388,480 available \(118%\)"):
+    with pytest.raises(
+        InputError, match=r"does not fit the IMX500: 9,874,080 bytes needed, 8,388,480 available \(118%\)"
+    ):
         require_imx500_fit(Config, too_big)
     Config.imx500_require_fit = False
     require_imx500_fit(Config, too_big)  # only reported

@@ -1,4 +1,5 @@
 """The decoded evaluation set is streamed to disk and read back in bounded batches."""
+
 import numpy as np
 import pytest
 
@@ -16,7 +17,9 @@ def test_batches_appended_are_a_standard_npy_file_read_back_in_any_batch_size(tm
             writer.append(images[start : start + 10])
     assert np.array_equal(np.load(tmp_path / "images.npy"), images) and image_count(tmp_path / "images.npy") == 103
     assert np.array_equal(np.concatenate(list(iter_batches(tmp_path / "images.npy", 7))), images)
-    assert np.array_equal(np.concatenate(list(iter_batches(tmp_path / "images.npy", 7, start=5, stop=50))), images[5:50])
+    assert np.array_equal(
+        np.concatenate(list(iter_batches(tmp_path / "images.npy", 7, start=5, stop=50))), images[5:50]
+    )
 
 
 def test_a_failure_while_writing_leaves_no_file_behind(tmp_path):
@@ -28,13 +31,37 @@ def test_a_failure_while_writing_leaves_no_file_behind(tmp_path):
 
 
 def test_a_batch_of_the_wrong_shape_is_refused(tmp_path):
-    with NpyBatchWriter(tmp_path / "images.npy", (2, 2, 3)) as writer, pytest.raises(ValueError, match=r"batch of shape \(3, 3, 3\)"):
+    with (
+        NpyBatchWriter(tmp_path / "images.npy", (2, 2, 3)) as writer,
+        pytest.raises(ValueError, match=r"batch of shape \(3, 3, 3\)"),
+    ):
         writer.append(np.zeros((1, 3, 3, 3)))
 
 
 def test_decoding_in_small_chunks_gives_the_same_set_as_in_one(sample_dir, tmp_path):
     classes = [str(d) for d in range(10)]
-    one = load_evaluation_set(str(sample_dir / "validation"), "jpg", classes, 32, Preprocessing(), tmp_path / "one", progress=False, chunk_size=10_000)
-    small = load_evaluation_set(str(sample_dir / "validation"), "jpg", classes, 32, Preprocessing(), tmp_path / "small", progress=False, chunk_size=7)
+    one = load_evaluation_set(
+        str(sample_dir / "validation"),
+        "jpg",
+        classes,
+        32,
+        Preprocessing(),
+        tmp_path / "one",
+        progress=False,
+        chunk_size=10_000,
+    )
+    small = load_evaluation_set(
+        str(sample_dir / "validation"),
+        "jpg",
+        classes,
+        32,
+        Preprocessing(),
+        tmp_path / "small",
+        progress=False,
+        chunk_size=7,
+    )
     assert np.array_equal(np.load(one["images_path"]), np.load(small["images_path"]))
-    assert np.array_equal(np.load(one["labels_path"]), np.load(small["labels_path"])) and one["image_count"] == small["image_count"] == 120
+    assert (
+        np.array_equal(np.load(one["labels_path"]), np.load(small["labels_path"]))
+        and one["image_count"] == small["image_count"] == 120
+    )

@@ -1,4 +1,5 @@
 """A run killed in the middle of quantization loses nothing, and the next run finishes from the cache."""
+
 import json
 import os
 import signal
@@ -7,8 +8,8 @@ import sys
 import time
 
 from core.storage import REPO_ROOT, cache_root
-from tests.test_quantize_evaluate_flow import run, task_states
 from tests.conftest import sdk_config, write_config
+from tests.test_quantize_evaluate_flow import run, task_states
 
 
 def quantize_work_dirs() -> set:
@@ -20,7 +21,10 @@ def start_and_kill_during_quantization(config_path) -> None:
     before = quantize_work_dirs()
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 240
@@ -36,10 +40,15 @@ def start_and_kill_during_quantization(config_path) -> None:
     assert process.returncode == -signal.SIGKILL
 
 
-def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_completes(prefect_harness, sample_dir, tmp_path):
+def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_completes(
+    prefect_harness, sample_dir, tmp_path
+):
     # An iteration count of its own makes this run's calibration and quantization new to the cache.
     config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, iteration_count=29))
-    previous = {tmp_path / "models" / "model_quantized.tflite": b"previous good model", tmp_path / "results" / "results.json": b'{"previous": true}'}
+    previous = {
+        tmp_path / "models" / "model_quantized.tflite": b"previous good model",
+        tmp_path / "results" / "results.json": b'{"previous": true}',
+    }
     for path, content in previous.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
@@ -58,5 +67,7 @@ def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_compl
     assert states["quantize-with-mct-ptq"] == "Completed", states  # interrupted, so done again
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["top_1_accuracy_tflite_quantized"] > 0.8
-    assert (tmp_path / "models" / "model_quantized.tflite").read_bytes() != previous[tmp_path / "models" / "model_quantized.tflite"]
+    assert (tmp_path / "models" / "model_quantized.tflite").read_bytes() != previous[
+        tmp_path / "models" / "model_quantized.tflite"
+    ]
     assert not list((tmp_path / "models").glob("*.tmp*")) and not list((tmp_path / "results").glob("*.tmp*"))

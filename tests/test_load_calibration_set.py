@@ -1,4 +1,5 @@
 """The calibration set: a seeded, reproducible sample of iteration_count batches of batch_size."""
+
 import numpy as np
 
 from core.config import Preprocessing
@@ -21,7 +22,9 @@ def test_when_more_are_needed_every_image_is_used_as_evenly_as_possible():
 
 
 def test_the_set_holds_iteration_count_batches_preprocessed(sample_dir, tmp_path):
-    result = load_calibration_set(str(sample_dir / "training"), 32, 8, 3, Preprocessing(), seed=1, out_dir=tmp_path, progress=False)
+    result = load_calibration_set(
+        str(sample_dir / "training"), 32, 8, 3, Preprocessing(), seed=1, out_dir=tmp_path, progress=False
+    )
     images = np.load(result["path"])
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0

@@ -1,4 +1,5 @@
 """Two runs never write the same output folder at once; a dead run's lock does not block forever."""
+
 import json
 import subprocess
 import sys
@@ -38,15 +39,21 @@ def test_a_second_run_waits_for_the_first(tmp_path):
 
 def test_a_busy_folder_fails_clearly_after_the_timeout(tmp_path):
     with locked_folders([tmp_path]):
-        with pytest.raises(InputError, match=r"is in use by another run \(process \d+ .*delete .*quantize-evaluate.lock"):
+        with pytest.raises(
+            InputError, match=r"is in use by another run \(process \d+ .*delete .*quantize-evaluate.lock"
+        ):
             with locked_folders([tmp_path], timeout=0.2, poll=0.05):
                 pass
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     import socket
 
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead), "host": socket.gethostname(), "started": "earlier"}))
+    (tmp_path / LOCK_NAME).write_text(
+        json.dumps({"pid": int(dead), "host": socket.gethostname(), "started": "earlier"})
+    )
     with locked_folders([tmp_path], timeout=0.2):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] != int(dead)

@@ -1,4 +1,5 @@
 """The figures every model is judged by, and the recommendation drawn from them (no TensorFlow needed)."""
+
 import numpy as np
 import pytest
 
@@ -31,7 +32,13 @@ def test_a_model_agrees_with_itself_completely_and_partly_with_another():
 
 
 def model(name, top_1, kib, ms=None, file=None):
-    return {"model": name, "top_1_accuracy": top_1, "file_size_bytes": kib * 1024, "latency_ms": {"1_thread": None, "all_threads": ms}, "file": file or f"out/{name}.tflite"}
+    return {
+        "model": name,
+        "top_1_accuracy": top_1,
+        "file_size_bytes": kib * 1024,
+        "latency_ms": {"1_thread": None, "all_threads": ms},
+        "file": file or f"out/{name}.tflite",
+    }
 
 
 MODELS = [

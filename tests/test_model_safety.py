@@ -1,4 +1,5 @@
 """A model file is data: loading it must not run code stored in it unless the user says so."""
+
 import json
 
 import pytest
@@ -12,7 +13,14 @@ from tests.conftest import sdk_config
 
 @pytest.fixture
 def lambda_model(tmp_path):
-    model = tf.keras.Sequential([tf.keras.Input((32, 32, 3)), tf.keras.layers.Lambda(lambda x: x * 2.0, name="doubler"), tf.keras.layers.GlobalAveragePooling2D(), tf.keras.layers.Dense(10)])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((32, 32, 3)),
+            tf.keras.layers.Lambda(lambda x: x * 2.0, name="doubler"),
+            tf.keras.layers.GlobalAveragePooling2D(),
+            tf.keras.layers.Dense(10),
+        ]
+    )
     path = tmp_path / "lambda.h5"
     model.save(path)
     return path
@@ -27,7 +35,9 @@ def test_the_configuration_can_allow_it_explicitly(lambda_model, sample_dir, tmp
     assert load_keras_model(lambda_model, allow_unsafe_code=True) is not None
     with pytest.raises(Exception, match="has Lambda layers"):
         validate_config(config=sdk_config(sample_dir, tmp_path, source_keras_model=str(lambda_model)))
-    validated = validate_config(config=sdk_config(sample_dir, tmp_path, source_keras_model=str(lambda_model), allow_unsafe_model_code=True))
+    validated = validate_config(
+        config=sdk_config(sample_dir, tmp_path, source_keras_model=str(lambda_model), allow_unsafe_model_code=True)
+    )
     assert validated.config.allow_unsafe_model_code is True
 
 

@@ -1,6 +1,7 @@
 """Against a real Prefect server on 127.0.0.1, started by the project's own command: deployments from
 prefect.yaml, runs triggered through the API and executed by a process worker, and the retry of a
 failed run that re-executes only the failed evaluation."""
+
 import json
 import os
 import socket
@@ -67,7 +68,9 @@ def task_states_since(flow_run_id, since) -> dict[str, str]:
 
 def test_the_server_listens_on_loopback_only(stack):
     port = int(stack["api_url"].rsplit(":", 1)[1].split("/")[0])
-    other_addresses = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split() if ":" not in a]
+    other_addresses = [
+        a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split() if ":" not in a
+    ]
     for address in other_addresses:
         with socket.socket() as s, pytest.raises(OSError):
             s.settimeout(2)
@@ -81,7 +84,9 @@ def test_the_nightly_batch_deployment_has_its_runs_scheduled(stack):
     deadline = time.monotonic() + 90
     while True:
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["batch-quantize-nightly"])))
+            runs = client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["batch-quantize-nightly"]))
+            )
         scheduled = [r for r in runs if r.state.name == "Scheduled"]
         if scheduled or time.monotonic() > deadline:
             break
@@ -101,9 +106,15 @@ def test_a_run_from_a_configuration_file_completes_with_its_artifacts(stack, sam
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["top_1_accuracy_tflite_quantized"] > 0.8
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]))
+        )
     keyed = {(a.key, a.type) for a in artifacts if a.key}
-    expected = {("quantize-evaluate-sample-model", "markdown"), ("quantize-evaluate-sample-model-table", "table"), ("quantize-evaluate-sample-model-report", "markdown")}  # a link artifact is stored as markdown
+    expected = {
+        ("quantize-evaluate-sample-model", "markdown"),
+        ("quantize-evaluate-sample-model-table", "table"),
+        ("quantize-evaluate-sample-model-report", "markdown"),
+    }  # a link artifact is stored as markdown
     assert keyed == expected, [(a.key, a.type) for a in artifacts]
 
 
@@ -116,17 +127,28 @@ def test_a_run_from_an_inline_configuration_completes(stack, sample_dir, tmp_pat
 
 def test_retrying_a_failed_run_re_executes_only_the_failed_evaluation(stack, sample_dir, tmp_path):
     # Its own evaluation batch size keeps this run's evaluations out of the other tests' cache.
-    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, evaluation_batch_size=11))
+    config_path = write_config(
+        tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, evaluation_batch_size=11)
+    )
     fault = tmp_path / "fault"
     fault.write_text("tflite_quantized")
-    failed = trigger({"config_path": str(config_path), "progress": False}, job_variables={"env": {FAULT_ENV: f"@{fault}"}})
+    failed = trigger(
+        {"config_path": str(config_path), "progress": False}, job_variables={"env": {FAULT_ENV: f"@{fault}"}}
+    )
     assert failed.state.name == "Failed"
     assert not (tmp_path / "results" / "results.json").exists()
 
     fault.unlink()  # the cause is fixed; now press Retry
     retried_at = read_flow_run(failed.id).state.timestamp
     env = {**os.environ, "PREFECT_API_URL": stack["api_url"]}
-    retry = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(failed.id)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    retry = subprocess.run(
+        [sys.executable, "-m", "prefect", "flow-run", "retry", str(failed.id)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert retry.returncode == 0, retry.stdout + retry.stderr
     deadline = time.monotonic() + 400
     while (run := read_flow_run(failed.id)).state.name not in FINAL or run.state.timestamp <= retried_at:

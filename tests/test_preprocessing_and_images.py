@@ -1,4 +1,5 @@
 """One preprocessing, declared once, and decoding that copes with every JPEG mode."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,7 +19,9 @@ def test_the_default_preprocessing_stretches_and_scales_to_zero_one():
 
 def test_scale_and_offset_give_minus_one_to_one():
     spec = Preprocessing(scale=1 / 127.5, offset=-1.0)
-    np.testing.assert_allclose(normalize(np.array([[[0, 255, 127]]], np.uint8), spec), [[[-1.0, 1.0, -0.003921]]], atol=1e-5)
+    np.testing.assert_allclose(
+        normalize(np.array([[[0, 255, 127]]], np.uint8), spec), [[[-1.0, 1.0, -0.003921]]], atol=1e-5
+    )
 
 
 def test_mean_and_std_apply_after_scaling():
@@ -46,7 +49,9 @@ def test_shorter_side_center_crop_keeps_the_aspect_ratio_and_cuts_the_middle():
 def test_crop_fraction_zooms_in():
     image = Image.new("RGB", (100, 100), (0, 0, 0))
     image.paste((255, 255, 255), (25, 25, 75, 75))
-    cropped = np.asarray(resize(image, 20, Preprocessing(resize="shorter_side_center_crop", crop_fraction=0.5, interpolation="nearest")))
+    cropped = np.asarray(
+        resize(image, 20, Preprocessing(resize="shorter_side_center_crop", crop_fraction=0.5, interpolation="nearest"))
+    )
     assert cropped.min() > 200  # only the white centre square is left
 
 

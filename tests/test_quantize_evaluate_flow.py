@@ -1,4 +1,5 @@
 """The whole flow on the digits sample, with real TensorFlow, MCT and Prefect."""
+
 import json
 import re
 import subprocess
@@ -19,8 +20,19 @@ from tasks.load_calibration_set import sample_indices
 from tasks.load_evaluation_set import list_evaluation_images
 from tests.conftest import SAMPLE_TRAIN, sdk_config, write_config
 
-SDK_KEYS = ["top_1_accuracy_keras", "top_1_accuracy_keras_quantized", "top_1_accuracy_tflite", "top_1_accuracy_tflite_quantized"]
-HEAVY_STEPS = ["load-calibration-set", "quantize-with-mct-ptq", "convert-to-tflite-float32", "export-quantized-tflite-mct_ptq", "load-evaluation-set"]
+SDK_KEYS = [
+    "top_1_accuracy_keras",
+    "top_1_accuracy_keras_quantized",
+    "top_1_accuracy_tflite",
+    "top_1_accuracy_tflite_quantized",
+]
+HEAVY_STEPS = [
+    "load-calibration-set",
+    "quantize-with-mct-ptq",
+    "convert-to-tflite-float32",
+    "export-quantized-tflite-mct_ptq",
+    "load-evaluation-set",
+]
 EVALUATIONS = ["evaluate-keras", "evaluate-keras_quantized", "evaluate-tflite", "evaluate-tflite_quantized"]
 
 
@@ -35,7 +47,9 @@ def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[s
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         states = {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.name for run in runs if run.state}
-        settled = all(name not in ("Running", "Pending", "Scheduled", "AwaitingRetry", "Retrying") for name in states.values())
+        settled = all(
+            name not in ("Running", "Pending", "Scheduled", "AwaitingRetry", "Retrying") for name in states.values()
+        )
         if (len(states) >= expected and settled) or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
@@ -99,7 +113,10 @@ def direct_top1(model_file, sample_dir) -> float:
     return correct / len(pairs)
 
 
-@pytest.mark.parametrize("model, key", [("model.tflite", "top_1_accuracy_tflite"), ("model_quantized.tflite", "top_1_accuracy_tflite_quantized")])
+@pytest.mark.parametrize(
+    "model, key",
+    [("model.tflite", "top_1_accuracy_tflite"), ("model_quantized.tflite", "top_1_accuracy_tflite_quantized")],
+)
 def test_accuracy_equals_a_direct_interpreter_call(first_run, sample_dir, model, key):
     _, out, _ = first_run
     results = json.loads((out / "results" / "results.json").read_text())
@@ -111,9 +128,15 @@ def test_the_run_records_a_table_and_a_summary_artifact(first_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["quantize-evaluate-sample-model", "quantize-evaluate-sample-model-table"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["quantize-evaluate-sample-model", "quantize-evaluate-sample-model-table"])
+            )
+        )
     by_type = {a.type: a for a in artifacts}
-    assert "top_1" in json.dumps(by_type["table"].data) and "model_quantized.tflite" in json.dumps(by_type["table"].data)
+    assert "top_1" in json.dumps(by_type["table"].data) and "model_quantized.tflite" in json.dumps(
+        by_type["table"].data
+    )
     assert "# Quantize and evaluate" in by_type["markdown"].data
 
 
@@ -134,7 +157,13 @@ def test_changing_one_calibration_image_redoes_the_quantization_and_what_follows
     Image.fromarray(255 - np.asarray(Image.open(used))).save(used)
 
     states = task_states(run(config_path))
-    for step in ["load-calibration-set", "quantize-with-mct-ptq", "export-quantized-tflite-mct_ptq", "evaluate-keras_quantized", "evaluate-tflite_quantized"]:
+    for step in [
+        "load-calibration-set",
+        "quantize-with-mct-ptq",
+        "export-quantized-tflite-mct_ptq",
+        "evaluate-keras_quantized",
+        "evaluate-tflite_quantized",
+    ]:
         assert states[step] == "Completed", (step, states)
     for step in ["convert-to-tflite-float32", "load-evaluation-set", "evaluate-keras", "evaluate-tflite"]:
         assert states[step] == "Cached", (step, states)
@@ -142,7 +171,9 @@ def test_changing_one_calibration_image_redoes_the_quantization_and_what_follows
 
 def test_after_a_failed_evaluation_a_rerun_executes_only_the_evaluation(first_run, sample_dir, tmp_path, monkeypatch):
     # A batch size of its own keeps this test's evaluations out of the other runs' cache.
-    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, evaluation_batch_size=7))
+    config_path = write_config(
+        tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, evaluation_batch_size=7)
+    )
     monkeypatch.setenv(FAULT_ENV, "tflite_quantized")
     failed = run(config_path)
     assert failed.is_failed()
@@ -161,7 +192,14 @@ def test_after_a_failed_evaluation_a_rerun_executes_only_the_evaluation(first_ru
 
 
 def cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "flows.quantize_evaluate", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "flows.quantize_evaluate", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kwargs,
+    )
 
 
 def test_the_command_explains_itself():

@@ -1,4 +1,5 @@
 """The HTML report: one self-contained file, charts embedded, every user string escaped."""
+
 import copy
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def results():
         "models": [
             _model("keras", "Keras original", 400_000, 0.9, {"1_thread": 3.5, "all_threads": 1.2}, matrix),
             _model("tflite_float", "TFLite float32", 380_000, 0.9, {"1_thread": 2.0, "all_threads": 0.8}, matrix),
-            _model("tflite_full_int8", "TFLite full int8", 100_000, 0.85, {"1_thread": None, "all_threads": None}, matrix),
+            _model(
+                "tflite_full_int8", "TFLite full int8", 100_000, 0.85, {"1_thread": None, "all_threads": None}, matrix
+            ),
         ],
         "recommendation": {
             "chosen": "tflite_full_int8",

@@ -1,4 +1,5 @@
 """A successful run leaves in output_dir only what it made, and never a file it did not make itself."""
+
 from tasks.record_results import remove_stale_outputs
 
 

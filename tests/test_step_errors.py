@@ -1,4 +1,5 @@
 """When MCT or a converter raises, the step fails with its name, the model and the original message."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Integer-input TFLite models are fed through their own input scale and zero point (defect 2 of the old notebook)."""
+
 import numpy as np
 import tensorflow as tf
 

@@ -1,4 +1,5 @@
 """The configuration is checked up front; each problem names the key, the value and what was expected."""
+
 import json
 import os
 from pathlib import Path
@@ -48,7 +49,10 @@ def test_a_configuration_is_required_and_only_one_of_file_and_inline(sample_dir,
     with pytest.raises(ConfigError, match="give config_path"):
         validate_config()
     path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
-    with pytest.raises(ConfigError, match=r"both config_path \(.*configuration.json\) and an inline config.*empty the config_path field"):
+    with pytest.raises(
+        ConfigError,
+        match=r"both config_path \(.*configuration.json\) and an inline config.*empty the config_path field",
+    ):
         validate_config(config=sdk_config(sample_dir, tmp_path), config_path=path)
 
 
@@ -77,7 +81,13 @@ def test_keys_are_case_sensitive(sample_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "value, shown",
-    [("10", "'10' (a string)"), (10.0, "10.0 (a number with a fraction)"), (True, "True (a boolean)"), (0, "0 (an integer)"), (-3, "-3 (an integer)")],
+    [
+        ("10", "'10' (a string)"),
+        (10.0, "10.0 (a number with a fraction)"),
+        (True, "True (a boolean)"),
+        (0, "0 (an integer)"),
+        (-3, "-3 (an integer)"),
+    ],
 )
 def test_integer_keys_take_only_integers_of_at_least_one(sample_dir, tmp_path, value, shown):
     message = error_for(sdk_config(sample_dir, tmp_path, iteration_count=value), tmp_path)
@@ -221,11 +231,16 @@ def test_a_label_without_a_folder_is_allowed_and_reported(own_sample, tmp_path):
 
 
 def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_path):
-    message = error_for(sdk_config(sample_dir, tmp_path, variants=["mct_mixed_precision"], target_platform="tflite"), tmp_path)
+    message = error_for(
+        sdk_config(sample_dir, tmp_path, variants=["mct_mixed_precision"], target_platform="tflite"), tmp_path
+    )
     assert "variant 'mct_mixed_precision' needs target_platform 'imx500', got 'tflite'" in message
     assert "set target_platform to imx500" in message and "source_keras_model" not in message
 
 
 def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, target_device="ethos-u55-128", variants=["mct_ptq"]), tmp_path)
-    assert "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8' to variants" in message
+    assert (
+        "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
+        in message
+    )

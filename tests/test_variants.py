@@ -1,12 +1,12 @@
 """Every quantization variant of the default set, built from the sample model by the real flow, keeps
 what it promises; each model is evaluated on the same images; one is recommended; adding a variant to
 a finished run costs only that variant."""
+
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
-
-import numpy as np
 
 from core.variants import PROMISES, Promise, VariantMismatch, check_variant
 from tasks.convert_to_tflite import convert_to_tflite
@@ -14,9 +14,18 @@ from tests.conftest import sdk_config, write_config
 from tests.test_quantize_evaluate_flow import run, task_states
 
 DEFAULT_FILES = [
-    "model.tflite", "model_quantized.tflite", "model_quantized.keras", "model_dynamic_range.tflite", "model_float16.tflite",
-    "model_int8_float_io.tflite", "model_full_int8.tflite", "model_full_uint8.tflite", "model_int16x8.tflite",
-    "model_full_int8_vela.tflite", "model_full_uint8_vela.tflite", "imx500",  # the device compilers' outputs
+    "model.tflite",
+    "model_quantized.tflite",
+    "model_quantized.keras",
+    "model_dynamic_range.tflite",
+    "model_float16.tflite",
+    "model_int8_float_io.tflite",
+    "model_full_int8.tflite",
+    "model_full_uint8.tflite",
+    "model_int16x8.tflite",
+    "model_full_int8_vela.tflite",
+    "model_full_uint8_vela.tflite",
+    "imx500",  # the device compilers' outputs
 ]
 
 
@@ -35,7 +44,17 @@ def test_the_default_set_builds_every_converter_variant_and_mct_ptq_with_self_ex
     _, _, out, results = default_run
     assert sorted(p.name for p in (out / "models").iterdir()) == sorted(DEFAULT_FILES)
     assert [m["model"] for m in results["models"]][:4] == ["keras", "keras_quantized", "tflite", "tflite_quantized"]
-    assert {m["variant"] for m in results["models"]} == {None, "float32", "mct_ptq", "dynamic_range", "float16", "int8_float_io", "full_int8", "full_uint8", "int16x8"}
+    assert {m["variant"] for m in results["models"]} == {
+        None,
+        "float32",
+        "mct_ptq",
+        "dynamic_range",
+        "float16",
+        "int8_float_io",
+        "full_int8",
+        "full_uint8",
+        "int16x8",
+    }
 
 
 def test_each_exported_model_has_the_dtypes_its_variant_promises(default_run):
@@ -51,10 +70,15 @@ def test_each_exported_model_has_the_dtypes_its_variant_promises(default_run):
 
 def test_a_model_that_breaks_its_promise_is_refused_naming_the_variant(default_run):
     _, _, out, _ = default_run
-    with pytest.raises(VariantMismatch, match=r"variant 'full_uint8' .* model\.tflite .*input is float32, expected uint8; output is float32, expected uint8"):
+    with pytest.raises(
+        VariantMismatch,
+        match=r"variant 'full_uint8' .* model\.tflite .*input is float32, expected uint8; output is float32, expected uint8",
+    ):
         check_variant(out / "models" / "model.tflite", "full_uint8")
     with pytest.raises(VariantMismatch, match="no float16 tensor inside"):
-        check_variant(out / "models" / "model_full_int8.tflite", "float16", Promise("wrong on purpose", "int8", "int8", "float16"))
+        check_variant(
+            out / "models" / "model_full_int8.tflite", "float16", Promise("wrong on purpose", "int8", "int8", "float16")
+        )
 
 
 def test_every_model_is_judged_on_the_same_images_with_top_5_confusion_matrix_agreement_and_latency(default_run):
@@ -76,7 +100,9 @@ def test_the_recommendation_is_the_smallest_tflite_model_within_the_budget(defau
     _, _, _, results = default_run
     choice = results["recommendation"]
     baseline = results["top_1_accuracy_keras"]
-    within = [m for m in results["models"] if m["file"].endswith(".tflite") and baseline - m["top_1_accuracy"] <= 0.02 + 1e-9]
+    within = [
+        m for m in results["models"] if m["file"].endswith(".tflite") and baseline - m["top_1_accuracy"] <= 0.02 + 1e-9
+    ]
     assert choice["chosen"] == min(within, key=lambda m: m["file_size_bytes"])["model"]
     assert len(choice["rejected"]) == sum(m["file"].endswith(".tflite") for m in results["models"]) - 1
 
@@ -85,7 +111,9 @@ def test_the_comparison_is_saved_as_csv_and_an_html_report(default_run):
     _, _, out, results = default_run
     table = pd.read_csv(out / "results" / "results.csv")
     assert list(table["model"]) == [m["model"] for m in results["models"]]
-    assert {"top_1", "top_5", "agreement", "ms_1_thread", "ms_all_threads", "input", "output", "size_kib"} <= set(table.columns)
+    assert {"top_1", "top_5", "agreement", "ms_1_thread", "ms_all_threads", "input", "output", "size_kib"} <= set(
+        table.columns
+    )
     report = (out / "results" / "report.html").read_text()
     assert report.count("data:image/png;base64,") == len(results["models"]) + 1
     assert results["recommendation"]["chosen"] in report
@@ -100,12 +128,23 @@ def test_adding_variants_to_a_finished_run_costs_only_those_variants(default_run
     new = {
         f"{step}{suffix}"
         for suffix in ("gptq", "mixed_precision")
-        for step in ("quantize-with-mct-", "export-quantized-tflite-mct_", "evaluate-tflite_mct_", "measure-latency-tflite_mct_")
+        for step in (
+            "quantize-with-mct-",
+            "export-quantized-tflite-mct_",
+            "evaluate-tflite_mct_",
+            "measure-latency-tflite_mct_",
+        )
     }
-    assert {name for name, s in states.items() if s == "Completed"} == new | {"validate-config", "record-results"}, states
-    assert all(s == "Cached" for name, s in states.items() if name not in new | {"validate-config", "record-results"}), states
+    assert {name for name, s in states.items() if s == "Completed"} == new | {"validate-config", "record-results"}, (
+        states
+    )
+    assert all(
+        s == "Cached" for name, s in states.items() if name not in new | {"validate-config", "record-results"}
+    ), states
     results = json.loads((out / "results" / "results.json").read_text())
-    assert (out / "models" / "model_mct_gptq.tflite").exists() and (out / "models" / "model_mct_mixed_precision.tflite").exists()
+    assert (out / "models" / "model_mct_gptq.tflite").exists() and (
+        out / "models" / "model_mct_mixed_precision.tflite"
+    ).exists()
     mixed = results["mct_variants"]["tflite_mct_mixed_precision"]
     assert mixed["weights_memory_budget_bytes"] == pytest.approx(0.75 * mixed["weights_memory_8bit_bytes"])
     assert results["mct_variants"]["tflite_mct_gptq"]["gptq_epochs"] == 1
@@ -122,4 +161,9 @@ def test_a_variant_the_converter_cannot_make_is_reported_as_unsupported_instead_
 
     result = convert_to_tflite(str(tmp_path / "elu.h5"), "int16x8", tmp_path, str(tmp_path / "calibration.npy"))
     assert result["path"] is None and "ELU" in result["unsupported"]
-    assert convert_to_tflite(str(tmp_path / "elu.h5"), "full_int8", tmp_path, str(tmp_path / "calibration.npy"))["input_dtype"] == "int8"
+    assert (
+        convert_to_tflite(str(tmp_path / "elu.h5"), "full_int8", tmp_path, str(tmp_path / "calibration.npy"))[
+            "input_dtype"
+        ]
+        == "int8"
+    )

@@ -8,7 +8,9 @@ inference call.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +30,31 @@ BATCH = 32
 def project_evaluation(eval_dir: Path, models: dict[str, str], work_dir: Path) -> tuple[float, int]:
     """Seconds to decode the set once and evaluate every model on it; the image count."""
     started = time.perf_counter()
-    evaluation_set = load_evaluation_set(str(eval_dir), "jpg", CLASSES, SIZE, Preprocessing(), work_dir, progress=False)
+    evaluation_set = load_evaluation_set(
+        evaluate_image_dir=str(eval_dir),
+        extension="jpg",
+        class_names=CLASSES,
+        input_tensor_size=SIZE,
+        preprocessing=Preprocessing(),
+        out_dir=work_dir,
+        progress=False,
+    )
     with ThreadPoolExecutor(4) as pool:  # the flow's task runner
         results = list(
             pool.map(
                 lambda item: evaluate_model(
-                    item[0], item[1], evaluation_set["images_path"], evaluation_set["labels_path"], BATCH, False
+                    model_name=item[0],
+                    model_path=item[1],
+                    images_path=evaluation_set.images_path,
+                    labels_path=evaluation_set.labels_path,
+                    batch_size=BATCH,
+                    progress=False,
                 ),
                 models.items(),
             )
         )
-    assert all(r["image_count"] == evaluation_set["image_count"] for r in results)
-    return time.perf_counter() - started, evaluation_set["image_count"]
+    assert all(r.image_count == evaluation_set.image_count for r in results)
+    return time.perf_counter() - started, evaluation_set.image_count
 
 
 def notebook_evaluation(eval_dir: Path, models: dict[str, str]) -> tuple[float, int]:
@@ -47,12 +62,11 @@ def notebook_evaluation(eval_dir: Path, models: dict[str, str]) -> tuple[float, 
     pairs = list_evaluation_images(str(eval_dir), "jpg", CLASSES)
     started = time.perf_counter()
     for name, path in models.items():
+        predict: Callable[[np.ndarray], np.ndarray]
         if name.startswith("tflite"):
-            predictor = TFLitePredictor(path)
-            predict = predictor
+            predict = TFLitePredictor(path)
         else:
-            model = load_keras_by_name(name, path)
-            predict = lambda x, model=model: model.predict(x, verbose=0)  # noqa: E731
+            predict = partial(load_keras_by_name(name, path).predict, verbose=0)
         correct = 0
         for file, label in pairs:
             image = preprocess(decode_rgb(file), SIZE, Preprocessing())[None]

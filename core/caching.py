@@ -15,7 +15,7 @@ import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -39,12 +39,14 @@ def core_source_digest() -> str:
 class ContentCachePolicy(CachePolicy):
     """Key = module source + content of the inputs named in `file_inputs` + other input values.
 
-    `file_inputs` name parameters holding a path, a list of paths, or None. Parameters named in
-    `ignore` (say, a progress-bar switch) do not enter the key.
+    `file_inputs` name parameters holding a path, a record with a `path`, a list of either, or None. Parameters named in
+    `ignore` (say, a progress-bar switch) do not enter the key. `environment`, when given, returns
+    what else the result depends on that is not an input (the machine, an installed tool's location).
     """
 
     file_inputs: tuple[str, ...] = ()
     ignore: tuple[str, ...] = field(default=())
+    environment: Callable[[], Any] | None = None
 
     def compute_key(
         self,
@@ -59,8 +61,14 @@ class ContentCachePolicy(CachePolicy):
             if name in self.ignore:
                 continue
             if name in self.file_inputs and value is not None:
-                paths = value if isinstance(value, (list, tuple)) else [value]
-                parts[name] = [hash_path(p) for p in paths]
+                items = value if isinstance(value, (list, tuple)) else [value]
+                # A record with a `path` (core.records) counts by its file's content and its other fields.
+                parts[name] = [
+                    [hash_path(item.path), item.model_dump(exclude={"path"})] if hasattr(item, "path") else hash_path(item)
+                    for item in items
+                ]
             else:
                 parts[name] = value
+        if self.environment is not None:
+            parts["environment"] = self.environment()
         return hash_objects(parts, raise_on_failure=True)

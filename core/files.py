@@ -14,8 +14,8 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
-def _atomic(destination: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write` on a temporary name in the destination's folder, then rename into place.
+def _atomic(destination: Path, write: Callable[[Path], object]) -> Path:
+    """Run `write` on a temporary name in the destination's folder (its result is ignored), then rename into place.
 
     A crash or kill leaves either the old file or the new one, never a truncated file.
     """

@@ -73,7 +73,8 @@ def load_keras_model(path: str | Path, allow_unsafe_code: bool = False):
     fmt = keras_model_format(path)
     if fmt is None:
         raise InputError(
-            f"model {path} is not a Keras model: expected an .h5 or .keras file, or a SavedModel folder holding saved_model.pb"
+            f"model {path} is not a Keras model: expected an .h5 or .keras file, "
+            "or a SavedModel folder holding saved_model.pb"
         )
     lambdas = code_carrying_layers(_stored_config(path, fmt))
     if lambdas and not allow_unsafe_code:
@@ -119,7 +120,7 @@ class TFLitePredictor:
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         self.batch_resizable = int(self.input["shape_signature"][0]) == -1
-        self._allocated_batch = None
+        self._allocated_batch: int | None = None
 
     @property
     def input_dtype(self) -> str:

@@ -217,7 +217,7 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
             _e(m["output_dtype"]),
             _percent((m.get("ethos_u") or {}).get("npu_share")),
             _e((m.get("ethos_u") or {}).get("inferences_per_second") or "–"),
-            _e({True: "yes", False: "no"}.get((m.get("imx500") or {}).get("fits"), "–")),
+            _e(_yes_no((m.get("imx500") or {}).get("fits"))),
         ]
         row = "".join(
             f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>" for i, c in enumerate(cells)
@@ -283,3 +283,8 @@ def _percent_points(value: float | None, signed: bool = False) -> str:
 
 def _ms(value: float | None) -> str:
     return _MISSING if value is None else f"{value:.2f}"
+
+
+def _yes_no(value) -> str:
+    """True and False as yes and no; anything else (None: not compiled) as a dash."""
+    return {True: "yes", False: "no"}.get(value, _MISSING)

@@ -16,7 +16,10 @@ class RunnerConfig(BaseModel):
 
     kind: Literal["threads", "local_cluster", "address"] = Field(
         "threads",
-        description="'threads': this process (default). 'local_cluster': a Dask LocalCluster on 127.0.0.1. 'address': an existing Dask scheduler.",
+        description=(
+            "'threads': this process (default). 'local_cluster': a Dask LocalCluster on 127.0.0.1. "
+            "'address': an existing Dask scheduler."
+        ),
     )
     workers: StrictInt = Field(
         2, ge=1, le=256, description="Worker processes of the local cluster (one task at a time each)."
@@ -28,7 +31,9 @@ class RunnerConfig(BaseModel):
         1,
         ge=1,
         le=1024,
-        description="Split each model's evaluation images into this many shards, evaluated on the workers and merged exactly.",
+        description=(
+            "Split each model's evaluation images into this many shards, evaluated on the workers and merged exactly."
+        ),
     )
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
-"""The quantization variants a user would consider, what each promises, and the check that an
-exported model keeps that promise.
+"""The registry of quantization variants: every fact about a variant that more than one module needs
+(what it promises, which builder makes it, whether it calibrates, whether it is full-integer, which
+devices take it, the names of its files), and the check that an exported model keeps its promise.
 
 Users of these tools are often silently handed a float-input model when they asked for uint8, so
 every exported .tflite is inspected after export: input and output dtypes, their quantization
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.records import TFLiteFacts
 
 Variant = Literal[
     "float32",
@@ -26,14 +30,7 @@ Variant = Literal[
     "mct_gptq",
     "mct_mixed_precision",
 ]
-# The four models the SDK compared; results.json keeps a top_1_accuracy_<name> key for each.
-SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
-CONVERTER_VARIANTS = ("float32", "dynamic_range", "float16", "int8_float_io", "full_int8", "full_uint8", "int16x8")
-MCT_VARIANTS = ("mct_ptq", "mct_gptq", "mct_mixed_precision")
-# GPTQ and mixed precision are slow: built only when the configuration lists them.
-DEFAULT_VARIANTS = CONVERTER_VARIANTS + ("mct_ptq",)
-# The converter variants that calibrate on representative data.
-CALIBRATED_VARIANTS = ("int8_float_io", "full_int8", "full_uint8", "int16x8")
+MctMethod = Literal["ptq", "gptq", "mixed_precision"]
 
 
 @dataclass(frozen=True)
@@ -45,28 +42,97 @@ class Promise:
     quantized_activations: bool | None = None  # True: QUANTIZE ops (real int activations); False: none allowed
 
 
-PROMISES: dict[str, Promise] = {
-    "float32": Promise("TFLite float32", "float32", "float32", quantized_activations=False),
-    "dynamic_range": Promise(
-        "TFLite dynamic range (int8 weights, float activations)",
-        "float32",
-        "float32",
-        "int8",
-        quantized_activations=False,
+@dataclass(frozen=True)
+class VariantSpec:
+    """One variant: who builds it and what it is."""
+
+    name: str
+    promise: Promise
+    builder: Literal["converter", "mct"]
+    calibrated: bool = False  # the converter calibrates it on the calibration set
+    full_integer: bool = False  # integer input and output: what an Ethos-U NPU runs whole
+    optional: bool = False  # the converter cannot make it for every model: reported as unsupported
+    default: bool = True  # built when the configuration does not list variants
+    mct_method: MctMethod | None = None
+
+
+_CATALOGUE = (
+    VariantSpec("float32", Promise("TFLite float32", "float32", "float32", quantized_activations=False), "converter"),
+    VariantSpec(
+        "dynamic_range",
+        Promise(
+            "TFLite dynamic range (int8 weights, float activations)",
+            "float32",
+            "float32",
+            "int8",
+            quantized_activations=False,
+        ),
+        "converter",
     ),
-    "float16": Promise("TFLite float16 weights", "float32", "float32", "float16"),
-    "int8_float_io": Promise(
-        "TFLite integer, float input/output", "float32", "float32", "int8", quantized_activations=True
+    VariantSpec("float16", Promise("TFLite float16 weights", "float32", "float32", "float16"), "converter"),
+    VariantSpec(
+        "int8_float_io",
+        Promise("TFLite integer, float input/output", "float32", "float32", "int8", quantized_activations=True),
+        "converter",
+        calibrated=True,
     ),
-    "full_int8": Promise("TFLite full integer, int8 input/output", "int8", "int8", "int8"),
-    "full_uint8": Promise("TFLite full integer, uint8 input/output", "uint8", "uint8", "int8"),
-    "int16x8": Promise(
-        "TFLite 16x8 (int16 activations, int8 weights)", "float32", "float32", "int16", quantized_activations=True
+    VariantSpec(
+        "full_int8",
+        Promise("TFLite full integer, int8 input/output", "int8", "int8", "int8"),
+        "converter",
+        calibrated=True,
+        full_integer=True,
     ),
-    "mct_ptq": Promise("MCT PTQ, int8 TFLite", "float32", "float32", "int8"),
-    "mct_gptq": Promise("MCT GPTQ, int8 TFLite", "float32", "float32", "int8"),
-    "mct_mixed_precision": Promise("MCT mixed precision, int8 TFLite", "float32", "float32", "int8"),
-}
+    VariantSpec(
+        "full_uint8",
+        Promise("TFLite full integer, uint8 input/output", "uint8", "uint8", "int8"),
+        "converter",
+        calibrated=True,
+        full_integer=True,
+    ),
+    VariantSpec(
+        "int16x8",
+        Promise(
+            "TFLite 16x8 (int16 activations, int8 weights)", "float32", "float32", "int16", quantized_activations=True
+        ),
+        "converter",
+        calibrated=True,
+        optional=True,
+    ),
+    VariantSpec("mct_ptq", Promise("MCT PTQ, int8 TFLite", "float32", "float32", "int8"), "mct", mct_method="ptq"),
+    # GPTQ and mixed precision are slow: built only when the configuration lists them.
+    VariantSpec(
+        "mct_gptq", Promise("MCT GPTQ, int8 TFLite", "float32", "float32", "int8"), "mct", default=False, mct_method="gptq"
+    ),
+    VariantSpec(
+        "mct_mixed_precision",
+        Promise("MCT mixed precision, int8 TFLite", "float32", "float32", "int8"),
+        "mct",
+        default=False,
+        mct_method="mixed_precision",
+    ),
+)
+VARIANTS: dict[str, VariantSpec] = {spec.name: spec for spec in _CATALOGUE}
+PROMISES: dict[str, Promise] = {name: spec.promise for name, spec in VARIANTS.items()}
+
+CONVERTER_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.builder == "converter")
+MCT_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.builder == "mct")
+DEFAULT_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.default)
+CALIBRATED_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.calibrated)
+FULL_INTEGER_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.full_integer)
+OPTIONAL_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.optional)
+MCT_METHODS: dict[str, MctMethod] = {v: s.mct_method for v, s in VARIANTS.items() if s.mct_method}
+
+# The devices a model can be compiled for. The IMX500 converter takes the MCT PTQ model; an Ethos-U
+# NPU runs a full-integer model whole (Vela maps only integer operators to the NPU).
+ETHOS_U_ACCELERATORS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
+IMX500_VARIANT = "mct_ptq"
+
+# The models the results name. The SDK compared four; results.json keeps a top_1_accuracy_<name> key for each.
+SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
+KERAS_MODELS = ("keras", "keras_quantized")
+KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
+QUANTIZED_KERAS_FILE = "model_quantized.keras"  # the MCT PTQ model in MCT's Keras format, as the SDK named it
 
 
 def model_id(variant: str, float_tflite: str) -> str:
@@ -78,10 +144,14 @@ def model_id(variant: str, float_tflite: str) -> str:
     return f"tflite_{variant}"
 
 
+def is_tflite_model(model_name: str) -> bool:
+    return model_name.startswith("tflite")
+
+
 def variants_to_build(requested: list[str] | None, float_tflite: str) -> list[str]:
     """The requested variants (default DEFAULT_VARIANTS), always with the SDK's two, in catalogue order."""
     wanted = set(requested if requested is not None else DEFAULT_VARIANTS) | {float_tflite, "mct_ptq"}
-    return [v for v in CONVERTER_VARIANTS + MCT_VARIANTS if v in wanted]
+    return [v for v in VARIANTS if v in wanted]
 
 
 def variant_file_name(variant: str, float_tflite: str) -> str:
@@ -89,41 +159,63 @@ def variant_file_name(variant: str, float_tflite: str) -> str:
     return f"model{model_id(variant, float_tflite).removeprefix('tflite')}.tflite"
 
 
+def built_file_name(variant: str) -> str:
+    """The name a step gives the TFLite model it builds in its work folder."""
+    return f"model_{variant}.tflite"
+
+
+def mct_keras_file_name(method: str) -> str:
+    """The MCT-quantized Keras model's file: the SDK's name for PTQ, the method's for the others."""
+    return QUANTIZED_KERAS_FILE if method == "ptq" else f"model_mct_{method}.keras"
+
+
+def vela_file_name(published_model: str | Path) -> str:
+    """Vela's model is published beside the model it compiled: model_full_int8_vela.tflite."""
+    return f"{Path(published_model).stem}_vela.tflite"
+
+
+def own_output_file_names() -> set[str]:
+    """Every model_<variant>[_vela].tflite this tool may have published: the candidates for stale outputs."""
+    return {built_file_name(v) for v in VARIANTS} | {vela_file_name(built_file_name(v)) for v in VARIANTS}
+
+
 class VariantMismatch(Exception):
     """An exported model is not what its variant promises."""
 
 
-def inspect_tflite(path: str | Path) -> dict:
+def inspect_tflite(path: str | Path) -> TFLiteFacts:
     """What a .tflite model actually is: input/output dtypes and quantization, tensor and op types."""
     import tensorflow as tf
 
+    from core.records import TFLiteFacts
+
     interpreter = tf.lite.Interpreter(model_path=str(path))
     tensor_in, tensor_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    return {
-        "input_dtype": np.dtype(tensor_in["dtype"]).name,
-        "output_dtype": np.dtype(tensor_out["dtype"]).name,
-        "input_quantization": [float(tensor_in["quantization"][0]), int(tensor_in["quantization"][1])],
-        "output_quantization": [float(tensor_out["quantization"][0]), int(tensor_out["quantization"][1])],
-        "tensor_types": sorted({np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}),
+    return TFLiteFacts(
+        input_dtype=np.dtype(tensor_in["dtype"]).name,
+        output_dtype=np.dtype(tensor_out["dtype"]).name,
+        input_quantization=(float(tensor_in["quantization"][0]), int(tensor_in["quantization"][1])),
+        output_quantization=(float(tensor_out["quantization"][0]), int(tensor_out["quantization"][1])),
+        tensor_types=tuple(sorted({np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()})),
         # The public API has no op listing; this one is stable across TF 2.x.
-        "ops": sorted({op["op_name"] for op in interpreter._get_ops_details()}),
-    }
+        ops=tuple(sorted({op["op_name"] for op in interpreter._get_ops_details()})),
+    )
 
 
-def check_variant(path: str | Path, variant: str, promise: Promise | None = None) -> dict:
+def check_variant(path: str | Path, variant: str, promise: Promise | None = None) -> TFLiteFacts:
     """Raise VariantMismatch unless the model at `path` is what `variant` promises; return what it is."""
     promise = promise or PROMISES[variant]
     found = inspect_tflite(path)
     problems = []
     for side in ("input", "output"):
-        expected, actual = getattr(promise, f"{side}_dtype"), found[f"{side}_dtype"]
+        expected, actual = getattr(promise, f"{side}_dtype"), getattr(found, f"{side}_dtype")
         if actual != expected:
             problems.append(f"{side} is {actual}, expected {expected}")
-        elif expected in ("int8", "uint8", "int16") and found[f"{side}_quantization"][0] == 0:
+        elif expected in ("int8", "uint8", "int16") and getattr(found, f"{side}_quantization")[0] == 0:
             problems.append(f"{side} is {actual} but carries no quantization scale")
-    if promise.inner and promise.inner not in found["tensor_types"]:
-        problems.append(f"no {promise.inner} tensor inside (found {', '.join(found['tensor_types'])})")
-    has_quantize_ops = "QUANTIZE" in found["ops"]
+    if promise.inner and promise.inner not in found.tensor_types:
+        problems.append(f"no {promise.inner} tensor inside (found {', '.join(found.tensor_types)})")
+    has_quantize_ops = "QUANTIZE" in found.ops
     if promise.quantized_activations is True and not has_quantize_ops:
         problems.append("activations are not quantized (no QUANTIZE op)")
     if promise.quantized_activations is False and has_quantize_ops:

@@ -18,13 +18,14 @@ from prefect import flow
 from prefect.states import Completed, Failed
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core.batch import outcome, outcome_of
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
 from tasks.quantize_configuration import quantize_configuration_task
-from tasks.summarize_batch import outcome, summarize_batch_task
+from tasks.summarize_batch import summarize_batch_task
 
 
 @flow(
@@ -47,33 +48,25 @@ def batch_quantize(
         progress: Show progress bars on the terminal.
         runner: 'threads' runs the configurations one after the other here; a Dask runner gives each worker one configuration at a time.
     """
-    paths = list_configurations_task(config_dir, config_paths)
+    paths = list_configurations_task(config_dir=config_dir, config_paths=config_paths)
     if runner.distributed:
         with make_task_runner(runner) as remote:
             futures = [
                 remote.submit(quantize_configuration_task, {"config_path": path, "progress": progress})
                 for path in paths
             ]
-            outcomes = [outcome_of(path, future) for path, future in zip(paths, futures)]
+            outcomes = [outcome_of(path, future) for path, future in zip(paths, futures, strict=True)]
     else:
         outcomes = [
             outcome(path, quantize_evaluate(config_path=path, progress=progress, return_state=True)) for path in paths
         ]
-    summary = summarize_batch_task(outcomes)
+    summary = summarize_batch_task(outcomes=outcomes)
     if summary["failed"]:
         return Failed(
             message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}",
             data=summary,
         )
     return Completed(message=f"all {summary['count']} configurations completed", data=summary)
-
-
-def outcome_of(config_path: str, future) -> dict:
-    """A configuration's outcome, even when its worker died before Prefect could record a state."""
-    try:
-        return future.result()
-    except Exception as exc:
-        return {"configuration": config_path, "status": "crashed", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def main(argv: list[str] | None = None) -> int:

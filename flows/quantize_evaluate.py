@@ -21,32 +21,36 @@ from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
+from core.records import BuiltModel, Evaluation, HardwareReports, UnsupportedVariant
+from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.storage import results_storage_dir
-from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, MCT_VARIANTS, model_id, variants_to_build
-from tasks.compile_for_ethos_u import FULL_INTEGER_VARIANTS, compile_for_ethos_u_task
-from tasks.compile_for_imx500 import compile_for_imx500_task, find_java
-from tasks.compile_for_imx500 import find_converter as find_imx500_converter
+from core.variants import IMX500_VARIANT, MCT_METHODS, VARIANTS, model_id, variants_to_build
+from tasks.compile_for_ethos_u import compile_for_ethos_u_task
+from tasks.compile_for_imx500 import compile_for_imx500_task
 from tasks.convert_to_tflite import convert_to_tflite_task
-from tasks.evaluate_model import evaluate_model_task, merge_shards
+from tasks.evaluate_model import evaluate_model_task
 from tasks.export_quantized_tflite import export_quantized_tflite_task
 from tasks.load_calibration_set import load_calibration_set_task
 from tasks.load_evaluation_set import load_evaluation_set_task
-from tasks.measure_latency import measure_latency_task, this_machine
-from tasks.quantize_with_mct import MCT_METHODS, mct_options, quantize_with_mct_task
-from tasks.record_results import format_table, record_results_task
+from tasks.measure_latency import measure_latency_task
+from tasks.quantize_with_mct import quantize_with_mct_task
+from tasks.record_results import record_results_task
 from tasks.validate_config import validate_config_task
 
 
 @flow(
     name="quantize-evaluate",
-    description="Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant and recommend one within an accuracy budget.",
+    description=(
+        "Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant "
+        "and recommend one within an accuracy budget."
+    ),
     task_runner=ThreadPoolTaskRunner(max_workers=4),
     result_storage=results_storage_dir(),
     validate_parameters=True,
@@ -63,70 +67,78 @@ def quantize_evaluate(
         config_path: Path of an SDK-format configuration.json (relative paths inside it resolve against its folder).
         config: The configuration inline, instead of a file (relative paths resolve against the working directory).
         progress: Show progress bars on the terminal.
-        runner: Where the evaluations run: this process (default), or Dask workers, each model's images split into shards.
+        runner: Where the evaluations run: this process (default), or Dask workers, each model's images split
+            into shards.
     """
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
-    unsafe, classes = c.allow_unsafe_model_code, len(validated.class_names)
+    unsafe = c.allow_unsafe_model_code
     variants = variants_to_build(c.variants, c.float_tflite)
-    evaluation_set = load_evaluation_set_task.submit(
-        c.evaluate_image_dir,
-        c.evaluate_image_extension,
-        validated.class_names,
-        c.input_tensor_size,
-        c.preprocessing,
-        progress,
+    evaluation_set_future = load_evaluation_set_task.submit(
+        evaluate_image_dir=c.evaluate_image_dir,
+        extension=c.evaluate_image_extension,
+        class_names=validated.class_names,
+        input_tensor_size=c.input_tensor_size,
+        preprocessing=c.preprocessing,
+        progress=progress,
     )
+
+    def convert(variant: str, calibration_path: str | None) -> PrefectFuture:
+        return convert_to_tflite_task.submit(
+            model_path=c.source_keras_model,
+            variant=variant,
+            calibration_path=calibration_path,
+            allow_unsafe_code=unsafe,
+        )
+
     # Float conversions need no calibration: they start while the calibration set loads.
-    converted = {
-        v: convert_to_tflite_task.submit(c.source_keras_model, v, None, unsafe)
-        for v in variants
-        if v in CONVERTER_VARIANTS and v not in CALIBRATED_VARIANTS
-    }
+    converting = [convert(v, None) for v in variants if VARIANTS[v].builder == "converter" and not VARIANTS[v].calibrated]
     calibration = load_calibration_set_task(
-        c.dataset_image_dir, c.input_tensor_size, c.batch_size, c.iteration_count, c.preprocessing, c.seed, progress
+        dataset_image_dir=c.dataset_image_dir,
+        input_tensor_size=c.input_tensor_size,
+        batch_size=c.batch_size,
+        iteration_count=c.iteration_count,
+        preprocessing=c.preprocessing,
+        seed=c.seed,
+        progress=progress,
     )
-    converted.update(
-        {
-            v: convert_to_tflite_task.submit(c.source_keras_model, v, calibration["path"], unsafe)
-            for v in variants
-            if v in CALIBRATED_VARIANTS
-        }
-    )
-    quantized = {
+    converting += [convert(v, calibration.path) for v in variants if VARIANTS[v].calibrated]
+    quantizing = {
         v: quantize_with_mct_task.submit(
-            c.source_keras_model,
-            calibration["path"],
-            c.batch_size,
-            c.target_platform,
-            progress,
-            unsafe,
-            MCT_METHODS[v],
-            c.mct_error_method,
-            mct_options(c, v),
+            model_path=c.source_keras_model,
+            calibration_path=calibration.path,
+            batch_size=c.batch_size,
+            target_platform=c.target_platform,
+            method=MCT_METHODS[v],
+            error_method=c.mct_error_method,
+            # Only the variant's own options, so changing one does not redo the others.
+            gptq_epochs=c.gptq_epochs if v == "mct_gptq" else None,
+            weights_memory_ratio=c.mixed_precision_weights_ratio if v == "mct_mixed_precision" else None,
+            allow_unsafe_code=unsafe,
+            progress=progress,
         )
         for v in variants
-        if v in MCT_VARIANTS
+        if VARIANTS[v].builder == "mct"
     }
-    images, labels = evaluation_set.result()["images_path"], evaluation_set.result()["labels_path"]
+    evaluation_set = evaluation_set_future.result()
     # The Dask cluster, when the runner asks for one, lives until the evaluations are done.
     with ExitStack() as dask:
         remote = dask.enter_context(make_task_runner(runner)) if runner.distributed else None
 
-        def evaluate(model_name: str, model_path: str) -> list:
-            arguments = dict(
+        def evaluate(model_name: str, model_path: str) -> list[PrefectFuture]:
+            arguments: dict[str, Any] = dict(
                 model_name=model_name,
                 model_path=model_path,
-                images_path=images,
-                labels_path=labels,
+                images_path=evaluation_set.images_path,
+                labels_path=evaluation_set.labels_path,
                 batch_size=c.evaluation_batch_size,
                 progress=progress,
                 allow_unsafe_code=unsafe,
-                class_count=classes,
+                class_count=len(validated.class_names),
             )
             if remote is None:
                 return [evaluate_model_task.submit(**arguments)]
-            parts = shards(evaluation_set.result()["image_count"], runner.evaluation_shards)
+            parts = shards(evaluation_set.image_count, runner.evaluation_shards)
             return [
                 remote.submit(
                     evaluate_model_task,
@@ -137,50 +149,58 @@ def quantize_evaluate(
 
         model_paths = {"keras": c.source_keras_model}
         evaluations = {"keras": evaluate("keras", c.source_keras_model)}
-        built_by_converter = {model_id(v, c.float_tflite): future.result() for v, future in converted.items()}
-        unsupported = {
-            name: built["unsupported"] for name, built in built_by_converter.items() if built["path"] is None
-        }
-        tflite_models = {name: built for name, built in built_by_converter.items() if built["path"] is not None}
-        for name, built in tflite_models.items():
-            model_paths[name] = built["path"]
-            evaluations[name] = evaluate(name, built["path"])
-        model_paths["keras_quantized"] = quantized["mct_ptq"].result()["path"]
-        evaluations["keras_quantized"] = evaluate("keras_quantized", model_paths["keras_quantized"])
-        for v, future in quantized.items():
-            name = model_id(v, c.float_tflite)
-            tflite_models[name] = {
-                **export_quantized_tflite_task(future.result()["path"], v),
-                "quantization": future.result(),
-            }
-            model_paths[name] = tflite_models[name]["path"]
-            evaluations[name] = evaluate(name, model_paths[name])
+        converted = [future.result() for future in converting]
+        unsupported = [u for u in converted if isinstance(u, UnsupportedVariant)]
+        built = [b for b in converted if isinstance(b, BuiltModel)]
+        for model in built:
+            name = model_id(model.variant, c.float_tflite)
+            model_paths[name] = model.path
+            evaluations[name] = evaluate(name, model.path)
+        ptq = quantizing[IMX500_VARIANT].result()
+        model_paths["keras_quantized"] = ptq.path
+        evaluations["keras_quantized"] = evaluate("keras_quantized", ptq.path)
         # The device compilers run beside the evaluations.
-        imx500 = (
-            compile_for_imx500_task.submit(quantized["mct_ptq"].result()["path"], find_imx500_converter(), find_java())
-            if c.target_platform == "imx500"
-            else None
-        )
+        imx500 = compile_for_imx500_task.submit(quantized_model=ptq) if c.target_platform == "imx500" else None
+        for future in quantizing.values():
+            exported = export_quantized_tflite_task(quantized_model=future.result())
+            name = model_id(exported.variant, c.float_tflite)
+            built.append(exported)
+            model_paths[name] = exported.path
+            evaluations[name] = evaluate(name, exported.path)
         vela = {
-            name: compile_for_ethos_u_task.submit(built["path"], built["variant"], c.ethos_u_accelerator)
-            for name, built in tflite_models.items()
-            if built["variant"] in FULL_INTEGER_VARIANTS
+            model_id(model.variant, c.float_tflite): compile_for_ethos_u_task.submit(
+                model=model, accelerator=c.ethos_u_accelerator
+            )
+            for model in built
+            if VARIANTS[model.variant].full_integer
         }
         # Let every evaluation finish (and be cached) before a failed one fails the run.
         wait([part for parts in evaluations.values() for part in parts])
-        evaluated = {name: merge_shards([part.result() for part in parts]) for name, parts in evaluations.items()}
-        hardware = {
-            "imx500": imx500.result() if imx500 else None,
-            "ethos_u": {name: future.result() for name, future in vela.items()},
-        }
+        evaluated = {name: Evaluation.merged([part.result() for part in parts]) for name, parts in evaluations.items()}
+        hardware = HardwareReports(
+            imx500=imx500.result() if imx500 else None,
+            ethos_u={name: future.result() for name, future in vela.items()},
+        )
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
-    machine = this_machine()
     latencies = {
-        name: measure_latency_task(name, model_paths[name], images, c.latency_repeats, machine, unsafe)
+        name: measure_latency_task(
+            model_name=name,
+            model_path=model_paths[name],
+            images_path=evaluation_set.images_path,
+            repeats=c.latency_repeats,
+            allow_unsafe_code=unsafe,
+        )
         for name in evaluated
     }
     return record_results_task(
-        validated, calibration, tflite_models, evaluation_set.result(), evaluated, latencies, unsupported, hardware
+        validated=validated,
+        calibration=calibration,
+        built=built,
+        unsupported=unsupported,
+        evaluation_set=evaluation_set,
+        evaluations=evaluated,
+        latencies=latencies,
+        hardware=hardware,
     )
 
 

@@ -20,18 +20,10 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.errors import StepError
+from core.records import BuiltModel, EthosUReport
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-
-ETHOS_U_ACCELERATORS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
-FULL_INTEGER_VARIANTS = ("full_int8", "full_uint8")
-
-
-def declined(variant: str | None) -> dict:
-    return {
-        "compiled": False,
-        "reason": f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; build full_int8 or full_uint8)",
-    }
+from core.variants import ETHOS_U_ACCELERATORS, VARIANTS, vela_file_name
 
 
 def vela_executable() -> str:
@@ -74,18 +66,18 @@ def parse_summary(stdout: str, summary_csv: Path) -> dict:
     }
 
 
-def compile_for_ethos_u(model_path: str, variant: str | None, accelerator: str, out_dir: Path) -> dict:
+def compile_for_ethos_u(*, model_path: str, variant: str | None, accelerator: str, out_dir: Path) -> EthosUReport:
     if accelerator not in ETHOS_U_ACCELERATORS:
         raise ValueError(f"accelerator {accelerator!r}: expected one of {', '.join(ETHOS_U_ACCELERATORS)}")
-    if variant not in FULL_INTEGER_VARIANTS:
-        return declined(variant)
+    if variant is None or not VARIANTS[variant].full_integer:
+        return EthosUReport.declined(variant)
     try:
         return _compile(Path(model_path), accelerator, Path(out_dir))
     except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration) as exc:
         raise StepError(f"compile-for-ethos-u ({variant})", model_path, exc) from exc
 
 
-def _compile(model_path: Path, accelerator: str, out_dir: Path) -> dict:
+def _compile(model_path: Path, accelerator: str, out_dir: Path) -> EthosUReport:
     command = [vela_executable(), str(model_path), "--accelerator-config", accelerator, "--output-dir", str(out_dir)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     if result.returncode != 0:
@@ -95,37 +87,47 @@ def _compile(model_path: Path, accelerator: str, out_dir: Path) -> dict:
         raise RuntimeError(f"vela wrote no summary CSV to {out_dir}: {result.stdout[-1000:]}")
     summary = parse_summary(result.stdout, summary_csv)
     version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
-    return {
-        "compiled": True,
-        "accelerator": accelerator,
-        "vela_model": str(out_dir / f"{model_path.stem}_vela.tflite"),
-        "vela_version": version,
+    return EthosUReport(
+        compiled=True,
+        accelerator=accelerator,
+        vela_model=str(out_dir / vela_file_name(model_path)),
+        vela_version=version,
         **summary,
-    }
+    )
+
+
+def _run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"compile-for-ethos-u-{task_run.parameters['model'].variant}"
 
 
 @task(
     name="compile-for-ethos-u",
-    task_run_name="compile-for-ethos-u-{variant}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path",)),
+    task_run_name=_run_name,
+    cache_policy=ContentCachePolicy(file_inputs=("model",)),
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def compile_for_ethos_u_task(model_path: str, variant: str, accelerator: str) -> dict:
+def compile_for_ethos_u_task(*, model: BuiltModel, accelerator: str) -> EthosUReport:
+    """Compile a full-integer TFLite model for an Arm Ethos-U NPU with Vela: NPU share, memory, speed."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = compile_for_ethos_u(model_path, variant, accelerator, new_work_dir("vela"))
-    if result["compiled"]:
+    result = compile_for_ethos_u(
+        model_path=model.path, variant=model.variant, accelerator=accelerator, out_dir=new_work_dir("vela")
+    )
+    if result.compiled:
         get_run_logger().info(
-            "Vela compiled %s for %s in %.1f s: %d of %d operators on the NPU, %.1f KiB SRAM, %.1f KiB off-chip flash, %s inferences/s",
-            Path(model_path).name,
+            "Vela compiled %s for %s in %.1f s: %d of %d operators on the NPU, %.1f KiB SRAM, "
+            "%.1f KiB off-chip flash, %s inferences/s",
+            Path(model.path).name,
             accelerator,
             time.perf_counter() - started,
-            result["npu_operators"],
-            result["npu_operators"] + result["cpu_operators"],
-            result["sram_kib"],
-            result["off_chip_flash_kib"],
-            result["inferences_per_second"],
+            result.npu_operators,
+            (result.npu_operators or 0) + (result.cpu_operators or 0),
+            result.sram_kib,
+            result.off_chip_flash_kib,
+            result.inferences_per_second,
         )
     return result

@@ -23,6 +23,7 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.errors import StepError
+from core.records import Imx500Report, QuantizedModel
 from core.retry import RETRY_OPTIONS
 from core.storage import REPO_ROOT, new_work_dir
 
@@ -45,8 +46,13 @@ def find_java() -> str | None:
     return shutil.which("java")
 
 
-def skipped(reason: str) -> dict:
-    return {"compiled": False, "skipped": True, "reason": reason}
+def converter_and_java() -> tuple[str | None, str | None]:
+    """What this step runs; part of its cache key, so installing either redoes a skipped run."""
+    return find_converter(), find_java()
+
+
+def skipped(reason: str) -> Imx500Report:
+    return Imx500Report(compiled=False, skipped=True, reason=reason)
 
 
 def _bytes(value: str) -> int:
@@ -73,26 +79,31 @@ def parse_input_tensor(dnn_params: Path) -> dict:
     tensor = ET.parse(dnn_params).getroot().find(".//inputTensor")
     if tensor is None:
         raise ValueError(f"{dnn_params} has no inputTensor")
+    missing = [name for name in ("scale", "format", "bitsPerElement") if tensor.get(name) is None]
+    if missing:
+        raise ValueError(f"{dnn_params}: inputTensor has no {', '.join(missing)} attribute")
     return {
-        "input_scale": float(tensor.get("scale")),
+        "input_scale": float(tensor.get("scale", "")),
         "input_format": tensor.get("format"),
-        "input_bits": int(tensor.get("bitsPerElement")),
+        "input_bits": int(tensor.get("bitsPerElement", "")),
     }
 
 
 def compile_for_imx500(
-    quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java"
-) -> dict:
+    *, quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java"
+) -> Imx500Report:
     """`converter` and `java` as found by find_converter() and find_java(); None when missing."""
     if converter is None:
         return skipped(f"Sony's IMX500 converter (imxconv-tf) is not installed: {HOW_TO_INSTALL}")
     if not Path(converter).is_file() and shutil.which(converter) is None:
         return skipped(
-            f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, or unset it and {HOW_TO_INSTALL.removeprefix('run ')}"
+            f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, "
+            f"or unset it and {HOW_TO_INSTALL.removeprefix('run ')}"
         )
     if java is None:
         return skipped(
-            "Sony's IMX500 converter needs Java 17 on PATH (`java -version`); install a JRE, e.g. apt install openjdk-17-jre-headless"
+            "Sony's IMX500 converter needs Java 17 on PATH (`java -version`); "
+            "install a JRE, e.g. apt install openjdk-17-jre-headless"
         )
     target = Path(out_dir) / "imx500"
     try:
@@ -101,7 +112,7 @@ def compile_for_imx500(
         raise StepError("compile-for-imx500", quantized_keras_path, exc) from exc
 
 
-def _convert(converter: str, model: Path, target: Path) -> dict:
+def _convert(converter: str, model: Path, target: Path) -> Imx500Report:
     def run(*extra: str) -> subprocess.CompletedProcess:
         command = [
             converter,
@@ -128,7 +139,7 @@ def _convert(converter: str, model: Path, target: Path) -> dict:
     memory = parse_memory_report(report)
     if result.returncode != 0 and memory["fits"]:
         raise RuntimeError(f"imxconv-tf exited with {result.returncode} although the model fits:\n{output}")
-    found = {
+    found: dict = {
         "compiled": result.returncode == 0,
         "skipped": False,
         **memory,
@@ -144,31 +155,35 @@ def _convert(converter: str, model: Path, target: Path) -> dict:
         )
     else:
         found["reason"] = f"does not fit the IMX500: {output[-500:]}"
-    return found
+    return Imx500Report(**found)
 
 
 @task(
     name="compile-for-imx500",
-    cache_policy=ContentCachePolicy(file_inputs=("quantized_keras_path",)),
+    # The converter and Java are part of the key: installing either redoes a skipped run.
+    cache_policy=ContentCachePolicy(file_inputs=("quantized_model",), environment=converter_and_java),
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def compile_for_imx500_task(quantized_keras_path: str, converter: str | None, java: str | None) -> dict:
-    """`converter` and `java` are part of the cache key: installing either redoes a skipped run."""
+def compile_for_imx500_task(*, quantized_model: QuantizedModel) -> Imx500Report:
+    """Convert the MCT PTQ model for Sony's IMX500 with Sony's converter and read whether it fits the chip."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = compile_for_imx500(quantized_keras_path, new_work_dir("imx500"), converter, java)
+    converter, java = converter_and_java()
+    result = compile_for_imx500(
+        quantized_keras_path=quantized_model.path, out_dir=new_work_dir("imx500"), converter=converter, java=java
+    )
     logger = get_run_logger()
-    if result["skipped"]:
-        logger.warning("IMX500 conversion skipped: %s", result["reason"])
+    if result.skipped:
+        logger.warning("IMX500 conversion skipped: %s", result.reason)
     else:
         logger.info(
             "IMX500 converter in %.1f s: %s of %s bytes on chip (%.0f%%), %s",
             time.perf_counter() - started,
-            result["memory_usage_bytes"],
-            result["memory_available_bytes"],
-            result["utilization_percent"],
-            "fits" if result["fits"] else "DOES NOT FIT",
+            result.memory_usage_bytes,
+            result.memory_available_bytes,
+            result.utilization_percent,
+            "fits" if result.fits else "DOES NOT FIT",
         )
     return result

@@ -17,13 +17,11 @@ from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.files import atomic_write_bytes
 from core.models import load_keras_model
+from core.records import BuiltModel, UnsupportedVariant
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-from core.variants import CALIBRATED_VARIANTS, CONVERTER_VARIANTS, check_variant
+from core.variants import VARIANTS, built_file_name, check_variant
 
-# The converter supports 16x8 for fewer operators than int8: a model it cannot convert is reported
-# as unsupported for that variant rather than failing the run.
-OPTIONAL_VARIANTS = ("int16x8",)
 # The converter's bindings keep process-wide state that is not documented as safe to use from
 # several threads at once; conversions take seconds, so they run one at a time.
 CONVERTER_LOCK = threading.Lock()
@@ -37,15 +35,14 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if variant in CALIBRATED_VARIANTS:
+    if VARIANTS[variant].calibrated:
         converter.representative_dataset = lambda: (
             [calibration[i : i + 1].astype(np.float32)] for i in range(len(calibration))
         )
-    if variant in ("full_int8", "full_uint8"):
+    if VARIANTS[variant].full_integer:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = converter.inference_output_type = (
-            tf.int8 if variant == "full_int8" else tf.uint8
-        )
+        io_type = tf.as_dtype(VARIANTS[variant].promise.input_dtype)
+        converter.inference_input_type = converter.inference_output_type = io_type
     if variant == "int16x8":
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
@@ -53,28 +50,37 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
 
 
 def convert_to_tflite(
-    model_path: str, variant: str, out_dir: Path, calibration_path: str | None = None, allow_unsafe_code: bool = False
-) -> dict:
+    *,
+    model_path: str,
+    variant: str,
+    out_dir: Path,
+    calibration_path: str | None = None,
+    allow_unsafe_code: bool = False,
+) -> BuiltModel | UnsupportedVariant:
+    """The variant's .tflite in `out_dir`, checked against its promise; or, for a variant the converter may
+    not support (16x8), what it said when it could not make it."""
     import tensorflow as tf
 
-    if variant not in CONVERTER_VARIANTS:
-        raise ValueError(f"unknown converter variant {variant!r}: expected one of {', '.join(CONVERTER_VARIANTS)}")
-    if variant in CALIBRATED_VARIANTS and calibration_path is None:
+    spec = VARIANTS.get(variant)
+    if spec is None or spec.builder != "converter":
+        converter_variants = [v for v, s in VARIANTS.items() if s.builder == "converter"]
+        raise ValueError(f"unknown converter variant {variant!r}: expected one of {', '.join(converter_variants)}")
+    if spec.calibrated and calibration_path is None:
         raise ValueError(f"variant {variant!r} calibrates: give calibration_path")
     model = load_keras_model(model_path, allow_unsafe_code)
-    calibration = np.load(calibration_path, mmap_mode="r") if variant in CALIBRATED_VARIANTS else None
+    calibration = np.load(calibration_path, mmap_mode="r") if spec.calibrated else None
     try:
         with CONVERTER_LOCK:
             converter = tf.lite.TFLiteConverter.from_keras_model(model)
             configure(converter, variant, calibration)
             flatbuffer = converter.convert()
     except Exception as exc:
-        if variant in OPTIONAL_VARIANTS and "not yet supported" in str(exc):
-            return {"path": None, "variant": variant, "unsupported": f"{type(exc).__name__}: {exc}"}
+        if spec.optional and "not yet supported" in str(exc):
+            return UnsupportedVariant(variant=variant, reason=f"{type(exc).__name__}: {exc}")
         raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
-    path = atomic_write_bytes(Path(out_dir) / f"model_{variant}.tflite", flatbuffer)
-    found = check_variant(path, variant)
-    return {"path": str(path), "variant": variant, "tensorflow_version": tf.__version__, **found}
+    path = atomic_write_bytes(Path(out_dir) / built_file_name(variant), flatbuffer)
+    facts = check_variant(path, variant)
+    return BuiltModel(variant=variant, path=str(path), facts=facts, builder=f"TensorFlow {tf.__version__} converter")
 
 
 @task(
@@ -85,24 +91,31 @@ def convert_to_tflite(
     **RETRY_OPTIONS,
 )
 def convert_to_tflite_task(
-    model_path: str, variant: str, calibration_path: str | None = None, allow_unsafe_code: bool = False
-) -> dict:
+    *, model_path: str, variant: str, calibration_path: str | None = None, allow_unsafe_code: bool = False
+) -> BuiltModel | UnsupportedVariant:
+    """Convert the float Keras model to one TFLite variant with TensorFlow's converter, and check the result."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = convert_to_tflite(model_path, variant, new_work_dir("convert"), calibration_path, allow_unsafe_code)
-    if result["path"] is None:
+    result = convert_to_tflite(
+        model_path=model_path,
+        variant=variant,
+        out_dir=new_work_dir("convert"),
+        calibration_path=calibration_path,
+        allow_unsafe_code=allow_unsafe_code,
+    )
+    if isinstance(result, UnsupportedVariant):
         get_run_logger().warning(
-            "TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result["unsupported"]
+            "TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result.reason
         )
         return result
     get_run_logger().info(
         "TensorFlow's converter made the %s variant of %s (input %s, output %s) -> %s in %.1f s",
         variant,
         model_path,
-        result["input_dtype"],
-        result["output_dtype"],
-        result["path"],
+        result.facts.input_dtype,
+        result.facts.output_dtype,
+        result.path,
         time.perf_counter() - started,
     )
     return result

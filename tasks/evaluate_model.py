@@ -23,9 +23,10 @@ from core.caching import ContentCachePolicy
 from core.image_store import image_count, iter_batches
 from core.metrics import confusion_matrix, top_k_correct
 from core.models import TFLitePredictor, keras_predictor, load_keras_by_name
+from core.records import Evaluation
 from core.retry import RETRY_OPTIONS
+from core.variants import KERAS_MODELS, is_tflite_model
 
-KERAS_MODELS = ("keras", "keras_quantized")
 # At most one evaluation per core runs at a time, whatever the task runner's pool size.
 EVALUATION_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)
 TOP_K = 5
@@ -50,7 +51,7 @@ def injected_faults() -> set[str]:
 def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
     if model_name in KERAS_MODELS:
         return keras_predictor(load_keras_by_name(model_name, model_path, allow_unsafe_code))
-    if model_name.startswith("tflite"):
+    if is_tflite_model(model_name):
         # Evaluations run concurrently, up to one per core: one thread each fills the cores
         # without oversubscribing them.
         return TFLitePredictor(model_path, num_threads=1)
@@ -58,6 +59,7 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
 
 
 def predict_top_k(
+    *,
     model_name: str,
     model_path: str,
     images_path: str,
@@ -85,6 +87,7 @@ def predict_top_k(
 
 
 def evaluate_model(
+    *,
     model_name: str,
     model_path: str,
     images_path: str,
@@ -95,73 +98,37 @@ def evaluate_model(
     class_count: int | None = None,
     start: int = 0,
     stop: int | None = None,
-) -> dict:
+) -> Evaluation:
     """`class_count` sizes the confusion matrix (default: the model's output size); `start` and `stop`
-    select a shard of the images (all by default), for `merge_shards` to put together."""
+    select a shard of the images (all by default), for `Evaluation.merged` to put together."""
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     with EVALUATION_SLOTS:
         started = time.perf_counter()
         top_k, model_classes = predict_top_k(
-            model_name, model_path, images_path, batch_size, progress, allow_unsafe_code, start, stop
+            model_name=model_name,
+            model_path=model_path,
+            images_path=images_path,
+            batch_size=batch_size,
+            progress=progress,
+            allow_unsafe_code=allow_unsafe_code,
+            start=start,
+            stop=stop,
         )
         seconds = time.perf_counter() - started
     labels = np.load(labels_path)[start:stop]
     predicted = top_k[:, 0]
-    return evaluation_record(
-        model_name,
-        model_path,
+    return Evaluation.counted(
+        model=model_name,
+        model_path=model_path,
         correct=top_k_correct(top_k[:, :1], labels),
         correct_top_5=top_k_correct(top_k, labels),
         seconds=seconds,
-        matrix=confusion_matrix(predicted, labels, class_count or model_classes),
+        confusion_matrix=confusion_matrix(predicted, labels, class_count or model_classes).tolist(),
         predicted=predicted.tolist(),
-        shard=[start, start + len(labels)],
+        shard=(start, start + len(labels)),
     )
-
-
-def evaluation_record(
-    model_name: str,
-    model_path: str,
-    correct: int,
-    correct_top_5: int,
-    seconds: float,
-    matrix,
-    predicted: list[int],
-    shard: list[int],
-) -> dict:
-    """What an evaluation (of all the images or of a shard) returns; the accuracies follow from the counts."""
-    count = len(predicted)
-    return {
-        "model": model_name,
-        "model_path": model_path,
-        "top_1_accuracy": correct / count if count else 0.0,
-        "top_5_accuracy": correct_top_5 / count if count else 0.0,
-        "correct": int(correct),
-        "correct_top_5": int(correct_top_5),
-        "image_count": count,
-        "seconds": round(seconds, 3),
-        "confusion_matrix": np.asarray(matrix).tolist(),
-        "predicted": predicted,
-        "shard": shard,
-    }
-
-
-def merge_shards(parts: list[dict]) -> dict:
-    """One model's evaluation from its shards' (in image order): counts and matrices add up exactly."""
-    parts = sorted(parts, key=lambda p: p["shard"][0])
-    merged = evaluation_record(
-        parts[0]["model"],
-        parts[0]["model_path"],
-        correct=sum(p["correct"] for p in parts),
-        correct_top_5=sum(p["correct_top_5"] for p in parts),
-        seconds=sum(p["seconds"] for p in parts),  # work, not wall time: shards run in parallel
-        matrix=np.sum([p["confusion_matrix"] for p in parts], axis=0),
-        predicted=[c for p in parts for c in p["predicted"]],
-        shard=[parts[0]["shard"][0], parts[-1]["shard"][1]],
-    )
-    return {**merged, "shards": len(parts)}
 
 
 @task(
@@ -174,6 +141,7 @@ def merge_shards(parts: list[dict]) -> dict:
     **RETRY_OPTIONS,
 )
 def evaluate_model_task(
+    *,
     model_name: str,
     model_path: str,
     images_path: str,
@@ -185,28 +153,29 @@ def evaluate_model_task(
     start: int = 0,
     stop: int | None = None,
     shard_label: str = "",
-) -> dict:
+) -> Evaluation:
+    """Run one model on the evaluation images (or a shard of them): Top-1, Top-5, confusion matrix, predictions."""
     from prefect.logging import get_run_logger
 
     result = evaluate_model(
-        model_name,
-        model_path,
-        images_path,
-        labels_path,
-        batch_size,
-        progress,
-        allow_unsafe_code,
-        class_count,
-        start,
-        stop,
+        model_name=model_name,
+        model_path=model_path,
+        images_path=images_path,
+        labels_path=labels_path,
+        batch_size=batch_size,
+        progress=progress,
+        allow_unsafe_code=allow_unsafe_code,
+        class_count=class_count,
+        start=start,
+        stop=stop,
     )
     get_run_logger().info(
         "%s: Top-1 %.4f, Top-5 %.4f (%d of %d images) in %.1f s",
         model_name,
-        result["top_1_accuracy"],
-        result["top_5_accuracy"],
-        result["correct"],
-        result["image_count"],
-        result["seconds"],
+        result.top_1_accuracy,
+        result.top_5_accuracy,
+        result.correct,
+        result.image_count,
+        result.seconds,
     )
     return result

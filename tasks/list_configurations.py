@@ -12,7 +12,7 @@ from core.errors import InputError
 CONFIG_FILE_NAME = "configuration.json"
 
 
-def list_configurations(config_dir: str | None = None, config_paths: list[str] | None = None) -> list[str]:
+def list_configurations(*, config_dir: str | None = None, config_paths: list[str] | None = None) -> list[str]:
     """Absolute paths, sorted, without duplicates; relative ones resolve against the working directory."""
     found: list[Path] = [Path(p) for p in config_paths or []]
     if config_dir:
@@ -38,9 +38,10 @@ def list_configurations(config_dir: str | None = None, config_paths: list[str] |
 
 
 @task(name="list-configurations", retries=0, persist_result=False)
-def list_configurations_task(config_dir: str | None = None, config_paths: list[str] | None = None) -> list[str]:
+def list_configurations_task(*, config_dir: str | None = None, config_paths: list[str] | None = None) -> list[str]:
     from prefect.logging import get_run_logger
 
-    paths = list_configurations(config_dir, config_paths)
+    """The configuration files to run: those given, and every configuration.json below config_dir."""
+    paths = list_configurations(config_dir=config_dir, config_paths=config_paths)
     get_run_logger().info("%d configurations to quantize and evaluate:\n%s", len(paths), "\n".join(paths))
     return paths

@@ -17,6 +17,7 @@ from core.errors import InputError
 from core.files import atomic_save_numpy
 from core.images import decode_rgb, find_jpegs
 from core.preprocessing import preprocess
+from core.records import CalibrationSet, SkippedImage
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
@@ -30,6 +31,7 @@ def sample_indices(image_count: int, needed: int, seed: int) -> np.ndarray:
 
 
 def load_calibration_set(
+    *,
     dataset_image_dir: str,
     input_tensor_size: int,
     batch_size: int,
@@ -38,7 +40,7 @@ def load_calibration_set(
     seed: int,
     out_dir: Path,
     progress: bool = True,
-) -> dict:
+) -> CalibrationSet:
     files = find_jpegs(Path(dataset_image_dir))
     needed = batch_size * iteration_count
     # Files that cannot be decoded are skipped and counted; the draw goes on past them (one
@@ -67,15 +69,15 @@ def load_calibration_set(
     chosen = (chosen * -(-needed // len(chosen)))[:needed]  # only when nearly every file was bad
     images = np.stack([decoded[i] for i in chosen])
     path = atomic_save_numpy(Path(out_dir) / "calibration.npy", images)
-    return {
-        "path": str(path),
-        "batch_size": batch_size,
-        "iteration_count": iteration_count,
-        "images_found": len(files),
-        "images_used": len(set(chosen)),
-        "seed": seed,
-        "skipped": [{"file": str(files[i]), "reason": reason} for i, reason in sorted(skipped.items())],
-    }
+    return CalibrationSet(
+        path=str(path),
+        batch_size=batch_size,
+        iteration_count=iteration_count,
+        images_found=len(files),
+        images_used=len(set(chosen)),
+        seed=seed,
+        skipped=[SkippedImage(file=str(files[i]), reason=reason) for i, reason in sorted(skipped.items())],
+    )
 
 
 @task(
@@ -85,6 +87,7 @@ def load_calibration_set(
     **RETRY_OPTIONS,
 )
 def load_calibration_set_task(
+    *,
     dataset_image_dir: str,
     input_tensor_size: int,
     batch_size: int,
@@ -92,32 +95,33 @@ def load_calibration_set_task(
     preprocessing: Preprocessing,
     seed: int,
     progress: bool = True,
-) -> dict:
+) -> CalibrationSet:
+    """Sample `batch_size * iteration_count` calibration images (seeded), decode and preprocess them once."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
     result = load_calibration_set(
-        dataset_image_dir,
-        input_tensor_size,
-        batch_size,
-        iteration_count,
-        preprocessing,
-        seed,
-        new_work_dir("calibration"),
-        progress,
+        dataset_image_dir=dataset_image_dir,
+        input_tensor_size=input_tensor_size,
+        batch_size=batch_size,
+        iteration_count=iteration_count,
+        preprocessing=preprocessing,
+        seed=seed,
+        out_dir=new_work_dir("calibration"),
+        progress=progress,
     )
     logger = get_run_logger()
-    for skip in result["skipped"]:
-        logger.warning("Skipped: %s", skip["reason"])
+    for skip in result.skipped:
+        logger.warning("Skipped: %s", skip.reason)
     logger.info(
         "Calibration set: %d batches of %d from %d distinct images (of %d found below %s, seed %d) -> %s in %.1f s",
         iteration_count,
         batch_size,
-        result["images_used"],
-        result["images_found"],
+        result.images_used,
+        result.images_found,
         dataset_image_dir,
         seed,
-        result["path"],
+        result.path,
         time.perf_counter() - started,
     )
     return result

@@ -21,6 +21,7 @@ from core.files import atomic_save_numpy, atomic_write_json
 from core.image_store import NpyBatchWriter
 from core.images import decode_rgb, is_junk
 from core.preprocessing import preprocess
+from core.records import EvaluationSet, SkippedImage
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
@@ -48,6 +49,7 @@ def decode_one(file: Path, input_tensor_size: int, preprocessing: Preprocessing)
 
 
 def load_evaluation_set(
+    *,
     evaluate_image_dir: str,
     extension: str,
     class_names: list[str],
@@ -56,12 +58,14 @@ def load_evaluation_set(
     out_dir: Path,
     progress: bool = True,
     chunk_size: int = DECODE_CHUNK,
-) -> dict:
+) -> EvaluationSet:
     """Decode every image once, in parallel, chunk by chunk, appending to images.npy: memory stays
     bounded by one chunk whatever the number of images."""
     listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
     out_dir = Path(out_dir)
-    files, labels, skipped = [], [], []
+    files: list[str] = []
+    labels: list[int] = []
+    skipped: list[SkippedImage] = []
     with (
         NpyBatchWriter(out_dir / "images.npy", (input_tensor_size, input_tensor_size, 3)) as writer,
         ThreadPoolExecutor(os.cpu_count()) as pool,
@@ -70,10 +74,10 @@ def load_evaluation_set(
             for first in range(0, len(listed), chunk_size):
                 chunk = listed[first : first + chunk_size]
                 decoded = list(pool.map(lambda pair: decode_one(pair[0], input_tensor_size, preprocessing), chunk))
-                kept = [(pair, image) for pair, image in zip(chunk, decoded) if not isinstance(image, str)]
+                kept = [(pair, image) for pair, image in zip(chunk, decoded, strict=True) if not isinstance(image, str)]
                 skipped += [
-                    {"file": str(pair[0]), "reason": image}
-                    for pair, image in zip(chunk, decoded)
+                    SkippedImage(file=str(pair[0]), reason=image)
+                    for pair, image in zip(chunk, decoded, strict=True)
                     if isinstance(image, str)
                 ]
                 if kept:
@@ -83,18 +87,19 @@ def load_evaluation_set(
                 bar.update(len(chunk))
         if not files:
             raise InputError(
-                f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; first problem: {skipped[0]['reason']}"
+                f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; "
+                f"first problem: {skipped[0].reason}"
             )
     atomic_save_numpy(out_dir / "labels.npy", np.array(labels, np.int64))
     atomic_write_json(out_dir / "files.json", files)
-    return {
-        "images_path": str(out_dir / "images.npy"),
-        "labels_path": str(out_dir / "labels.npy"),
-        "files_path": str(out_dir / "files.json"),
-        "image_count": len(files),
-        "class_names": class_names,
-        "skipped": skipped,
-    }
+    return EvaluationSet(
+        images_path=str(out_dir / "images.npy"),
+        labels_path=str(out_dir / "labels.npy"),
+        files_path=str(out_dir / "files.json"),
+        image_count=len(files),
+        class_names=class_names,
+        skipped=skipped,
+    )
 
 
 @task(
@@ -104,33 +109,35 @@ def load_evaluation_set(
     **RETRY_OPTIONS,
 )
 def load_evaluation_set_task(
+    *,
     evaluate_image_dir: str,
     extension: str,
     class_names: list[str],
     input_tensor_size: int,
     preprocessing: Preprocessing,
     progress: bool = True,
-) -> dict:
+) -> EvaluationSet:
+    """Decode and preprocess every evaluation image once, for all the models' evaluations."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
     result = load_evaluation_set(
-        evaluate_image_dir,
-        extension,
-        class_names,
-        input_tensor_size,
-        preprocessing,
-        new_work_dir("evaluation-set"),
-        progress,
+        evaluate_image_dir=evaluate_image_dir,
+        extension=extension,
+        class_names=class_names,
+        input_tensor_size=input_tensor_size,
+        preprocessing=preprocessing,
+        out_dir=new_work_dir("evaluation-set"),
+        progress=progress,
     )
     logger = get_run_logger()
     logger.info(
         "Evaluation set: %d images in %d classes from %s, decoded in %.1f s",
-        result["image_count"],
+        result.image_count,
         len(class_names),
         evaluate_image_dir,
         time.perf_counter() - started,
     )
-    for skip in result["skipped"]:
-        logger.warning("Skipped: %s", skip["reason"])
+    for skip in result.skipped:
+        logger.warning("Skipped: %s", skip.reason)
     return result

@@ -19,7 +19,9 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.models import TFLitePredictor, load_keras_by_name
+from core.records import Latency
 from core.retry import RETRY_OPTIONS
+from core.variants import is_tflite_model
 
 WARM_UP = 3
 
@@ -40,46 +42,55 @@ def median_ms(run, image: np.ndarray, repeats: int) -> float:
 
 
 def measure_latency(
-    model_name: str, model_path: str, images_path: str, repeats: int = 20, allow_unsafe_code: bool = False
-) -> dict:
+    *, model_name: str, model_path: str, images_path: str, repeats: int = 20, allow_unsafe_code: bool = False
+) -> Latency:
     image = np.ascontiguousarray(np.load(images_path, mmap_mode="r")[:1])
-    if model_name.startswith("tflite"):
-        single, every = (
-            TFLitePredictor(model_path, num_threads=1),
-            TFLitePredictor(model_path, num_threads=os.cpu_count()),
+    if is_tflite_model(model_name):
+        single = TFLitePredictor(model_path, num_threads=1)
+        every = TFLitePredictor(model_path, num_threads=os.cpu_count())
+        return Latency(
+            one_thread_ms=median_ms(single, image, repeats),
+            all_threads_ms=median_ms(every, image, repeats),
+            repeats=repeats,
+            machine=this_machine(),
         )
-        return {
-            "1_thread": median_ms(single, image, repeats),
-            "all_threads": median_ms(every, image, repeats),
-            "repeats": repeats,
-        }
     model = load_keras_by_name(model_name, model_path, allow_unsafe_code)
-    return {
-        "1_thread": None,
-        "all_threads": median_ms(lambda x: model(x, training=False), image, repeats),
-        "repeats": repeats,
-    }
+    return Latency(
+        one_thread_ms=None,
+        all_threads_ms=median_ms(lambda x: model(x, training=False), image, repeats),
+        repeats=repeats,
+        machine=this_machine(),
+    )
 
 
 @task(
     name="measure-latency",
     task_run_name="measure-latency-{model_name}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path")),
+    # A figure measured on another machine is not reused.
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path"), environment=this_machine),
     persist_result=True,
     **RETRY_OPTIONS,
 )
 def measure_latency_task(
-    model_name: str, model_path: str, images_path: str, repeats: int, machine: str, allow_unsafe_code: bool = False
-) -> dict:
+    *, model_name: str, model_path: str, images_path: str, repeats: int, allow_unsafe_code: bool = False
+) -> Latency:
+    """Median latency per image on this CPU, one thread and all threads, after a warm-up."""
     from prefect.logging import get_run_logger
 
-    result = measure_latency(model_name, model_path, images_path, repeats, allow_unsafe_code)
-    get_run_logger().info(
-        "%s: %s ms per image on 1 thread, %s ms on all threads (median of %d) on %s",
-        model_name,
-        result["1_thread"],
-        result["all_threads"],
-        repeats,
-        machine,
+    result = measure_latency(
+        model_name=model_name,
+        model_path=model_path,
+        images_path=images_path,
+        repeats=repeats,
+        allow_unsafe_code=allow_unsafe_code,
     )
-    return {**result, "machine": machine}
+    one_thread = "n/a" if result.one_thread_ms is None else f"{result.one_thread_ms} ms"
+    get_run_logger().info(
+        "%s: %s per image on 1 thread, %s ms on all threads (median of %d) on %s",
+        model_name,
+        one_thread,
+        result.all_threads_ms,
+        repeats,
+        result.machine,
+    )
+    return result

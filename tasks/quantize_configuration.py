@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from prefect import task
 
-from tasks.summarize_batch import outcome
+from core.batch import outcome
 
 
-def quantize_configuration(config_path: str, progress: bool = False) -> dict:
+def quantize_configuration(*, config_path: str, progress: bool = False) -> dict:
     from flows.quantize_evaluate import quantize_evaluate
 
     return outcome(config_path, quantize_evaluate(config_path=config_path, progress=progress, return_state=True))
 
 
 @task(name="quantize-configuration", task_run_name="quantize-configuration-{config_path}", persist_result=False)
-def quantize_configuration_task(config_path: str, progress: bool = False) -> dict:
-    return quantize_configuration(config_path, progress)
+def quantize_configuration_task(*, config_path: str, progress: bool = False) -> dict:
+    """Run the quantize-and-evaluate flow for one configuration; never raises."""
+    return quantize_configuration(config_path=config_path, progress=progress)

@@ -20,8 +20,10 @@ from tqdm import tqdm
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.models import load_keras_model
+from core.records import QuantizedModel
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
+from core.variants import MCT_METHODS, mct_keras_file_name
 
 TPC_VERSION = "1.0"
 
@@ -38,20 +40,11 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
 
 
 ERROR_METHODS = ("noclipping", "mse", "mae", "kl", "lp", "hmse")
-MCT_METHODS = {"mct_ptq": "ptq", "mct_gptq": "gptq", "mct_mixed_precision": "mixed_precision"}
 METHODS = tuple(MCT_METHODS.values())
 
 
-def mct_options(config, variant: str) -> dict | None:
-    """Only the options of the variant's own method, so changing one does not redo the others."""
-    if variant == "mct_gptq":
-        return {"epochs": config.gptq_epochs}
-    if variant == "mct_mixed_precision":
-        return {"weights_memory_ratio": config.mixed_precision_weights_ratio}
-    return None
-
-
 def quantize_with_mct(
+    *,
     model_path: str,
     calibration_path: str,
     batch_size: int,
@@ -61,16 +54,20 @@ def quantize_with_mct(
     allow_unsafe_code: bool = False,
     method: str = "ptq",
     error_method: str = "mse",
-    method_options: dict | None = None,
-) -> dict:
-    """`method_options`: {"epochs": N} for GPTQ, {"weights_memory_ratio": r} for mixed precision."""
+    gptq_epochs: int | None = None,
+    weights_memory_ratio: float | None = None,
+) -> QuantizedModel:
+    """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision."""
     import model_compression_toolkit as mct
 
     if method not in METHODS or error_method not in ERROR_METHODS:
         raise ValueError(
             f"method {method!r} / error method {error_method!r}: expected one of {METHODS} / {ERROR_METHODS}"
         )
-    options = method_options or {}
+    if method == "gptq" and gptq_epochs is None:
+        raise ValueError("method 'gptq' needs gptq_epochs")
+    if method == "mixed_precision" and weights_memory_ratio is None:
+        raise ValueError("method 'mixed_precision' needs weights_memory_ratio")
     model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
     data = representative_data(calibration, batch_size, progress)
@@ -88,14 +85,15 @@ def quantize_with_mct(
         )
         details: dict = {}
         if method == "gptq":
-            gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=options["epochs"])
+            gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)
             quantized, _ = mct.gptq.keras_gradient_post_training_quantization(
                 model, data, gptq_config=gptq_config, core_config=core_config, target_platform_capabilities=tpc
             )
-            details["gptq_epochs"] = options["epochs"]
+            details["gptq_epochs"] = gptq_epochs
         elif method == "mixed_precision":
+            assert weights_memory_ratio is not None
             full = mct.core.keras_resource_utilization_data(model, data, core_config, target_platform_capabilities=tpc)
-            budget = full.weights_memory * options["weights_memory_ratio"]
+            budget = full.weights_memory * weights_memory_ratio
             quantized, _ = mct.ptq.keras_post_training_quantization(
                 model,
                 data,
@@ -104,7 +102,7 @@ def quantize_with_mct(
                 target_platform_capabilities=tpc,
             )
             details.update(
-                weights_memory_ratio=options["weights_memory_ratio"],
+                weights_memory_ratio=weights_memory_ratio,
                 weights_memory_budget_bytes=float(budget),
                 weights_memory_8bit_bytes=float(full.weights_memory),
             )
@@ -112,19 +110,20 @@ def quantize_with_mct(
             quantized, _ = mct.ptq.keras_post_training_quantization(
                 model, data, core_config=core_config, target_platform_capabilities=tpc
             )
-        path = Path(out_dir) / ("model_quantized.keras" if method == "ptq" else f"model_mct_{method}.keras")
+        path = Path(out_dir) / mct_keras_file_name(method)
         mct.exporter.keras_export_model(model=quantized, save_model_path=str(path))
     except Exception as exc:
         raise StepError(f"quantize-with-mct ({method})", model_path, exc) from exc
-    return {
-        "path": str(path),
-        "method": method,
-        "error_method": error_method,
-        "target_platform": target_platform,
-        "tpc_version": TPC_VERSION,
-        "mct_version": mct.__version__,
+    return QuantizedModel(
+        variant=f"mct_{method}",
+        path=str(path),
+        method=method,
+        error_method=error_method,
+        target_platform=target_platform,
+        tpc_version=TPC_VERSION,
+        mct_version=mct.__version__,
         **details,
-    }
+    )
 
 
 @task(
@@ -135,39 +134,43 @@ def quantize_with_mct(
     **RETRY_OPTIONS,
 )
 def quantize_with_mct_task(
+    *,
     model_path: str,
     calibration_path: str,
     batch_size: int,
     target_platform: str,
-    progress: bool = True,
-    allow_unsafe_code: bool = False,
     method: str = "ptq",
     error_method: str = "mse",
-    method_options: dict | None = None,
-) -> dict:
+    gptq_epochs: int | None = None,
+    weights_memory_ratio: float | None = None,
+    allow_unsafe_code: bool = False,
+    progress: bool = True,
+) -> QuantizedModel:
+    """Quantize the float Keras model with MCT (PTQ, GPTQ or mixed precision) and save it in MCT's Keras format."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
     result = quantize_with_mct(
-        model_path,
-        calibration_path,
-        batch_size,
-        target_platform,
-        new_work_dir("quantize"),
-        progress,
-        allow_unsafe_code,
-        method,
-        error_method,
-        method_options,
+        model_path=model_path,
+        calibration_path=calibration_path,
+        batch_size=batch_size,
+        target_platform=target_platform,
+        out_dir=new_work_dir("quantize"),
+        progress=progress,
+        allow_unsafe_code=allow_unsafe_code,
+        method=method,
+        error_method=error_method,
+        gptq_epochs=gptq_epochs,
+        weights_memory_ratio=weights_memory_ratio,
     )
     get_run_logger().info(
         "MCT %s %s (%s thresholds) quantized %s for target platform %s -> %s in %.1f s",
-        result["mct_version"],
+        result.mct_version,
         method,
         error_method,
         model_path,
         target_platform,
-        result["path"],
+        result.path,
         time.perf_counter() - started,
     )
     return result

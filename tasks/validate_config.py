@@ -13,28 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from pydantic import BaseModel
 
 from core.config import PATH_KEYS, QuantizeConfig, load_config_file, parse_config
 from core.errors import ConfigError, InputError
 from core.images import find_jpegs, is_junk
 from core.models import keras_model_format, load_keras_model
-
-
-class ValidatedConfig(BaseModel):
-    """A configuration whose paths are absolute and checked, with what we learnt about its files."""
-
-    config: QuantizeConfig
-    source: str
-    model_format: str
-    model_input_shape: list[int | None]
-    class_names: list[str]  # index is the class id
-    calibration_image_count: int
-    evaluation_image_count: int
-    labels_without_folder: list[str]
+from core.records import ValidatedConfig
 
 
 def validate_config(
+    *,
     config: QuantizeConfig | dict[str, Any] | None = None,
     config_path: str | Path | None = None,
     base_dir: str | Path | None = None,
@@ -249,13 +237,15 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
 
 @task(name="validate-config", retries=0, persist_result=False)
 def validate_config_task(
+    *,
     config: QuantizeConfig | dict[str, Any] | None = None,
     config_path: str | None = None,
     base_dir: str | None = None,
 ) -> ValidatedConfig:
+    """Check the configuration and the files it names, all problems at once, before any heavy work."""
     from prefect.logging import get_run_logger
 
-    validated = validate_config(config, config_path, base_dir)
+    validated = validate_config(config=config, config_path=config_path, base_dir=base_dir)
     get_run_logger().info(
         "Configuration %s is valid: model %s (%s), %d calibration images, %d evaluation images in %d classes",
         validated.source,

@@ -26,30 +26,45 @@ def add_bad_files(folder):
     return {"corrupt.jpg", "really_a_png.jpg", "empty.jpg"}
 
 
+@pytest.mark.slow
 def test_the_evaluation_skips_undecodable_files_and_names_each(own_sample, tmp_path):
     folder = own_sample / "validation" / "3"
     before = len(list(folder.glob("digit_*.jpg")))
     add_bad_files(folder)
     result = load_evaluation_set(
-        str(own_sample / "validation"), "jpg", CLASSES, 32, Preprocessing(), tmp_path, progress=False
+        evaluate_image_dir=str(own_sample / "validation"),
+        extension="jpg",
+        class_names=CLASSES,
+        input_tensor_size=32,
+        preprocessing=Preprocessing(),
+        out_dir=tmp_path,
+        progress=False,
     )
-    skipped = {s["file"].rsplit("/", 1)[-1]: s["reason"] for s in result["skipped"]}
+    skipped = {s.file.rsplit("/", 1)[-1]: s.reason for s in result.skipped}
     assert {"corrupt.jpg", "really_a_png.jpg", "empty.jpg"} <= set(skipped)
     assert "is a PNG file named .jpg" in skipped["really_a_png.jpg"]
     assert "Thumbs.db" not in skipped and "._digit.jpg" not in skipped  # junk is ignored, not counted
-    labels = np.load(result["labels_path"])
+    labels = np.load(result.labels_path)
     assert (labels == 3).sum() == before + 2 + ("truncated.jpg" not in skipped)  # grey and CMYK are decoded
-    assert len(np.load(result["images_path"])) == result["image_count"] == len(labels)
+    assert len(np.load(result.images_path)) == result.image_count == len(labels)
 
 
+@pytest.mark.slow
 def test_the_calibration_skips_undecodable_files_and_still_fills_every_batch(own_sample, tmp_path):
     folder = own_sample / "training" / "5"
     bad = add_bad_files(folder)
     result = load_calibration_set(
-        str(own_sample / "training"), 32, 50, 20, Preprocessing(), seed=0, out_dir=tmp_path, progress=False
+        dataset_image_dir=str(own_sample / "training"),
+        input_tensor_size=32,
+        batch_size=50,
+        iteration_count=20,
+        preprocessing=Preprocessing(),
+        seed=0,
+        out_dir=tmp_path,
+        progress=False,
     )
-    assert np.load(result["path"]).shape == (1000, 32, 32, 3)
-    assert {s["file"].rsplit("/", 1)[-1] for s in result["skipped"]} >= bad
+    assert np.load(result.path).shape == (1000, 32, 32, 3)
+    assert {s.file.rsplit("/", 1)[-1] for s in result.skipped} >= bad
 
 
 def test_a_folder_of_only_bad_files_is_an_input_error(tmp_path):
@@ -57,7 +72,16 @@ def test_a_folder_of_only_bad_files_is_an_input_error(tmp_path):
     add_bad_files_only = tmp_path / "a" / "broken.jpg"
     add_bad_files_only.write_bytes(b"nope")
     with pytest.raises(InputError, match="none of the 1 JPEG files .* can be decoded"):
-        load_calibration_set(str(tmp_path), 8, 1, 1, Preprocessing(), seed=0, out_dir=tmp_path, progress=False)
+        load_calibration_set(
+            dataset_image_dir=str(tmp_path),
+            input_tensor_size=8,
+            batch_size=1,
+            iteration_count=1,
+            preprocessing=Preprocessing(),
+            seed=0,
+            out_dir=tmp_path,
+            progress=False,
+        )
 
 
 def test_an_oversized_image_is_refused_before_decoding(tmp_path, monkeypatch):

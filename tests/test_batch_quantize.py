@@ -7,23 +7,23 @@ import pytest
 from core.errors import InputError
 from flows.batch_quantize import batch_quantize, main
 from tasks.list_configurations import list_configurations
-from tests.conftest import sdk_config, write_config
+from tests.helpers import sdk_config, write_config
 
 
 def test_configurations_are_found_one_folder_per_model_sorted_without_duplicates(tmp_path):
     b = write_config(tmp_path / "b" / "configuration.json", {})
     a = write_config(tmp_path / "a" / "configuration.json", {})
     (tmp_path / "a" / "notes.json").write_text("{}")
-    assert list_configurations(str(tmp_path), [str(b)]) == [str(a), str(b)]
+    assert list_configurations(config_dir=str(tmp_path), config_paths=[str(b)]) == [str(a), str(b)]
 
 
 def test_a_folder_without_configurations_is_named_with_the_fix(tmp_path):
     with pytest.raises(
         InputError, match=r"config_dir .*: no configuration.json anywhere below .*; add one folder per model"
     ):
-        list_configurations(str(tmp_path))
+        list_configurations(config_dir=str(tmp_path))
     with pytest.raises(InputError, match="no configurations given"):
-        list_configurations(None, [])
+        list_configurations(config_dir=None, config_paths=[])
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,7 @@ def batch(prefect_harness, sample_dir, tmp_path_factory):
     return root, state
 
 
+@pytest.mark.slow
 def test_one_bad_configuration_fails_alone_and_the_others_finish(batch):
     root, state = batch
     assert state.is_failed()
@@ -45,6 +46,7 @@ def test_one_bad_configuration_fails_alone_and_the_others_finish(batch):
     assert not (root / "broken" / "results").exists()
 
 
+@pytest.mark.slow
 def test_each_configuration_ran_as_its_own_subflow(batch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
@@ -59,6 +61,7 @@ def test_each_configuration_ran_as_its_own_subflow(batch):
     assert sorted(run.state.name for run in children) == ["Completed", "Failed"]
 
 
+@pytest.mark.slow
 def test_the_summary_artifact_lists_every_model_with_its_status_accuracies_and_sizes(batch):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -76,6 +79,7 @@ def test_the_summary_artifact_lists_every_model_with_its_status_accuracies_and_s
     assert rows["broken"]["status"] == "failed" and "key 'batch_size' has value '10'" in rows["broken"]["error"]
 
 
+@pytest.mark.slow
 def test_the_batch_command_prints_the_summary_and_exits_1_when_one_failed(batch, capsys):
     root, _ = batch
     assert main([str(root / "configs")]) == 1

@@ -10,8 +10,7 @@ from core.recommend import recommend
 from tasks.compile_for_ethos_u import compile_for_ethos_u
 from tasks.compile_for_imx500 import compile_for_imx500, find_converter, parse_memory_report
 from tasks.record_results import require_imx500_fit
-from tests.conftest import sdk_config, write_config
-from tests.test_quantize_evaluate_flow import run, task_states
+from tests.helpers import run, sdk_config, task_states, write_config
 
 pytestmark = pytest.mark.skipif(
     find_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500"
@@ -29,6 +28,8 @@ def hardware_run(prefect_harness, sample_dir, tmp_path_factory):
     return config_path, out, json.loads((out / "results" / "results.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_the_imx500_conversion_writes_the_packager_input_and_a_memory_report_that_fits(hardware_run):
     _, out, results = hardware_run
     folder = out / "models" / "imx500"
@@ -41,6 +42,8 @@ def test_the_imx500_conversion_writes_the_packager_input_and_a_memory_report_tha
     assert next(m for m in results["models"] if m["model"] == "tflite_quantized")["imx500"]["fits"] is True
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_run):
     _, out, results = hardware_run
     ethos_u = next(m for m in results["models"] if m["model"] == "tflite_full_int8")["ethos_u"]
@@ -55,19 +58,27 @@ def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_
     }
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
     _, out, _ = hardware_run
-    result = compile_for_ethos_u(str(out / "models" / "model.tflite"), "float32", "ethos-u55-128", tmp_path)
-    assert result["compiled"] is False and result["reason"].startswith("not for Ethos-U: needs a full-integer model")
+    result = compile_for_ethos_u(
+        model_path=str(out / "models" / "model.tflite"), variant="float32", accelerator="ethos-u55-128", out_dir=tmp_path
+    )
+    assert result.compiled is False and result.reason.startswith("not for Ethos-U: needs a full-integer model")
     assert list(tmp_path.iterdir()) == []  # Vela never ran
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_a_rerun_does_not_call_the_compilers_again(hardware_run):
     config_path, _, _ = hardware_run
     states = task_states(run(config_path), expected=19)
     assert states["compile-for-imx500"] == "Cached" and states["compile-for-ethos-u-full_int8"] == "Cached", states
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_a_target_device_restricts_the_recommendation(hardware_run):
     _, _, results = hardware_run
     assert recommend(results["models"], 0.05, "size", "imx500")["chosen"] == "tflite_quantized"
@@ -77,8 +88,8 @@ def test_a_target_device_restricts_the_recommendation(hardware_run):
 
 
 def test_without_the_converter_the_step_is_skipped_with_how_to_install_it(tmp_path):
-    result = compile_for_imx500("model_quantized.keras", tmp_path, converter=None)
-    assert result["skipped"] and "make imx500" in result["reason"] and "IMX500_CONVERTER" in result["reason"]
+    result = compile_for_imx500(quantized_keras_path="model_quantized.keras", out_dir=tmp_path, converter=None)
+    assert result.skipped and "make imx500" in result.reason and "IMX500_CONVERTER" in result.reason
 
 
 def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_path):

@@ -38,29 +38,30 @@ def test_a_batch_of_the_wrong_shape_is_refused(tmp_path):
         writer.append(np.zeros((1, 3, 3, 3)))
 
 
+@pytest.mark.slow
 def test_decoding_in_small_chunks_gives_the_same_set_as_in_one(sample_dir, tmp_path):
     classes = [str(d) for d in range(10)]
     one = load_evaluation_set(
-        str(sample_dir / "validation"),
-        "jpg",
-        classes,
-        32,
-        Preprocessing(),
-        tmp_path / "one",
+        evaluate_image_dir=str(sample_dir / "validation"),
+        extension="jpg",
+        class_names=classes,
+        input_tensor_size=32,
+        preprocessing=Preprocessing(),
+        out_dir=tmp_path / "one",
         progress=False,
         chunk_size=10_000,
     )
     small = load_evaluation_set(
-        str(sample_dir / "validation"),
-        "jpg",
-        classes,
-        32,
-        Preprocessing(),
-        tmp_path / "small",
+        evaluate_image_dir=str(sample_dir / "validation"),
+        extension="jpg",
+        class_names=classes,
+        input_tensor_size=32,
+        preprocessing=Preprocessing(),
+        out_dir=tmp_path / "small",
         progress=False,
         chunk_size=7,
     )
-    assert np.array_equal(np.load(one["images_path"]), np.load(small["images_path"]))
+    assert np.array_equal(np.load(one.images_path), np.load(small.images_path))
     assert (
         np.array_equal(np.load(one["labels_path"]), np.load(small["labels_path"]))
         and one["image_count"] == small["image_count"] == 120

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.records import BuiltModel, UnsupportedVariant
 from core.variants import PROMISES, Promise, VariantMismatch, check_variant
 from tasks.convert_to_tflite import convert_to_tflite
-from tests.conftest import sdk_config, write_config
-from tests.test_quantize_evaluate_flow import run, task_states
+from tests.helpers import run, sdk_config, task_states, write_config
 
 DEFAULT_FILES = [
     "model.tflite",
@@ -40,6 +40,8 @@ def default_run(prefect_harness, sample_dir, tmp_path_factory):
     return config_path, config, out, json.loads((out / "results" / "results.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_the_default_set_builds_every_converter_variant_and_mct_ptq_with_self_explaining_names(default_run):
     _, _, out, results = default_run
     assert sorted(p.name for p in (out / "models").iterdir()) == sorted(DEFAULT_FILES)
@@ -57,6 +59,8 @@ def test_the_default_set_builds_every_converter_variant_and_mct_ptq_with_self_ex
     }
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_each_exported_model_has_the_dtypes_its_variant_promises(default_run):
     _, _, out, results = default_run
     for m in results["models"]:
@@ -68,11 +72,16 @@ def test_each_exported_model_has_the_dtypes_its_variant_promises(default_run):
     assert uint8["input_quantization"][0] > 0  # a uint8 input with its own scale, not raw pixels
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_a_model_that_breaks_its_promise_is_refused_naming_the_variant(default_run):
     _, _, out, _ = default_run
     with pytest.raises(
         VariantMismatch,
-        match=r"variant 'full_uint8' .* model\.tflite .*input is float32, expected uint8; output is float32, expected uint8",
+        match=(
+            r"variant 'full_uint8' .* model\.tflite "
+            r".*input is float32, expected uint8; output is float32, expected uint8"
+        ),
     ):
         check_variant(out / "models" / "model.tflite", "full_uint8")
     with pytest.raises(VariantMismatch, match="no float16 tensor inside"):
@@ -81,6 +90,8 @@ def test_a_model_that_breaks_its_promise_is_refused_naming_the_variant(default_r
         )
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_every_model_is_judged_on_the_same_images_with_top_5_confusion_matrix_agreement_and_latency(default_run):
     _, _, _, results = default_run
     for m in results["models"]:
@@ -96,6 +107,8 @@ def test_every_model_is_judged_on_the_same_images_with_top_5_confusion_matrix_ag
     assert keras["agreement_with_keras"] == 1.0 and keras["top_1_change_vs_keras"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_the_recommendation_is_the_smallest_tflite_model_within_the_budget(default_run):
     _, _, _, results = default_run
     choice = results["recommendation"]
@@ -107,6 +120,8 @@ def test_the_recommendation_is_the_smallest_tflite_model_within_the_budget(defau
     assert len(choice["rejected"]) == sum(m["file"].endswith(".tflite") for m in results["models"]) - 1
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_the_comparison_is_saved_as_csv_and_an_html_report(default_run):
     _, _, out, results = default_run
     table = pd.read_csv(out / "results" / "results.csv")
@@ -119,6 +134,8 @@ def test_the_comparison_is_saved_as_csv_and_an_html_report(default_run):
     assert results["recommendation"]["chosen"] in report
 
 
+@pytest.mark.slow
+@pytest.mark.hardware
 def test_adding_variants_to_a_finished_run_costs_only_those_variants(default_run):
     config_path, config, out, _ = default_run
     write_config(config_path, {**config, "variants": list(PROMISES), "gptq_epochs": 1})  # + GPTQ and mixed precision
@@ -159,11 +176,15 @@ def test_a_variant_the_converter_cannot_make_is_reported_as_unsupported_instead_
     tf.keras.Model(inputs, outputs).save(tmp_path / "elu.h5")
     np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 8, 8, 3), np.float32))
 
-    result = convert_to_tflite(str(tmp_path / "elu.h5"), "int16x8", tmp_path, str(tmp_path / "calibration.npy"))
-    assert result["path"] is None and "ELU" in result["unsupported"]
-    assert (
-        convert_to_tflite(str(tmp_path / "elu.h5"), "full_int8", tmp_path, str(tmp_path / "calibration.npy"))[
-            "input_dtype"
-        ]
-        == "int8"
-    )
+    def convert(variant: str):
+        return convert_to_tflite(
+            model_path=str(tmp_path / "elu.h5"),
+            variant=variant,
+            out_dir=tmp_path,
+            calibration_path=str(tmp_path / "calibration.npy"),
+        )
+
+    unsupported = convert("int16x8")
+    assert isinstance(unsupported, UnsupportedVariant) and "ELU" in unsupported.reason
+    built = convert("full_int8")
+    assert isinstance(built, BuiltModel) and built.facts.input_dtype == "int8"

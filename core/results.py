@@ -1,0 +1,209 @@
+"""Building a run's results from its steps' records: a pure function of them (and of the files' sizes).
+
+The result is results.json's content (the SDK's four Top-1 keys first, then the details) and the plan of
+what to publish where; `tasks.record_results` carries the plan out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.metrics import agreement, per_class_accuracy
+from core.recommend import recommend
+from core.records import (
+    BuiltModel,
+    CalibrationSet,
+    EthosUReport,
+    Evaluation,
+    EvaluationSet,
+    HardwareReports,
+    Latency,
+    UnsupportedVariant,
+    ValidatedConfig,
+)
+from core.variants import (
+    IMX500_VARIANT,
+    KERAS_DESCRIPTIONS,
+    PROMISES,
+    QUANTIZED_KERAS_FILE,
+    SDK_MODELS,
+    model_id,
+    variant_file_name,
+    vela_file_name,
+)
+
+EDGE_TPU = "not supported: the Edge TPU compiler is not installable from the package registries this project uses"
+
+
+@dataclass(frozen=True)
+class PublicationPlan:
+    """Where each file a run made goes. Paths are final: results.json names the destinations."""
+
+    output_dir: Path
+    result_dir: Path
+    files: list[tuple[Path, Path]] = field(default_factory=list)  # (source, destination)
+    imx500_folder: tuple[Path, Path] | None = None  # the converter's output folder, published whole
+
+    def kept_file_names(self) -> set[str]:
+        """The names in output_dir this run publishes: other outputs of ours there are stale."""
+        return {destination.name for _, destination in self.files if destination.parent == self.output_dir}
+
+
+def size_bytes(path: str | Path) -> int:
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def model_row(
+    *,
+    name: str,
+    description: str,
+    published: str,
+    source: str,
+    evaluation: Evaluation,
+    latency: Latency,
+    reference: list[int],
+    class_names: list[str],
+    built: BuiltModel | None,
+) -> dict[str, Any]:
+    matrix = np.asarray(evaluation.confusion_matrix)
+    return {
+        "model": name,
+        "variant": built.variant if built else None,
+        "description": description,
+        "file": published,
+        "file_size_bytes": size_bytes(source),
+        "top_1_accuracy": evaluation.top_1_accuracy,
+        "top_5_accuracy": evaluation.top_5_accuracy,
+        "top_1_change_vs_keras": None,  # filled in once the baseline is known
+        "agreement_with_keras": agreement(evaluation.predicted, reference),
+        "correct": evaluation.correct,
+        "image_count": evaluation.image_count,
+        "per_class_accuracy": per_class_accuracy(matrix, class_names),
+        "confusion_matrix": evaluation.confusion_matrix,
+        "latency_ms": latency.as_results(),
+        "input_dtype": built.facts.input_dtype if built else "float32",
+        "output_dtype": built.facts.output_dtype if built else "float32",
+        "input_quantization": list(built.facts.input_quantization) if built else None,
+        "evaluation_seconds": evaluation.seconds,
+    }
+
+
+def build_results(
+    *,
+    validated: ValidatedConfig,
+    calibration: CalibrationSet,
+    built: list[BuiltModel],
+    unsupported: list[UnsupportedVariant],
+    evaluation_set: EvaluationSet,
+    evaluations: dict[str, Evaluation],
+    latencies: dict[str, Latency],
+    hardware: HardwareReports,
+) -> tuple[dict[str, Any], PublicationPlan]:
+    """results.json's content and what to publish; `evaluations` and `latencies` by model name."""
+    config = validated.config
+    output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
+    tflite_models = {model_id(b.variant, config.float_tflite): b for b in built}
+    ptq = tflite_models["tflite_quantized"].quantization
+    assert ptq is not None, "the MCT PTQ model is always built"
+    sources = {"keras": config.source_keras_model, "keras_quantized": ptq.path}
+    published = {"keras": config.source_keras_model, "keras_quantized": str(output_dir / QUANTIZED_KERAS_FILE)}
+    descriptions = dict(KERAS_DESCRIPTIONS)
+    for name, model in tflite_models.items():
+        sources[name] = model.path
+        published[name] = str(output_dir / variant_file_name(model.variant, config.float_tflite))
+        descriptions[name] = PROMISES[model.variant].description
+    order = list(SDK_MODELS) + [n for n in tflite_models if n not in SDK_MODELS]
+    reference = evaluations["keras"].predicted
+    models = [
+        model_row(
+            name=name,
+            description=descriptions[name],
+            published=published[name],
+            source=sources[name],
+            evaluation=evaluations[name],
+            latency=latencies[name],
+            reference=reference,
+            class_names=validated.class_names,
+            built=tflite_models.get(name),
+        )
+        for name in order
+    ]
+    files = [(Path(sources[name]), Path(published[name])) for name in order if name != "keras"]
+    baseline = evaluations["keras"].top_1_accuracy
+    for m in models:
+        m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - baseline, 6)
+        if m["model"].startswith("tflite"):
+            m["ethos_u"], vela_file = _ethos_u(m, hardware.ethos_u.get(m["model"]), output_dir)
+            files += [vela_file] if vela_file else []
+    imx500, imx500_folder = _imx500(hardware, output_dir)
+    if imx500:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
+        next(m for m in models if m["model"] == model_id(IMX500_VARIANT, config.float_tflite))["imx500"] = imx500
+    plan = PublicationPlan(output_dir=output_dir, result_dir=result_dir, files=files, imx500_folder=imx500_folder)
+    results: dict[str, Any] = {f"top_1_accuracy_{name}": evaluations[name].top_1_accuracy for name in SDK_MODELS}
+    results.update(
+        {
+            "image_count": evaluations["keras"].image_count,
+            "class_count": len(validated.class_names),
+            "class_names": validated.class_names,
+            "recommendation": recommend(models, config.max_accuracy_drop, config.objective, config.target_device),
+            "models": models,
+            "float_tflite": config.float_tflite,
+            "quantization": {
+                k: getattr(ptq, k) for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")
+            },
+            "unsupported_variants": {model_id(u.variant, config.float_tflite): u.reason for u in unsupported},
+            "mct_variants": {name: b.quantization.details() for name, b in tflite_models.items() if b.quantization},
+            "calibration": calibration.model_dump(
+                include={"batch_size", "iteration_count", "images_found", "images_used", "seed"}
+            ),
+            "preprocessing": config.preprocessing.model_dump(),
+            "labels_without_folder": validated.labels_without_folder,
+            "skipped_images": {
+                "calibration_count": len(calibration.skipped),
+                "evaluation_count": len(evaluation_set.skipped),
+                "files": [s.model_dump() for s in calibration.skipped + evaluation_set.skipped],
+            },
+            "latency_machine": latencies["keras"].machine,
+            "hardware": {"imx500": imx500, "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
+            "report": str(result_dir / "report.html"),
+            "configuration": validated.source,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+    )
+    return results, plan
+
+
+def _ethos_u(
+    model: dict[str, Any], report: EthosUReport | None, output_dir: Path
+) -> tuple[dict[str, Any], tuple[Path, Path] | None]:
+    """Vela's verdict on the model, and the Vela model to publish beside it when it compiled."""
+    if report is None:
+        return EthosUReport.declined(model["variant"]).as_results(), None
+    found = report.as_results()
+    if not report.compiled or report.vela_model is None:
+        return found, None
+    destination = output_dir / vela_file_name(model["file"])
+    found["vela_model"] = str(destination)
+    return found, (Path(report.vela_model), destination)
+
+
+def _imx500(hardware: HardwareReports, output_dir: Path) -> tuple[dict[str, Any] | None, tuple[Path, Path] | None]:
+    """The IMX500 converter's verdict, and its folder to publish as output_dir/imx500 when it ran."""
+    report = hardware.imx500
+    if report is None:
+        return None, None
+    found = report.as_results()
+    if report.skipped or report.folder is None:
+        return found, None
+    folder = output_dir / "imx500"
+    for key in ("memory_report", "packer_out", "dnn_params"):
+        if key in found:
+            found[key] = str(folder / Path(found[key]).name)
+    found["folder"] = str(folder)
+    return found, (Path(report.folder), folder)

@@ -1,5 +1,6 @@
 # `make demo`: set up .venv from requirements.txt, build the sample, run the flow on it.
-# `make test`: set up .venv and run the test suite.
+# `make test`: set up .venv and run the test suite (`make test-fast`: only the quick tier).
+# `make lint`: format check, lint and type check (`make format` rewrites the files).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,11 +8,14 @@ IMX500_VENV := .venv-imx500
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup imx500 sample demo test benchmark server stop clean help
+.PHONY: setup imx500 sample demo test test-fast lint format benchmark server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
 	@echo "make test   set up .venv and run the tests"
+	@echo "make test-fast  run only the quick tests (no sample, flow, server, cluster or device compiler; under a minute)"
+	@echo "make lint   check formatting (ruff format --check), lint (ruff check) and types (mypy)"
+	@echo "make format reformat and apply ruff's safe fixes"
 	@echo "make benchmark  measure throughput, cache, overhead and memory against baselines (several minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
@@ -43,6 +47,19 @@ demo: sample imx500
 
 test: setup imx500
 	$(BIN)/python -m pytest
+
+# The quick tier: the markers are declared in pyproject.toml.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not server and not dask and not hardware"
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 benchmark: sample
 	$(BIN)/python -m benchmarks.run_benchmarks

@@ -36,7 +36,10 @@ def describe_machine() -> str:
         ),
         platform.processor(),
     )
-    return f"{os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores ({model}), {memory_gib:.0f} GiB, "
+        f"Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def flow_run_figures(state) -> dict:
@@ -49,16 +52,17 @@ def flow_run_figures(state) -> dict:
         run = client.read_flow_run(flow_run_id)
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
     intervals = sorted((t.start_time, t.end_time) for t in tasks if t.start_time and t.end_time)
-    busy, current_start, current_end = 0.0, None, None
-    for start, end in intervals:  # length of the union of the task intervals
-        if current_end is None or start > current_end:
-            if current_end is not None:
+    busy = 0.0
+    if intervals:  # length of the union of the task intervals
+        current_start, current_end = intervals[0]
+        for start, end in intervals[1:]:
+            if start > current_end:
                 busy += (current_end - current_start).total_seconds()
-            current_start, current_end = start, end
-        else:
-            current_end = max(current_end, end)
-    if current_end is not None:
+                current_start, current_end = start, end
+            else:
+                current_end = max(current_end, end)
         busy += (current_end - current_start).total_seconds()
+    assert run.start_time and run.end_time, f"flow run {flow_run_id} has not finished"
     wall = (run.end_time - run.start_time).total_seconds()
     return {"flow_seconds": wall, "steps_busy_seconds": busy, "task_runs": len(tasks)}
 
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     # Start the ephemeral Prefect API and TensorFlow before timing anything.
     from prefect import flow
 
-    flow(lambda: None, name="warm-up")()
+    flow(name="warm-up")(lambda: None)()
 
     print("\n[2] cold run of the whole flow, then a rerun served from the cache", flush=True)
     cold_seconds, cold_state = timed_flow(config_path)
@@ -152,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     figures["cold_seconds"], figures["cached_seconds"] = round(cold_seconds, 2), round(cached_seconds, 2)
     figures["cached_share_of_cold"] = round(cached_seconds / cold_seconds, 4)
     print(
-        f"    cold {cold_seconds:.1f} s, cached {cached_seconds:.1f} s: the rerun takes {100 * cached_seconds / cold_seconds:.1f}% of the cold run (target < 15%)"
+        f"    cold {cold_seconds:.1f} s, cached {cached_seconds:.1f} s: "
+        f"the rerun takes {100 * cached_seconds / cold_seconds:.1f}% of the cold run (target < 15%)"
     )
 
     print("\n[3] orchestration overhead of the cold run", flush=True)
@@ -164,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         "overhead_share": round(overhead / run["flow_seconds"], 4),
     }
     print(
-        f"    flow {run['flow_seconds']:.2f} s, at least one of {run['task_runs']} steps running for {run['steps_busy_seconds']:.2f} s: "
+        f"    flow {run['flow_seconds']:.2f} s, "
+        f"at least one of {run['task_runs']} steps running for {run['steps_busy_seconds']:.2f} s: "
         f"overhead {overhead:.2f} s = {100 * overhead / run['flow_seconds']:.1f}% (target < 10%)"
     )
 
@@ -193,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         figures["throughput"].append(row)
         print(
-            f"    {name}: project {row['project_images_per_s']} images/s, notebook {row['notebook_images_per_s']} images/s: {row['speedup']}x (target >= 3x)"
+            f"    {name}: project {row['project_images_per_s']} images/s, "
+            f"notebook {row['notebook_images_per_s']} images/s: {row['speedup']}x (target >= 3x)"
         )
 
     print(f"\n[4] peak resident memory of the evaluation, 1000 and {args.large} images (fresh processes)", flush=True)
@@ -216,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         "large_set_decoded_mib": round(decoded_mib, 1),
     }
     print(
-        f"    process peak: {small['images']} images {small['peak_rss_mib']} MiB, {large['images']} images {large['peak_rss_mib']} MiB: growth {100 * growth:.1f}% (target < 20%)"
+        f"    process peak: {small['images']} images {small['peak_rss_mib']} MiB, "
+        f"{large['images']} images {large['peak_rss_mib']} MiB: growth {100 * growth:.1f}% (target < 20%)"
     )
     print(
-        f"    evaluation's own peak above the process before it: {small['evaluation_peak_mib']} MiB and {large['evaluation_peak_mib']} MiB: "
+        f"    evaluation's own peak above the process before it: "
+        f"{small['evaluation_peak_mib']} MiB and {large['evaluation_peak_mib']} MiB: "
         f"growth {100 * evaluation_growth:.1f}% (the {large['images']} images are {decoded_mib:.0f} MiB decoded)"
     )
 

@@ -62,7 +62,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 
 
 def outcome_of(config_path: str, future) -> dict[str, Any]:
-    """A configuration's outcome from a worker's future, even when the worker died before Prefect could record a state."""
+    """A configuration's outcome from a worker's future, even when the worker died before Prefect could
+    record a state."""
     try:
         return future.result()
     except Exception as exc:

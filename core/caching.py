@@ -13,9 +13,10 @@ import functools
 import hashlib
 import inspect
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
@@ -64,7 +65,9 @@ class ContentCachePolicy(CachePolicy):
                 items = value if isinstance(value, (list, tuple)) else [value]
                 # A record with a `path` (core.records) counts by its file's content and its other fields.
                 parts[name] = [
-                    [hash_path(item.path), item.model_dump(exclude={"path"})] if hasattr(item, "path") else hash_path(item)
+                    [hash_path(item.path), item.model_dump(exclude={"path"})]
+                    if hasattr(item, "path")
+                    else hash_path(item)
                     for item in items
                 ]
             else:

@@ -24,6 +24,6 @@ def per_class_accuracy(matrix: np.ndarray, class_names: list[str]) -> dict[str, 
     return {name: (float(matrix[i, i] / totals[i]) if totals[i] else None) for i, name in enumerate(class_names)}
 
 
-def agreement(predicted: np.ndarray, reference: np.ndarray) -> float:
+def agreement(predicted: np.ndarray | list[int], reference: np.ndarray | list[int]) -> float:
     """Share of images on which two models predict the same class."""
     return float(np.mean(np.asarray(predicted) == np.asarray(reference))) if len(reference) else 1.0

@@ -91,7 +91,10 @@ def recommend(
             for m in candidates
         ]
         where = f" that {target_device} can take" if target_device else ""
-        reason = f"no TFLite model{where} stays within a Top-1 drop of {max_accuracy_drop:.4f} of the float Keras model ({baseline:.4f})"
+        reason = (
+            f"no TFLite model{where} stays within a Top-1 drop of {max_accuracy_drop:.4f} "
+            f"of the float Keras model ({baseline:.4f})"
+        )
         if closest:
             reason += f"; the closest is {closest['model']} (drop {drop[closest['model']]:.4f})"
         return {
@@ -111,8 +114,10 @@ def recommend(
     if target_device:
         word += f" that {target_device} can take"
     reason = (
-        f"{chosen['model']} is the {word} TFLite model ({_describe(chosen, objective)}) whose Top-1 {chosen['top_1_accuracy']:.4f} "
-        f"stays within {max_accuracy_drop:.4f} of the float Keras model's {baseline:.4f} (drop {drop[chosen['model']]:.4f})"
+        f"{chosen['model']} is the {word} TFLite model ({_describe(chosen, objective)}) whose Top-1 "
+        f"{chosen['top_1_accuracy']:.4f} "
+        f"stays within {max_accuracy_drop:.4f} of the float Keras model's {baseline:.4f} (drop "
+        f"{drop[chosen['model']]:.4f})"
     )
     rejected = []
     for m in candidates:
@@ -121,7 +126,8 @@ def recommend(
         if m in within and npu_first and npu_share(m) < npu_share(chosen):
             why = f"fewer operators on the NPU: {100 * npu_share(m):.0f}% against {100 * npu_share(chosen):.0f}%"
         elif m in within:
-            why = f"{'larger' if objective == 'size' else 'slower'}: {_describe(m, objective)} against {_describe(chosen, objective)}"
+            worse = "larger" if objective == "size" else "slower"
+            why = f"{worse}: {_describe(m, objective)} against {_describe(chosen, objective)}"
         else:
             why = f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"
         rejected.append({"model": m["model"], "top_1_drop": drop[m["model"]], "reason": why})

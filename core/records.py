@@ -254,3 +254,16 @@ class HardwareReports(Record):
 
     imx500: Imx500Report | None = None
     ethos_u: dict[str, EthosUReport] = {}
+
+
+class RunRecords(Record):
+    """Everything a run's steps found, by model name where there is one per model: what the results are built from."""
+
+    validated: ValidatedConfig
+    calibration: CalibrationSet
+    built: list[BuiltModel]
+    unsupported: list[UnsupportedVariant]
+    evaluation_set: EvaluationSet
+    evaluations: dict[str, Evaluation]
+    latencies: dict[str, Latency]
+    hardware: HardwareReports

@@ -15,17 +15,7 @@ import numpy as np
 
 from core.metrics import agreement, per_class_accuracy
 from core.recommend import recommend
-from core.records import (
-    BuiltModel,
-    CalibrationSet,
-    EthosUReport,
-    Evaluation,
-    EvaluationSet,
-    HardwareReports,
-    Latency,
-    UnsupportedVariant,
-    ValidatedConfig,
-)
+from core.records import BuiltModel, EthosUReport, Evaluation, HardwareReports, Latency, RunRecords
 from core.variants import (
     IMX500_VARIANT,
     KERAS_DESCRIPTIONS,
@@ -94,21 +84,13 @@ def model_row(
     }
 
 
-def build_results(
-    *,
-    validated: ValidatedConfig,
-    calibration: CalibrationSet,
-    built: list[BuiltModel],
-    unsupported: list[UnsupportedVariant],
-    evaluation_set: EvaluationSet,
-    evaluations: dict[str, Evaluation],
-    latencies: dict[str, Latency],
-    hardware: HardwareReports,
-) -> tuple[dict[str, Any], PublicationPlan]:
-    """results.json's content and what to publish; `evaluations` and `latencies` by model name."""
+def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
+    """results.json's content and what to publish."""
+    validated, calibration, evaluations, latencies = run.validated, run.calibration, run.evaluations, run.latencies
+    hardware = run.hardware
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
-    tflite_models = {model_id(b.variant, config.float_tflite): b for b in built}
+    tflite_models = {model_id(b.variant, config.float_tflite): b for b in run.built}
     ptq = tflite_models["tflite_quantized"].quantization
     assert ptq is not None, "the MCT PTQ model is always built"
     sources = {"keras": config.source_keras_model, "keras_quantized": ptq.path}
@@ -157,7 +139,7 @@ def build_results(
             "quantization": {
                 k: getattr(ptq, k) for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")
             },
-            "unsupported_variants": {model_id(u.variant, config.float_tflite): u.reason for u in unsupported},
+            "unsupported_variants": {model_id(u.variant, config.float_tflite): u.reason for u in run.unsupported},
             "mct_variants": {name: b.quantization.details() for name, b in tflite_models.items() if b.quantization},
             "calibration": calibration.model_dump(
                 include={"batch_size", "iteration_count", "images_found", "images_used", "seed"}
@@ -166,8 +148,8 @@ def build_results(
             "labels_without_folder": validated.labels_without_folder,
             "skipped_images": {
                 "calibration_count": len(calibration.skipped),
-                "evaluation_count": len(evaluation_set.skipped),
-                "files": [s.model_dump() for s in calibration.skipped + evaluation_set.skipped],
+                "evaluation_count": len(run.evaluation_set.skipped),
+                "files": [s.model_dump() for s in calibration.skipped + run.evaluation_set.skipped],
             },
             "latency_machine": latencies["keras"].machine,
             "hardware": {"imx500": imx500, "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from core.errors import InputError
 
 
@@ -15,4 +17,4 @@ def _retry_unless_input_error(task, task_run, state) -> bool:
     return True
 
 
-RETRY_OPTIONS = dict(retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_input_error)
+RETRY_OPTIONS: dict[str, Any] = dict(retries=1, retry_delay_seconds=2, retry_condition_fn=_retry_unless_input_error)

@@ -9,6 +9,7 @@ parameters, and the tensor types inside. A mismatch is a `VariantMismatch` namin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -102,7 +103,11 @@ _CATALOGUE = (
     VariantSpec("mct_ptq", Promise("MCT PTQ, int8 TFLite", "float32", "float32", "int8"), "mct", mct_method="ptq"),
     # GPTQ and mixed precision are slow: built only when the configuration lists them.
     VariantSpec(
-        "mct_gptq", Promise("MCT GPTQ, int8 TFLite", "float32", "float32", "int8"), "mct", default=False, mct_method="gptq"
+        "mct_gptq",
+        Promise("MCT GPTQ, int8 TFLite", "float32", "float32", "int8"),
+        "mct",
+        default=False,
+        mct_method="gptq",
     ),
     VariantSpec(
         "mct_mixed_precision",
@@ -148,7 +153,7 @@ def is_tflite_model(model_name: str) -> bool:
     return model_name.startswith("tflite")
 
 
-def variants_to_build(requested: list[str] | None, float_tflite: str) -> list[str]:
+def variants_to_build(requested: Sequence[str] | None, float_tflite: str) -> list[str]:
     """The requested variants (default DEFAULT_VARIANTS), always with the SDK's two, in catalogue order."""
     wanted = set(requested if requested is not None else DEFAULT_VARIANTS) | {float_tflite, "mct_ptq"}
     return [v for v in VARIANTS if v in wanted]

@@ -109,7 +109,8 @@ def start(
         running = json.loads(state_file(state_dir).read_text())
         if any(_alive(pid) for pid in running["pids"].values()):
             raise RuntimeError(
-                f"a stack is already running (API {running['api_url']}); stop it first: python -m deployments.local_stack stop"
+                f"a stack is already running (API {running['api_url']}); "
+                "stop it first: python -m deployments.local_stack stop"
             )
     api_url = f"http://{host}:{port}/api"
     # PWD: prefect.yaml's pull step records it as the folder the worker runs flows from.
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         print(
-            f"Prefect UI:  {stack['ui_url']}\nAPI:         export PREFECT_API_URL={stack['api_url']}\nlogs:        {stack['logs']}"
+            f"Prefect UI:  {stack['ui_url']}\n"
+            f"API:         export PREFECT_API_URL={stack['api_url']}\n"
+            f"logs:        {stack['logs']}"
         )
     elif args.action == "stop":
         stopped = stop(args.state_dir)

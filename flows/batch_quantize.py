@@ -30,7 +30,8 @@ from tasks.summarize_batch import summarize_batch_task
 
 @flow(
     name="batch-quantize",
-    description="Quantize and evaluate every configuration in a folder (or a list), one subflow each, with a summary across them.",
+    description="Quantize and evaluate every configuration in a folder (or a list), one subflow each, with a summary "
+    "across them.",
     result_storage=results_storage_dir(),
     validate_parameters=True,
 )
@@ -43,10 +44,12 @@ def batch_quantize(
     """Quantize and evaluate many models.
 
     Args:
-        config_dir: A folder searched for `configuration.json` files (one sub-folder per model); relative to the working directory. Empty to use only config_paths.
+        config_dir: A folder searched for `configuration.json` files (one sub-folder per model); relative to the
+            working directory. Empty to use only config_paths.
         config_paths: Configuration files to run, in addition to those found in config_dir.
         progress: Show progress bars on the terminal.
-        runner: 'threads' runs the configurations one after the other here; a Dask runner gives each worker one configuration at a time.
+        runner: 'threads' runs the configurations one after the other here; a Dask runner gives each worker one
+            configuration at a time.
     """
     paths = list_configurations_task(config_dir=config_dir, config_paths=config_paths)
     if runner.distributed:
@@ -63,7 +66,8 @@ def batch_quantize(
     summary = summarize_batch_task(outcomes=outcomes)
     if summary["failed"]:
         return Failed(
-            message=f"{len(summary['failed'])} of {summary['count']} configurations failed: {', '.join(summary['failed'])}",
+            message=f"{len(summary['failed'])} of {summary['count']} configurations failed: "
+            f"{', '.join(summary['failed'])}",
             data=summary,
         )
     return Completed(message=f"all {summary['count']} configurations completed", data=summary)
@@ -72,9 +76,11 @@ def batch_quantize(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.batch_quantize",
-        description="Run the quantize-and-evaluate flow for every configuration.json below a folder (and for any files given), "
+        description="Run the quantize-and-evaluate flow for every configuration.json below a folder (and for any "
+        "files given), "
         "each as its own subflow, and print a summary table. One failing configuration does not stop the others.",
-        epilog="Exit status: 0 when every configuration completed, 1 when any failed, 2 when no configuration could be found.",
+        epilog="Exit status: 0 when every configuration completed, 1 when any failed, 2 when no configuration could "
+        "be found.",
     )
     parser.add_argument(
         "config_dir",
@@ -99,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             runner=runner_from_arguments(args),
             return_state=True,
         )
-        summary = state.result(raise_on_failure=False)
+        summary = state.result(raise_on_failure=False)  # type: ignore[attr-defined]  # a State: not called async
         if isinstance(summary, Exception):
             raise summary
     except InputError as exc:

@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
-from core.records import BuiltModel, Evaluation, HardwareReports, UnsupportedVariant
+from core.records import BuiltModel, Evaluation, HardwareReports, RunRecords, UnsupportedVariant
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.storage import results_storage_dir
@@ -51,7 +51,7 @@ from tasks.validate_config import validate_config_task
         "Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant "
         "and recommend one within an accuracy budget."
     ),
-    task_runner=ThreadPoolTaskRunner(max_workers=4),
+    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect's own generic
     result_storage=results_storage_dir(),
     validate_parameters=True,
 )
@@ -92,7 +92,9 @@ def quantize_evaluate(
         )
 
     # Float conversions need no calibration: they start while the calibration set loads.
-    converting = [convert(v, None) for v in variants if VARIANTS[v].builder == "converter" and not VARIANTS[v].calibrated]
+    converting = [
+        convert(v, None) for v in variants if VARIANTS[v].builder == "converter" and not VARIANTS[v].calibrated
+    ]
     calibration = load_calibration_set_task(
         dataset_image_dir=c.dataset_image_dir,
         input_tensor_size=c.input_tensor_size,
@@ -193,14 +195,16 @@ def quantize_evaluate(
         for name in evaluated
     }
     return record_results_task(
-        validated=validated,
-        calibration=calibration,
-        built=built,
-        unsupported=unsupported,
-        evaluation_set=evaluation_set,
-        evaluations=evaluated,
-        latencies=latencies,
-        hardware=hardware,
+        run=RunRecords(
+            validated=validated,
+            calibration=calibration,
+            built=built,
+            unsupported=unsupported,
+            evaluation_set=evaluation_set,
+            evaluations=evaluated,
+            latencies=latencies,
+            hardware=hardware,
+        )
     )
 
 
@@ -216,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
             "PREFECT_API_URL points at."
         ),
         epilog=(
-            "Outputs: OUTPUT_DIR/model.tflite, model_quantized.tflite, model_quantized.keras and model_<variant>.tflite; "
-            "EVALUATE_RESULT_DIR/results.json, results.csv and report.html. Exit status: 0 on success, 2 for a problem with the "
+            "Outputs: OUTPUT_DIR/model.tflite, model_quantized.tflite, model_quantized.keras and "
+            "model_<variant>.tflite; "
+            "EVALUATE_RESULT_DIR/results.json, results.csv and report.html. Exit status: 0 on success, 2 for a "
+            "problem with the "
             "input (configuration, images, labels, model), 1 for any other failure. The configuration keys are "
             "described in README.md."
         ),

@@ -36,9 +36,10 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
     if variant == "float16":
         converter.target_spec.supported_types = [tf.float16]
     if VARIANTS[variant].calibrated:
-        converter.representative_dataset = lambda: (
-            [calibration[i : i + 1].astype(np.float32)] for i in range(len(calibration))
-        )
+        if calibration is None:
+            raise ValueError(f"variant {variant!r} calibrates: give the calibration images")
+        images = calibration
+        converter.representative_dataset = lambda: ([images[i : i + 1].astype(np.float32)] for i in range(len(images)))
     if VARIANTS[variant].full_integer:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.as_dtype(VARIANTS[variant].promise.input_dtype)
@@ -68,7 +69,7 @@ def convert_to_tflite(
     if spec.calibrated and calibration_path is None:
         raise ValueError(f"variant {variant!r} calibrates: give calibration_path")
     model = load_keras_model(model_path, allow_unsafe_code)
-    calibration = np.load(calibration_path, mmap_mode="r") if spec.calibrated else None
+    calibration = np.load(calibration_path, mmap_mode="r") if calibration_path and spec.calibrated else None
     try:
         with CONVERTER_LOCK:
             converter = tf.lite.TFLiteConverter.from_keras_model(model)

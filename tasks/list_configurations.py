@@ -19,17 +19,20 @@ def list_configurations(*, config_dir: str | None = None, config_paths: list[str
         folder = Path(config_dir)
         if not folder.is_dir():
             raise InputError(
-                f"config_dir {config_dir!r} ({folder.resolve()}) is not a folder; expected a folder holding <model>/{CONFIG_FILE_NAME} files"
+                f"config_dir {config_dir!r} ({folder.resolve()}) is not a folder; expected a folder holding "
+                f"<model>/{CONFIG_FILE_NAME} files"
             )
         below = sorted(folder.rglob(CONFIG_FILE_NAME))
         if not below:
             raise InputError(
-                f"config_dir {config_dir!r}: no {CONFIG_FILE_NAME} anywhere below {folder.resolve()}; add one folder per model"
+                f"config_dir {config_dir!r}: no {CONFIG_FILE_NAME} anywhere below {folder.resolve()}; add one folder "
+                "per model"
             )
         found += below
     if not found:
         raise InputError(
-            "no configurations given: set config_dir (a folder of <model>/configuration.json) or config_paths (a list of files)"
+            "no configurations given: set config_dir (a folder of <model>/configuration.json) or config_paths (a "
+            "list of files)"
         )
     missing = [str(p) for p in found if not p.is_file()]
     if missing:

@@ -64,7 +64,8 @@ def load_calibration_set(
             bar.update(1)
     if not decoded:
         raise InputError(
-            f"none of the {len(files)} JPEG files below {dataset_image_dir} can be decoded; first problem: {next(iter(skipped.values()))}"
+            f"none of the {len(files)} JPEG files below {dataset_image_dir} can be decoded; first problem: "
+            f"{next(iter(skipped.values()))}"
         )
     chosen = (chosen * -(-needed // len(chosen)))[:needed]  # only when nearly every file was bad
     images = np.stack([decoded[i] for i in chosen])

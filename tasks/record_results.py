@@ -22,16 +22,7 @@ from core.config import QuantizeConfig
 from core.errors import InputError
 from core.files import atomic_copy, atomic_copy_tree, atomic_write_json, atomic_write_text
 from core.locking import locked_folders
-from core.records import (
-    BuiltModel,
-    CalibrationSet,
-    Evaluation,
-    EvaluationSet,
-    HardwareReports,
-    Latency,
-    UnsupportedVariant,
-    ValidatedConfig,
-)
+from core.records import RunRecords
 from core.report import html_report
 from core.results import PublicationPlan, build_results
 from core.results_text import artifact_key, format_table, results_table, summary_markdown
@@ -54,29 +45,9 @@ def publish(results: dict[str, Any], plan: PublicationPlan, report_html: str, lo
         atomic_write_text(plan.result_dir / "report.html", report_html)
 
 
-def record_results(
-    *,
-    validated: ValidatedConfig,
-    calibration: CalibrationSet,
-    built: list[BuiltModel],
-    unsupported: list[UnsupportedVariant],
-    evaluation_set: EvaluationSet,
-    evaluations: dict[str, Evaluation],
-    latencies: dict[str, Latency],
-    hardware: HardwareReports,
-    lock_timeout: float = 120.0,
-) -> dict[str, Any]:
-    """Build the results and publish them with the models; `evaluations` and `latencies` by model name."""
-    results, plan = build_results(
-        validated=validated,
-        calibration=calibration,
-        built=built,
-        unsupported=unsupported,
-        evaluation_set=evaluation_set,
-        evaluations=evaluations,
-        latencies=latencies,
-        hardware=hardware,
-    )
+def record_results(run: RunRecords, lock_timeout: float = 120.0) -> dict[str, Any]:
+    """Build the results and publish them with the models."""
+    results, plan = build_results(run)
     report_html = html_report(results)  # drawn before taking the locks: it is the slow part
     publish(results, plan, report_html, lock_timeout)
     return results
@@ -111,31 +82,13 @@ def require_imx500_fit(config: QuantizeConfig, results: dict[str, Any]) -> None:
 
 
 @task(name="record-results", persist_result=False, **RETRY_OPTIONS)
-def record_results_task(
-    *,
-    validated: ValidatedConfig,
-    calibration: CalibrationSet,
-    built: list[BuiltModel],
-    unsupported: list[UnsupportedVariant],
-    evaluation_set: EvaluationSet,
-    evaluations: dict[str, Evaluation],
-    latencies: dict[str, Latency],
-    hardware: HardwareReports,
-) -> dict[str, Any]:
+def record_results_task(*, run: RunRecords) -> dict[str, Any]:
     """Publish the models and results.json, results.csv, report.html, and record the Prefect artifacts."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
 
-    results = record_results(
-        validated=validated,
-        calibration=calibration,
-        built=built,
-        unsupported=unsupported,
-        evaluation_set=evaluation_set,
-        evaluations=evaluations,
-        latencies=latencies,
-        hardware=hardware,
-    )
+    results = record_results(run)
+    validated = run.validated
     key = artifact_key(validated.config.source_keras_model)
     create_table_artifact(
         key=f"{key}-table",

@@ -9,6 +9,7 @@ from prefect import task
 
 from core.batch import SUMMARY_ARTIFACT_KEY, summarize_batch, summary_markdown
 
+
 @task(name="summarize-batch", retries=0, persist_result=False)
 def summarize_batch_task(*, outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     """Summarize the batch: one row per configuration, as a table and a markdown artifact."""

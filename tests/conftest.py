@@ -1,6 +1,6 @@
-"""Shared fixtures: an isolated Prefect home and cache, a small real sample, configurations."""
+"""Shared fixtures: an isolated Prefect home and cache, a small real sample (the helpers that test modules
+import, configurations among them, are in tests/helpers.py)."""
 
-import json
 import os
 import shutil
 import tempfile
@@ -17,7 +17,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 
-SAMPLE_TRAIN, SAMPLE_VALIDATION = 600, 120
+from tests.helpers import SAMPLE_TRAIN, SAMPLE_VALIDATION  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -34,33 +34,6 @@ def sample_dir() -> Path:
     from core.sample_data import make_sample
 
     return make_sample(_SESSION_DIR / "sample", train_count=SAMPLE_TRAIN, validation_count=SAMPLE_VALIDATION, epochs=30)
-
-
-def sdk_config(sample: Path, out: Path, **overrides) -> dict:
-    config = {
-        "source_keras_model": str(sample / "model.h5"),
-        "dataset_image_dir": str(sample / "training"),
-        "batch_size": 20,
-        "input_tensor_size": 32,
-        "iteration_count": 3,
-        "output_dir": str(out / "models"),
-        "evaluate_image_dir": str(sample / "validation"),
-        "evaluate_image_extension": "jpg",
-        "evaluate_label_file": str(sample / "labels.json"),
-        "evaluate_result_dir": str(out / "results"),
-        # Only the SDK's two TFLite models and few latency repeats, to keep the suite fast;
-        # tests/test_variants.py builds and checks the whole default set.
-        "variants": ["mct_ptq"],
-        "latency_repeats": 3,
-    }
-    config.update(overrides)
-    return config
-
-
-def write_config(path: Path, config: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from flows.quantize_evaluate import main
-from tests.conftest import sdk_config, write_config
+from tests.helpers import sdk_config, write_config
+
+pytestmark = pytest.mark.slow  # every case runs the command on the trained sample
 
 PREVIOUS_OUTPUTS = {
     "models/model.tflite": b"previous float model",

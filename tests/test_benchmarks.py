@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from benchmarks.augment import augmented_set
 from core.storage import REPO_ROOT
 
@@ -20,6 +22,7 @@ def test_the_benchmark_explains_its_four_figures_and_targets():
         assert target in result.stdout
 
 
+@pytest.mark.slow
 def test_an_enlarged_set_keeps_the_class_layout_and_has_the_count_asked_for(sample_dir, tmp_path):
     dest = augmented_set(sample_dir / "validation", tmp_path / "enlarged", 250)
     files = list(dest.glob("*/*.jpg"))

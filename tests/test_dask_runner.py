@@ -9,8 +9,7 @@ import pytest
 from core.runners import RunnerConfig, shards
 from flows.batch_quantize import batch_quantize
 from flows.quantize_evaluate import quantize_evaluate
-from tests.conftest import sdk_config, write_config
-from tests.test_quantize_evaluate_flow import task_states
+from tests.helpers import sdk_config, task_states, write_config
 
 CLUSTER = {"kind": "local_cluster", "workers": 2}
 EXACT = (
@@ -37,6 +36,8 @@ def test_the_runner_needs_an_address_exactly_when_it_names_a_scheduler():
     assert RunnerConfig(kind="address", address="tcp://127.0.0.1:8786").distributed
 
 
+@pytest.mark.slow
+@pytest.mark.dask
 def test_a_sharded_evaluation_on_a_local_cluster_equals_the_single_process_one(prefect_harness, sample_dir, tmp_path):
     single = quantize_evaluate(config=sdk_config(sample_dir, tmp_path / "single"), progress=False)
     state = quantize_evaluate(
@@ -57,6 +58,8 @@ def test_a_sharded_evaluation_on_a_local_cluster_equals_the_single_process_one(p
     ), states
 
 
+@pytest.mark.slow
+@pytest.mark.dask
 def test_the_batch_flow_on_a_local_cluster_gives_the_single_process_results(prefect_harness, sample_dir, tmp_path):
     paths = [
         str(write_config(tmp_path / name / "configuration.json", sdk_config(sample_dir, tmp_path / name)))

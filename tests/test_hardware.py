@@ -63,7 +63,10 @@ def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_
 def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
     _, out, _ = hardware_run
     result = compile_for_ethos_u(
-        model_path=str(out / "models" / "model.tflite"), variant="float32", accelerator="ethos-u55-128", out_dir=tmp_path
+        model_path=str(out / "models" / "model.tflite"),
+        variant="float32",
+        accelerator="ethos-u55-128",
+        out_dir=tmp_path,
     )
     assert result.compiled is False and result.reason.startswith("not for Ethos-U: needs a full-integer model")
     assert list(tmp_path.iterdir()) == []  # Vela never ran

@@ -63,6 +63,6 @@ def test_decoding_in_small_chunks_gives_the_same_set_as_in_one(sample_dir, tmp_p
     )
     assert np.array_equal(np.load(one.images_path), np.load(small.images_path))
     assert (
-        np.array_equal(np.load(one["labels_path"]), np.load(small["labels_path"]))
-        and one["image_count"] == small["image_count"] == 120
+        np.array_equal(np.load(one.labels_path), np.load(small.labels_path))
+        and one.image_count == small.image_count == 120
     )

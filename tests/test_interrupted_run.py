@@ -7,9 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from core.storage import REPO_ROOT, cache_root
-from tests.conftest import sdk_config, write_config
-from tests.test_quantize_evaluate_flow import run, task_states
+from tests.helpers import run, sdk_config, task_states, write_config
+
+pytestmark = pytest.mark.slow  # whole flow runs on the trained sample
 
 
 def quantize_work_dirs() -> set:

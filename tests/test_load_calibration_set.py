@@ -37,4 +37,4 @@ def test_the_set_holds_iteration_count_batches_preprocessed(sample_dir, tmp_path
     images = np.load(result.path)
     assert images.shape == (24, 32, 32, 3) and images.dtype == np.float32
     assert 0.0 <= images.min() and images.max() <= 1.0
-    assert result["images_found"] == SAMPLE_TRAIN and result["images_used"] == 24
+    assert result.images_found == SAMPLE_TRAIN and result.images_used == 24

@@ -8,7 +8,7 @@ import tensorflow as tf
 from core.errors import InputError
 from core.models import load_keras_model
 from tasks.validate_config import validate_config
-from tests.conftest import sdk_config
+from tests.helpers import sdk_config
 
 
 @pytest.fixture
@@ -31,6 +31,7 @@ def test_a_model_with_a_lambda_layer_is_refused_with_the_way_out(lambda_model):
         load_keras_model(lambda_model)
 
 
+@pytest.mark.slow
 def test_the_configuration_can_allow_it_explicitly(lambda_model, sample_dir, tmp_path):
     assert load_keras_model(lambda_model, allow_unsafe_code=True) is not None
     with pytest.raises(Exception, match="has Lambda layers"):

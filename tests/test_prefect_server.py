@@ -14,8 +14,9 @@ import pytest
 from core.storage import REPO_ROOT
 from deployments import local_stack
 from tasks.evaluate_model import FAULT_ENV
-from tests.conftest import sdk_config, write_config
-from tests.test_quantize_evaluate_flow import EVALUATIONS, HEAVY_STEPS
+from tests.helpers import EVALUATIONS, HEAVY_STEPS, sdk_config, write_config
+
+pytestmark = pytest.mark.server  # each test talks to the `prefect server` the module starts
 
 DEPLOYMENT = "quantize-evaluate/quantize-evaluate"
 FINAL = ("Completed", "Failed", "Crashed", "Cancelled")
@@ -96,6 +97,7 @@ def test_the_nightly_batch_deployment_has_its_runs_scheduled(stack):
     assert scheduled[0].parameters == {"config_dir": "configs", "progress": False}
 
 
+@pytest.mark.slow
 def test_a_run_from_a_configuration_file_completes_with_its_artifacts(stack, sample_dir, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
@@ -118,6 +120,7 @@ def test_a_run_from_a_configuration_file_completes_with_its_artifacts(stack, sam
     assert keyed == expected, [(a.key, a.type) for a in artifacts]
 
 
+@pytest.mark.slow
 def test_a_run_from_an_inline_configuration_completes(stack, sample_dir, tmp_path):
     # The deployment's default config_path is cleared, as a user does in the UI's form.
     flow_run = trigger({"config": sdk_config(sample_dir, tmp_path), "config_path": None, "progress": False})
@@ -125,6 +128,7 @@ def test_a_run_from_an_inline_configuration_completes(stack, sample_dir, tmp_pat
     assert (tmp_path / "models" / "model_quantized.tflite").exists()
 
 
+@pytest.mark.slow
 def test_retrying_a_failed_run_re_executes_only_the_failed_evaluation(stack, sample_dir, tmp_path):
     # Its own evaluation batch size keeps this run's evaluations out of the other tests' cache.
     config_path = write_config(

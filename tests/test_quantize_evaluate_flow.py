@@ -1,10 +1,8 @@
 """The whole flow on the digits sample, with real TensorFlow, MCT and Prefect."""
 
 import json
-import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,11 +12,10 @@ from core.config import Preprocessing
 from core.images import decode_rgb, find_jpegs
 from core.preprocessing import preprocess
 from core.storage import REPO_ROOT
-from flows.quantize_evaluate import quantize_evaluate
 from tasks.evaluate_model import FAULT_ENV
 from tasks.load_calibration_set import sample_indices
 from tasks.load_evaluation_set import list_evaluation_images
-from tests.conftest import SAMPLE_TRAIN, sdk_config, write_config
+from tests.helpers import EVALUATIONS, HEAVY_STEPS, SAMPLE_TRAIN, run, sdk_config, task_states, write_config
 
 SDK_KEYS = [
     "top_1_accuracy_keras",
@@ -26,37 +23,6 @@ SDK_KEYS = [
     "top_1_accuracy_tflite",
     "top_1_accuracy_tflite_quantized",
 ]
-HEAVY_STEPS = [
-    "load-calibration-set",
-    "quantize-with-mct-ptq",
-    "convert-to-tflite-float32",
-    "export-quantized-tflite-mct_ptq",
-    "load-evaluation-set",
-]
-EVALUATIONS = ["evaluate-keras", "evaluate-keras_quantized", "evaluate-tflite", "evaluate-tflite_quantized"]
-
-
-def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[str, str]:
-    """Task-run name (without Prefect's random suffix) -> final state name, read from the API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    flow_run_id = flow_state.state_details.flow_run_id
-    deadline = time.monotonic() + timeout
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        states = {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.name for run in runs if run.state}
-        settled = all(
-            name not in ("Running", "Pending", "Scheduled", "AwaitingRetry", "Retrying") for name in states.values()
-        )
-        if (len(states) >= expected and settled) or time.monotonic() > deadline:
-            return states
-        time.sleep(0.5)
-
-
-def run(config_path, **kwargs):
-    return quantize_evaluate(config_path=str(config_path), progress=False, return_state=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +34,7 @@ def first_run(prefect_harness, sample_dir, tmp_path_factory):
     return config_path, out, state
 
 
+@pytest.mark.slow
 def test_the_flow_writes_the_sdk_outputs(first_run):
     _, out, _ = first_run
     assert (out / "models" / "model.tflite").stat().st_size > 0
@@ -76,10 +43,14 @@ def test_the_flow_writes_the_sdk_outputs(first_run):
     assert list(results)[:4] == SDK_KEYS
     assert results["image_count"] == 120
     assert [m["model"] for m in results["models"]] == ["keras", "keras_quantized", "tflite", "tflite_quantized"]
-    header = "model,description,file,size_kib,top_1,top_5,change_vs_keras,agreement,ms_1_thread,ms_all_threads,input,output,npu_ops,ethos_u_inf_s,imx500_fits,images"
+    header = (
+        "model,description,file,size_kib,top_1,top_5,change_vs_keras,agreement,ms_1_thread,ms_all_threads,"
+        "input,output,npu_ops,ethos_u_inf_s,imx500_fits,images"
+    )
     assert (out / "results" / "results.csv").read_text().splitlines()[0] == header
 
 
+@pytest.mark.slow
 def test_accuracies_are_sane(first_run):
     results = json.loads((first_run[1] / "results" / "results.json").read_text())
     assert results["top_1_accuracy_keras"] > 0.8  # ten classes: chance is 0.1
@@ -87,6 +58,7 @@ def test_accuracies_are_sane(first_run):
         assert abs(results[key] - results["top_1_accuracy_keras"]) <= 0.05, key
 
 
+@pytest.mark.slow
 def test_the_quantized_tflite_model_is_int8_inside_and_smaller(first_run):
     import tensorflow as tf
 
@@ -113,6 +85,7 @@ def direct_top1(model_file, sample_dir) -> float:
     return correct / len(pairs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model, key",
     [("model.tflite", "top_1_accuracy_tflite"), ("model_quantized.tflite", "top_1_accuracy_tflite_quantized")],
@@ -123,6 +96,7 @@ def test_accuracy_equals_a_direct_interpreter_call(first_run, sample_dir, model,
     assert results[key] == pytest.approx(direct_top1(out / "models" / model, sample_dir), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_the_run_records_a_table_and_a_summary_artifact(first_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -140,6 +114,7 @@ def test_the_run_records_a_table_and_a_summary_artifact(first_run):
     assert "# Quantize and evaluate" in by_type["markdown"].data
 
 
+@pytest.mark.slow
 def test_a_second_identical_run_is_served_from_the_cache(first_run):
     config_path, out, _ = first_run
     state = run(config_path)
@@ -150,6 +125,7 @@ def test_a_second_identical_run_is_served_from_the_cache(first_run):
     assert states["validate-config"] == "Completed" and states["record-results"] == "Completed"
 
 
+@pytest.mark.slow
 def test_changing_one_calibration_image_redoes_the_quantization_and_what_follows_only(first_run, own_sample, tmp_path):
     config_path = write_config(tmp_path / "configuration.json", sdk_config(own_sample, tmp_path))
     assert run(config_path).is_completed()
@@ -169,6 +145,7 @@ def test_changing_one_calibration_image_redoes_the_quantization_and_what_follows
         assert states[step] == "Cached", (step, states)
 
 
+@pytest.mark.slow
 def test_after_a_failed_evaluation_a_rerun_executes_only_the_evaluation(first_run, sample_dir, tmp_path, monkeypatch):
     # A batch size of its own keeps this test's evaluations out of the other runs' cache.
     config_path = write_config(
@@ -217,6 +194,7 @@ def test_the_command_fails_with_the_problem_as_its_last_line(tmp_path):
     assert any("key 'batch_size' has value '50' (a string)" in line for line in last_lines)
 
 
+@pytest.mark.slow
 def test_the_command_runs_the_sample_and_prints_the_table(first_run):
     config_path, out, _ = first_run
     result = cli(str(config_path), "--no-progress")

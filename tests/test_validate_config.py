@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import ConfigError
 from tasks.validate_config import validate_config
-from tests.conftest import SAMPLE_TRAIN, sdk_config, write_config
+from tests.helpers import SAMPLE_TRAIN, sdk_config, write_config
 
 
 def error_for(config: dict, tmp_path: Path) -> str:
@@ -18,6 +18,7 @@ def error_for(config: dict, tmp_path: Path) -> str:
     return str(info.value)
 
 
+@pytest.mark.slow
 def test_a_valid_sdk_configuration_passes_with_its_paths_made_absolute(sample_dir, tmp_path):
     path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
     validated = validate_config(config_path=path)
@@ -30,6 +31,7 @@ def test_a_valid_sdk_configuration_passes_with_its_paths_made_absolute(sample_di
     assert validated.config.target_platform == "imx500"
 
 
+@pytest.mark.slow
 def test_relative_paths_resolve_against_the_configuration_files_folder(sample_dir, tmp_path):
     config_dir = sample_dir.parent / "configs" / "nested"
     config = sdk_config(sample_dir, tmp_path)
@@ -39,12 +41,14 @@ def test_relative_paths_resolve_against_the_configuration_files_folder(sample_di
     assert validated.config.source_keras_model == str(sample_dir / "model.h5")
 
 
+@pytest.mark.slow
 def test_an_inline_configuration_resolves_relative_paths_against_base_dir(sample_dir, tmp_path):
     config = sdk_config(sample_dir, tmp_path, source_keras_model="model.h5")
     validated = validate_config(config=config, base_dir=sample_dir)
     assert validated.config.source_keras_model == str(sample_dir / "model.h5")
 
 
+@pytest.mark.slow
 def test_a_configuration_is_required_and_only_one_of_file_and_inline(sample_dir, tmp_path):
     with pytest.raises(ConfigError, match="give config_path"):
         validate_config()
@@ -56,6 +60,7 @@ def test_a_configuration_is_required_and_only_one_of_file_and_inline(sample_dir,
         validate_config(config=sdk_config(sample_dir, tmp_path), config_path=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["batch_size", "evaluate_label_file", "output_dir"])
 def test_a_missing_key_is_named_with_what_it_should_hold(sample_dir, tmp_path, key):
     config = sdk_config(sample_dir, tmp_path)
@@ -65,6 +70,7 @@ def test_a_missing_key_is_named_with_what_it_should_hold(sample_dir, tmp_path, k
     assert "expected" in message
 
 
+@pytest.mark.slow
 def test_an_unknown_key_is_refused_with_the_closest_known_key(sample_dir, tmp_path):
     config = sdk_config(sample_dir, tmp_path)
     config["bach_size"] = config.pop("batch_size")
@@ -72,6 +78,7 @@ def test_an_unknown_key_is_refused_with_the_closest_known_key(sample_dir, tmp_pa
     assert "unknown key 'bach_size' (did you mean 'batch_size'?)" in message
 
 
+@pytest.mark.slow
 def test_keys_are_case_sensitive(sample_dir, tmp_path):
     config = sdk_config(sample_dir, tmp_path)
     config["Batch_Size"] = config.pop("batch_size")
@@ -79,6 +86,7 @@ def test_keys_are_case_sensitive(sample_dir, tmp_path):
     assert "unknown key 'Batch_Size'" in message and "key 'batch_size' is missing" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "value, shown",
     [
@@ -95,22 +103,26 @@ def test_integer_keys_take_only_integers_of_at_least_one(sample_dir, tmp_path, v
     assert "expected calibration batches" in message
 
 
+@pytest.mark.slow
 def test_an_empty_path_string_is_refused(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, output_dir=""), tmp_path)
     assert "key 'output_dir' has value '' (a string)" in message
 
 
+@pytest.mark.slow
 def test_an_extension_with_a_leading_dot_is_refused(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, evaluate_image_extension=".jpg"), tmp_path)
     assert "key 'evaluate_image_extension' has value '.jpg'" in message
     assert "without the dot" in message
 
 
+@pytest.mark.slow
 def test_the_extension_is_case_sensitive_and_the_message_says_so(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, evaluate_image_extension="JPG"), tmp_path)
     assert "no '*.JPG' files" in message and "case sensitive" in message
 
 
+@pytest.mark.slow
 def test_every_problem_is_reported_at_once(sample_dir, tmp_path):
     config = sdk_config(sample_dir, tmp_path, batch_size=0, input_tensor_size="32")
     del config["output_dir"]
@@ -138,6 +150,7 @@ def test_a_missing_configuration_file_is_named(tmp_path):
         validate_config(config_path=tmp_path / "nope.json")
 
 
+@pytest.mark.slow
 def test_paths_that_do_not_exist_or_have_the_wrong_kind_are_named(sample_dir, tmp_path):
     config = sdk_config(
         sample_dir,
@@ -154,6 +167,7 @@ def test_paths_that_do_not_exist_or_have_the_wrong_kind_are_named(sample_dir, tm
     assert "key 'output_dir'" in message and "model.h5 is a file; expected a folder" in message
 
 
+@pytest.mark.slow
 def test_a_model_path_of_an_unknown_format_is_refused(sample_dir, tmp_path):
     weird = tmp_path / "model.onnx"
     weird.write_bytes(b"not a keras model")
@@ -161,6 +175,7 @@ def test_a_model_path_of_an_unknown_format_is_refused(sample_dir, tmp_path):
     assert "is a file with suffix '.onnx'; expected an .h5 or .keras file, or a Keras SavedModel folder" in message
 
 
+@pytest.mark.slow
 def test_a_symbolic_link_is_refused(own_sample, tmp_path):
     link = tmp_path / "linked_model.h5"
     link.symlink_to(own_sample / "model.h5")
@@ -168,6 +183,7 @@ def test_a_symbolic_link_is_refused(own_sample, tmp_path):
     assert "key 'source_keras_model'" in message and "is a symbolic link" in message
 
 
+@pytest.mark.slow
 def test_a_symbolic_link_in_a_parent_folder_is_refused(own_sample, tmp_path):
     linked_dir = tmp_path / "linked_sample"
     linked_dir.symlink_to(own_sample, target_is_directory=True)
@@ -175,11 +191,13 @@ def test_a_symbolic_link_in_a_parent_folder_is_refused(own_sample, tmp_path):
     assert "key 'dataset_image_dir'" in message and f"{linked_dir} is a symbolic link" in message
 
 
+@pytest.mark.slow
 def test_batch_size_may_not_exceed_the_calibration_images(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, batch_size=SAMPLE_TRAIN + 1), tmp_path)
     assert f"key 'batch_size' = {SAMPLE_TRAIN + 1}: larger than the {SAMPLE_TRAIN} calibration images" in message
 
 
+@pytest.mark.slow
 def test_a_calibration_folder_without_jpegs_is_refused(sample_dir, tmp_path):
     empty = tmp_path / "empty"
     (empty / "sub").mkdir(parents=True)
@@ -188,11 +206,13 @@ def test_a_calibration_folder_without_jpegs_is_refused(sample_dir, tmp_path):
     assert "no JPEG files (.jpg, .jpeg) anywhere below" in message
 
 
+@pytest.mark.slow
 def test_input_tensor_size_must_match_the_model(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, input_tensor_size=224), tmp_path)
     assert "key 'input_tensor_size' = 224: the model's input is 32 x 32" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "labels, expected",
     [
@@ -209,6 +229,7 @@ def test_the_label_file_must_map_unique_names_to_ids_0_to_n_minus_1(sample_dir, 
     assert "key 'evaluate_label_file'" in message and expected in message
 
 
+@pytest.mark.slow
 def test_the_label_count_must_equal_the_models_outputs(own_sample, tmp_path):
     labels = {str(d): d for d in range(11)}
     (own_sample / "labels.json").write_text(json.dumps(labels))
@@ -216,12 +237,14 @@ def test_the_label_count_must_equal_the_models_outputs(own_sample, tmp_path):
     assert "it names 11 classes but the model outputs 10 scores" in message
 
 
+@pytest.mark.slow
 def test_a_class_folder_missing_from_the_labels_is_named(own_sample, tmp_path):
     (own_sample / "validation" / "7").rename(own_sample / "validation" / "seven")
     message = error_for(sdk_config(own_sample, tmp_path), tmp_path)
     assert "class folders ['seven'] have no entry in the label file" in message
 
 
+@pytest.mark.slow
 def test_a_label_without_a_folder_is_allowed_and_reported(own_sample, tmp_path):
     import shutil
 
@@ -230,6 +253,7 @@ def test_a_label_without_a_folder_is_allowed_and_reported(own_sample, tmp_path):
     assert validate_config(config_path=path).labels_without_folder == ["3"]
 
 
+@pytest.mark.slow
 def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_path):
     message = error_for(
         sdk_config(sample_dir, tmp_path, variants=["mct_mixed_precision"], target_platform="tflite"), tmp_path
@@ -238,6 +262,7 @@ def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_pa
     assert "set target_platform to imx500" in message and "source_keras_model" not in message
 
 
+@pytest.mark.slow
 def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, target_device="ethos-u55-128", variants=["mct_ptq"]), tmp_path)
     assert (

@@ -1,0 +1,75 @@
+"""Helpers shared by the test modules: the sample's size, the configurations built on it, and running
+the flow and reading its task states. Fixtures live in conftest.py; what a test module imports lives here.
+
+Nothing here imports Prefect or the project at import time: conftest.py imports this module before
+Prefect has read its settings."""
+
+import json
+import re
+import time
+from pathlib import Path
+
+SAMPLE_TRAIN, SAMPLE_VALIDATION = 600, 120
+
+
+def sdk_config(sample: Path, out: Path, **overrides) -> dict:
+    config = {
+        "source_keras_model": str(sample / "model.h5"),
+        "dataset_image_dir": str(sample / "training"),
+        "batch_size": 20,
+        "input_tensor_size": 32,
+        "iteration_count": 3,
+        "output_dir": str(out / "models"),
+        "evaluate_image_dir": str(sample / "validation"),
+        "evaluate_image_extension": "jpg",
+        "evaluate_label_file": str(sample / "labels.json"),
+        "evaluate_result_dir": str(out / "results"),
+        # Only the SDK's two TFLite models and few latency repeats, to keep the suite fast;
+        # tests/test_variants.py builds and checks the whole default set.
+        "variants": ["mct_ptq"],
+        "latency_repeats": 3,
+    }
+    config.update(overrides)
+    return config
+
+
+def write_config(path: Path, config: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config))
+    return path
+
+
+HEAVY_STEPS = [
+    "load-calibration-set",
+    "quantize-with-mct-ptq",
+    "convert-to-tflite-float32",
+    "export-quantized-tflite-mct_ptq",
+    "load-evaluation-set",
+]
+EVALUATIONS = ["evaluate-keras", "evaluate-keras_quantized", "evaluate-tflite", "evaluate-tflite_quantized"]
+
+
+def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[str, str]:
+    """Task-run name (without Prefect's random suffix) -> final state name, read from the API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        states = {re.sub(r"-[0-9a-f]{3}$", "", run.name): run.state.name for run in runs if run.state}
+        settled = all(
+            name not in ("Running", "Pending", "Scheduled", "AwaitingRetry", "Retrying") for name in states.values()
+        )
+        if (len(states) >= expected and settled) or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def run(config_path, **kwargs):
+    """The flow on a configuration file, without progress bars; its final state."""
+    from flows.quantize_evaluate import quantize_evaluate
+
+    return quantize_evaluate(config_path=str(config_path), progress=False, return_state=True, **kwargs)

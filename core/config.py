@@ -88,7 +88,8 @@ class Preprocessing(BaseModel):
         1.0,
         gt=0,
         le=1,
-        description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 is the usual ImageNet crop).",
+        description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 "
+        "is the usual ImageNet crop).",
     )
     interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
         "bilinear", description="Resampling filter used by the resize."
@@ -124,33 +125,37 @@ class QuantizeConfig(BaseModel):
     source_keras_model: StrictStr = Field(
         ...,
         min_length=1,
-        description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to the configuration file's folder.",
+        description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to "
+        "the configuration file's folder.",
     )
     dataset_image_dir: StrictStr = Field(
         ...,
         min_length=1,
-        description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the training set advised).",
+        description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the "
+        "training set advised).",
     )
     batch_size: StrictInt = Field(
         ...,
         ge=1,
         le=MAX_BATCH_SIZE,
-        description=f"Images per calibration batch: at least 1, at most the number of calibration images and at most {MAX_BATCH_SIZE}. "
-        "The calibration set, batch_size x iteration_count x input_tensor_size^2 x 3 x 4 bytes (float32), must stay "
-        "under a quarter of this machine's memory and under 8 GiB. SDK default 50.",
+        description=f"Images per calibration batch: at least 1, at most the number of calibration images and at "
+        f"most {MAX_BATCH_SIZE}. The calibration set, batch_size x iteration_count x input_tensor_size^2 x 3 x 4 "
+        "bytes (float32), must stay under a quarter of this machine's memory and under 8 GiB. SDK default 50.",
     )
     input_tensor_size: StrictInt = Field(
         ...,
         ge=1,
         le=MAX_INPUT_TENSOR_SIZE,
-        description=f"Side of the model's square input in pixels, at most {MAX_INPUT_TENSOR_SIZE}; must equal the model's input "
-        f"height and width (at most {MAX_FREE_INPUT_SIZE} for a model whose input size is not fixed). SDK default 224.",
+        description=f"Side of the model's square input in pixels, at most {MAX_INPUT_TENSOR_SIZE}; must equal the "
+        f"model's input height and width (at most {MAX_FREE_INPUT_SIZE} for a model whose input size is not fixed). "
+        "SDK default 224.",
     )
     iteration_count: StrictInt = Field(
         ...,
         ge=1,
         le=MAX_ITERATION_COUNT,
-        description=f"Calibration batches fed to MCT, at most {MAX_ITERATION_COUNT:_}; see batch_size for the memory limit. SDK default 10.",
+        description=f"Calibration batches fed to MCT, at most {MAX_ITERATION_COUNT:_}; see batch_size for the memory "
+        "limit. SDK default 10.",
     )
     output_dir: StrictStr = Field(
         ...,
@@ -166,7 +171,8 @@ class QuantizeConfig(BaseModel):
         ...,
         min_length=1,
         pattern=r"^[A-Za-z0-9]+$",
-        description="Extension of the evaluation images, without the dot, matched in any case (e.g. 'jpg' also finds .JPG).",
+        description="Extension of the evaluation images, without the dot, matched in any case (e.g. 'jpg' also finds "
+        ".JPG).",
     )
     evaluate_label_file: StrictStr = Field(
         ..., min_length=1, description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1}.'
@@ -187,7 +193,8 @@ class QuantizeConfig(BaseModel):
     )
     float_tflite: Literal["float32", "dynamic_range"] = Field(
         "float32",
-        description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
+        description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old "
+        "SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
     )
     evaluation_batch_size: StrictInt = Field(
         32, ge=1, le=4096, description="Images per inference call during evaluation."
@@ -196,11 +203,13 @@ class QuantizeConfig(BaseModel):
         None,
         description="Which quantization variants to build and compare. Default: every TensorFlow-converter variant "
         "(float32, dynamic_range, float16, int8_float_io, full_int8, full_uint8, int16x8) and mct_ptq; "
-        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and model_quantized.tflite are always built.",
+        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and "
+        "model_quantized.tflite are always built.",
     )
     mct_error_method: Literal["noclipping", "mse", "mae", "kl", "lp", "hmse"] = Field(
         "mse",
-        description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL divergence (slow), 'mse' MCT's default.",
+        description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL "
+        "divergence (slow), 'mse' MCT's default.",
     )
     gptq_epochs: StrictInt = Field(
         5, ge=1, le=1000, description="Epochs of MCT's gradient-based PTQ (the mct_gptq variant)."
@@ -209,13 +218,15 @@ class QuantizeConfig(BaseModel):
         0.75,
         gt=0,
         le=1,
-        description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights memory.",
+        description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights "
+        "memory.",
     )
     max_accuracy_drop: Number = Field(
         0.01,
         ge=0,
         le=1,
-        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 is one point.",
+        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 "
+        "is one point.",
     )
     objective: Literal["size", "latency"] = Field(
         "size",
@@ -229,27 +240,32 @@ class QuantizeConfig(BaseModel):
     )
     imx500_require_fit: StrictBool = Field(
         False,
-        description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise it is only reported).",
+        description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise "
+        "it is only reported).",
     )
     target_device: Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] | None = Field(
         None,
-        description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an Ethos-U name keeps the models Vela compiled, "
+        description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an "
+        "Ethos-U name keeps the models Vela compiled, "
         "preferring the highest share of operators on the NPU.",
     )
     allow_unsafe_model_code: StrictBool = Field(
         False,
-        description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust.",
+        description="Load models with Lambda layers, which run Python code stored in the model file. Only for model "
+        "files you trust.",
     )
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:
         if self.target_device == "imx500" and self.target_platform != "imx500":
             raise ValueError(
-                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it"
+                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 "
+                "converter takes models quantized for it"
             )
         if self.imx500_require_fit and self.target_platform != "imx500":
             raise ValueError(
-                f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model quantized for the IMX500 is converted for it"
+                f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model "
+                "quantized for the IMX500 is converted for it"
             )
         if (
             self.target_device
@@ -258,14 +274,16 @@ class QuantizeConfig(BaseModel):
             and not {"full_int8", "full_uint8"} & set(self.variants)
         ):
             raise ValueError(
-                f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
+                f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to "
+                "variants"
             )
         if self.target_device and self.target_device.startswith("ethos-u"):
             if "ethos_u_accelerator" not in self.model_fields_set:
                 self.ethos_u_accelerator = self.target_device
             elif self.ethos_u_accelerator != self.target_device:
                 raise ValueError(
-                    f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} differ: give one, or the same in both"
+                    f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} "
+                    "differ: give one, or the same in both"
                 )
         return self
 
@@ -275,10 +293,11 @@ class QuantizeConfig(BaseModel):
         limit, memory = calibration_memory_limit()
         if needed > limit:
             raise ValueError(
-                f"keys 'batch_size' = {self.batch_size}, 'iteration_count' = {self.iteration_count} and 'input_tensor_size' = "
-                f"{self.input_tensor_size}: the calibration set would take {needed / GIB:.1f} GiB (batch_size x iteration_count x "
-                f"input_tensor_size^2 x 3 x 4 bytes), over the limit of {limit / GIB:.1f} GiB (a quarter of this machine's "
-                f"{memory / GIB:.1f} GiB of memory, at most 8 GiB); lower iteration_count or batch_size"
+                f"keys 'batch_size' = {self.batch_size}, 'iteration_count' = {self.iteration_count} and "
+                f"'input_tensor_size' = {self.input_tensor_size}: the calibration set would take {needed / GIB:.1f} "
+                "GiB (batch_size x iteration_count x input_tensor_size^2 x 3 x 4 bytes), over the limit of "
+                f"{limit / GIB:.1f} GiB (a quarter of this machine's {memory / GIB:.1f} GiB of memory, at most 8 GiB); "
+                "lower iteration_count or batch_size"
             )
         return self
 
@@ -287,7 +306,8 @@ class QuantizeConfig(BaseModel):
         if self.variants and "mct_mixed_precision" in self.variants and self.target_platform != "imx500":
             raise ValueError(
                 f"variant 'mct_mixed_precision' needs target_platform 'imx500', got {self.target_platform!r}: "
-                "only MCT's imx500 platform offers mixed-precision options; drop the variant or set target_platform to imx500"
+                "only MCT's imx500 platform offers mixed-precision options; drop the variant or set target_platform "
+                "to imx500"
             )
         return self
 
@@ -368,7 +388,8 @@ def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
     if not path.exists():
         raise ConfigError(
             [
-                f"configuration file {str(path)!r} does not exist: expected a JSON file such as configs/digits/configuration.json"
+                f"configuration file {str(path)!r} does not exist: expected a JSON file such as "
+                "configs/digits/configuration.json"
             ]
         )
     if path.is_dir():

@@ -75,7 +75,8 @@ def check_against_files(
         link = _symlink_in(path, base_dir)
         if link is not None:
             problems.append(
-                f"key '{key}' = {getattr(config, key)!r}: {link} is a symbolic link; symbolic links are not allowed, give the real path"
+                f"key '{key}' = {getattr(config, key)!r}: {link} is a symbolic link; symbolic links are not allowed, "
+                "give the real path"
             )
     if problems:
         raise ConfigError(problems, source)
@@ -186,14 +187,16 @@ def _real(path: Path) -> Path:
 def _check_model_path(config: QuantizeConfig, path: Path, problems: list[str]) -> str | None:
     if not path.exists():
         problems.append(
-            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} does not exist; expected an .h5 or .keras file, or a Keras SavedModel folder"
+            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} does not exist; expected an .h5 or "
+            ".keras file, or a Keras SavedModel folder"
         )
         return None
     fmt = keras_model_format(path)
     if fmt is None:
         what = "a folder without saved_model.pb" if path.is_dir() else f"a file with suffix {path.suffix!r}"
         problems.append(
-            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} is {what}; expected an .h5 or .keras file, or a Keras SavedModel folder"
+            f"key 'source_keras_model' = {config.source_keras_model!r}: {path} is {what}; expected an .h5 or .keras "
+            "file, or a Keras SavedModel folder"
         )
     return fmt
 
@@ -202,18 +205,21 @@ def _check_calibration_dir(config: QuantizeConfig, path: Path, problems: list[st
     if not path.is_dir():
         state = "is a file" if path.exists() else "does not exist"
         problems.append(
-            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: {path} {state}; expected a folder of calibration JPEG images"
+            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: {path} {state}; expected a folder of "
+            "calibration JPEG images"
         )
         return 0
     _refuse_links_below("dataset_image_dir", config.dataset_image_dir, path, problems)
     count = len(find_jpegs(path))
     if count == 0:
         problems.append(
-            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: no JPEG files (.jpg, .jpeg) anywhere below {path}; add calibration images"
+            f"key 'dataset_image_dir' = {config.dataset_image_dir!r}: no JPEG files (.jpg, .jpeg) anywhere below "
+            f"{path}; add calibration images"
         )
     elif config.batch_size > count:
         problems.append(
-            f"key 'batch_size' = {config.batch_size}: larger than the {count} calibration images in {path}; expected at most {count}"
+            f"key 'batch_size' = {config.batch_size}: larger than the {count} calibration images in {path}; expected "
+            f"at most {count}"
         )
     return count
 
@@ -223,9 +229,9 @@ def _refuse_links_below(key: str, value: str, folder: Path, problems: list[str])
     if links:
         shown = ", ".join(str(link) for link in links[:LINKS_SHOWN]) + (", ..." if len(links) > LINKS_SHOWN else "")
         problems.append(
-            f"key '{key}' = {value!r}: {len(links)} symbolic link{'s' if len(links) > 1 else ''} below {folder} ({shown}); "
-            "symbolic links are not allowed (a link can lead outside the folder): replace each with the real file or "
-            "folder, or remove it"
+            f"key '{key}' = {value!r}: {len(links)} symbolic link{'s' if len(links) > 1 else ''} below {folder} "
+            f"({shown}); symbolic links are not allowed (a link can lead outside the folder): replace each with the "
+            "real file or folder, or remove it"
         )
 
 
@@ -340,18 +346,21 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
     inputs, outputs = model.inputs, model.outputs
     if len(inputs) != 1 or len(outputs) != 1:
         problems.append(
-            f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an image classifier with one of each"
+            f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an "
+            "image classifier with one of each"
         )
         return []
     in_shape = [None if d is None else int(d) for d in inputs[0].shape]
     out_shape = [None if d is None else int(d) for d in outputs[0].shape]
     if len(in_shape) != 4 or in_shape[3] != 3:
         problems.append(
-            f"key 'source_keras_model': the model's input shape is {in_shape}; expected [batch, height, width, 3] (an RGB image classifier)"
+            f"key 'source_keras_model': the model's input shape is {in_shape}; expected [batch, height, width, 3] (an "
+            "RGB image classifier)"
         )
     elif any(side not in (None, config.input_tensor_size) for side in in_shape[1:3]):
         problems.append(
-            f"key 'input_tensor_size' = {config.input_tensor_size}: the model's input is {in_shape[1]} x {in_shape[2]}; expected input_tensor_size to equal it"
+            f"key 'input_tensor_size' = {config.input_tensor_size}: the model's input is {in_shape[1]} x "
+            f"{in_shape[2]}; expected input_tensor_size to equal it"
         )
     elif None in in_shape[1:3] and config.input_tensor_size > MAX_FREE_INPUT_SIZE:
         problems.append(
@@ -364,7 +373,8 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
         )
     elif out_shape[1] != class_count:
         problems.append(
-            f"key 'evaluate_label_file' = {config.evaluate_label_file!r}: it names {class_count} classes but the model outputs {out_shape[1]} scores; expected one label per output"
+            f"key 'evaluate_label_file' = {config.evaluate_label_file!r}: it names {class_count} classes but the "
+            f"model outputs {out_shape[1]} scores; expected one label per output"
         )
     return in_shape
 

@@ -170,7 +170,7 @@ def _check_output_apart_from_inputs(
                 f"{given}: {out} {where} {name} ({real}); outputs must never land among the inputs: "
                 f"choose a {key} outside {real}"
             )
-        elif out in real.parents:
+        elif input_path.exists() and out in real.parents:
             entry = real.relative_to(out).parts[0]
             written = [pattern for pattern in WRITTEN_IN[key] if fnmatch.fnmatchcase(entry, pattern)]
             if written:

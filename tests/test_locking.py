@@ -198,3 +198,51 @@ def test_a_full_disk_at_lock_time_leaves_no_lock_that_blocks_later_runs(small_di
     assert result.returncode == 0, result.stderr[-2000:]
     assert "first run: 1 OSError: [Errno 28] No space left on device" in result.stdout, result.stdout
     assert "second run got the lock after 0.0 s" in result.stdout, result.stdout
+
+
+def test_a_disk_too_full_to_create_the_lock_file_says_so_and_leaves_nothing_behind(small_disk, tmp_path):
+    """No inode left for the lock file: the run fails naming the file and the fix, holding nothing."""
+    out = small_disk / "out"
+    script = tmp_path / "no_inode_left.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import errno, os
+            from pathlib import Path
+            from core.locking import locked_folders
+            out = Path({str(out)!r})
+            out.mkdir()
+            fillers = []
+            try:
+                while True:  # use up every inode
+                    fillers.append(out.parent / f"filler{{len(fillers)}}")
+                    fillers[-1].touch()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+            try:
+                with locked_folders([out], timeout=1):
+                    print("held")
+            except OSError as exc:
+                print("refused:", exc)
+            print("left:", os.listdir(out))
+            fillers[0].unlink()
+            with locked_folders([out], timeout=1):
+                print("the next run got the lock")
+            """
+        )
+    )
+    environment = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    }
+    result = in_private_mount_namespace(
+        f"mount -t tmpfs -o size=64k,nr_inodes=8 tmpfs {small_disk} && exec {sys.executable} {script}",
+        cwd=REPO_ROOT,
+        env=environment,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (
+        f"refused: [Errno 28] cannot create the lock file {out / LOCK_NAME} (No space left on device): "
+        "free space on that disk or make the folder writable, then run again" in result.stdout
+    ), result.stdout
+    assert "left: []" in result.stdout and "the next run got the lock" in result.stdout, result.stdout

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,7 +30,7 @@ from pydantic import (
 )
 
 from core.errors import ConfigError
-from core.variants import Variant
+from core.variants import FULL_INTEGER_VARIANTS, EthosU, TargetDevice, Variant
 
 SDK_KEYS = (
     "source_keras_model",
@@ -48,7 +53,23 @@ PATH_KEYS = (
     "evaluate_result_dir",
 )
 
-Number = StrictFloat | StrictInt
+
+def _finite(value: float | int) -> float | int:
+    if abs(value) > sys.float_info.max:  # an integer too large for a float: as good as infinite
+        raise ValueError(f"Input should be a finite number, at most {sys.float_info.max:.3g} in size")
+    return value
+
+
+Number = Annotated[StrictFloat | StrictInt, AfterValidator(_finite)]
+
+# Bounds checked before any work (see README, "Configuration reference").
+MAX_BATCH_SIZE = 4096
+MAX_ITERATION_COUNT = 10_000
+MAX_INPUT_TENSOR_SIZE = 8192
+MAX_FREE_INPUT_SIZE = 1024  # input_tensor_size for a model whose input height and width are not fixed
+MAX_SEED = 2**63 - 1
+GIB = 2**30
+CALIBRATION_MEMORY_CAP = 8 * GIB  # and at most a quarter of the machine's memory
 
 
 class Preprocessing(BaseModel):
@@ -57,7 +78,7 @@ class Preprocessing(BaseModel):
     pixel (0..255) -> resize -> x = pixel * scale + offset -> (x - mean) / std (when mean and std are given).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     resize: Literal["stretch", "shorter_side_center_crop"] = Field(
         "stretch",
@@ -68,7 +89,8 @@ class Preprocessing(BaseModel):
         1.0,
         gt=0,
         le=1,
-        description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 is the usual ImageNet crop).",
+        description="With 'shorter_side_center_crop': the share of the resized shorter side kept by the crop (0.875 "
+        "is the usual ImageNet crop).",
     )
     interpolation: Literal["bilinear", "bicubic", "nearest"] = Field(
         "bilinear", description="Resampling filter used by the resize."
@@ -99,29 +121,43 @@ class Preprocessing(BaseModel):
 class QuantizeConfig(BaseModel):
     """One model's quantize-and-evaluate run. The first ten fields are the AITRIOS SDK's `configuration.json`."""
 
-    model_config = ConfigDict(extra="forbid", title="Quantize and evaluate configuration")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, title="Quantize and evaluate configuration")
 
     source_keras_model: StrictStr = Field(
         ...,
         min_length=1,
-        description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to the configuration file's folder.",
+        description="The Keras model to quantize: an .h5 or .keras file, or a Keras SavedModel folder. Relative to "
+        "the configuration file's folder.",
     )
     dataset_image_dir: StrictStr = Field(
         ...,
         min_length=1,
-        description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the training set advised).",
+        description="Folder of calibration images (JPEG, any folder structure below it; about 300 images of the "
+        "training set advised).",
     )
     batch_size: StrictInt = Field(
         ...,
         ge=1,
-        description="Images per calibration batch: at least 1 and at most the number of calibration images. SDK default 50.",
+        le=MAX_BATCH_SIZE,
+        description=f"Images per calibration batch: at least 1, at most the number of calibration images and at "
+        f"most {MAX_BATCH_SIZE}. The calibration set, batch_size x iteration_count x input_tensor_size^2 x 3 x 4 "
+        "bytes (float32), must stay under a quarter of this machine's memory and under 8 GiB. SDK default 50.",
     )
     input_tensor_size: StrictInt = Field(
         ...,
         ge=1,
-        description="Side of the model's square input in pixels; must equal the model's input height and width. SDK default 224.",
+        le=MAX_INPUT_TENSOR_SIZE,
+        description=f"Side of the model's square input in pixels, at most {MAX_INPUT_TENSOR_SIZE}; must equal the "
+        f"model's input height and width (at most {MAX_FREE_INPUT_SIZE} for a model whose input size is not fixed). "
+        "SDK default 224.",
     )
-    iteration_count: StrictInt = Field(..., ge=1, description="Calibration batches fed to MCT. SDK default 10.")
+    iteration_count: StrictInt = Field(
+        ...,
+        ge=1,
+        le=MAX_ITERATION_COUNT,
+        description=f"Calibration batches fed to MCT, at most {MAX_ITERATION_COUNT:_}; see batch_size for the memory "
+        "limit. SDK default 10.",
+    )
     output_dir: StrictStr = Field(
         ...,
         min_length=1,
@@ -136,7 +172,8 @@ class QuantizeConfig(BaseModel):
         ...,
         min_length=1,
         pattern=r"^[A-Za-z0-9]+$",
-        description="Extension of the evaluation images, without the dot, case sensitive (e.g. 'jpg').",
+        description="Extension of the evaluation images, without the dot, matched in any case (e.g. 'jpg' also finds "
+        ".JPG).",
     )
     evaluate_label_file: StrictStr = Field(
         ..., min_length=1, description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1}.'
@@ -148,14 +185,17 @@ class QuantizeConfig(BaseModel):
     preprocessing: Preprocessing = Field(
         default_factory=Preprocessing, description="Preprocessing shared by calibration and every evaluation."
     )
-    seed: StrictInt = Field(0, ge=0, description="Seed of the calibration sample, so a run can be reproduced.")
+    seed: StrictInt = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the calibration sample, so a run can be reproduced (0 .. 2^63-1)."
+    )
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
         "imx500",
         description="MCT target platform capabilities: 'imx500' (Sony's AITRIOS sensor), 'tflite' or 'qnnpack'.",
     )
     float_tflite: Literal["float32", "dynamic_range"] = Field(
         "float32",
-        description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
+        description="What model.tflite is: 'float32', TensorFlow's plain conversion, or 'dynamic_range', the old "
+        "SDK's Optimize.DEFAULT conversion (int8 weights, float activations).",
     )
     evaluation_batch_size: StrictInt = Field(
         32, ge=1, le=4096, description="Images per inference call during evaluation."
@@ -164,11 +204,13 @@ class QuantizeConfig(BaseModel):
         None,
         description="Which quantization variants to build and compare. Default: every TensorFlow-converter variant "
         "(float32, dynamic_range, float16, int8_float_io, full_int8, full_uint8, int16x8) and mct_ptq; "
-        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and model_quantized.tflite are always built.",
+        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and "
+        "model_quantized.tflite are always built.",
     )
     mct_error_method: Literal["noclipping", "mse", "mae", "kl", "lp", "hmse"] = Field(
         "mse",
-        description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL divergence (slow), 'mse' MCT's default.",
+        description="MCT's threshold error method for weights and activations: 'noclipping' is min/max, 'kl' is KL "
+        "divergence (slow), 'mse' MCT's default.",
     )
     gptq_epochs: StrictInt = Field(
         5, ge=1, le=1000, description="Epochs of MCT's gradient-based PTQ (the mct_gptq variant)."
@@ -177,13 +219,15 @@ class QuantizeConfig(BaseModel):
         0.75,
         gt=0,
         le=1,
-        description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights memory.",
+        description="Weights-memory budget of the mct_mixed_precision variant, as a share of the all-8-bit weights "
+        "memory.",
     )
     max_accuracy_drop: Number = Field(
         0.01,
         ge=0,
         le=1,
-        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 is one point.",
+        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 "
+        "is one point.",
     )
     objective: Literal["size", "latency"] = Field(
         "size",
@@ -192,49 +236,70 @@ class QuantizeConfig(BaseModel):
     latency_repeats: StrictInt = Field(
         20, ge=1, le=10000, description="Timed inferences per model and thread setting; the latency is their median."
     )
-    ethos_u_accelerator: Literal["ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] = Field(
+    ethos_u_accelerator: EthosU = Field(
         "ethos-u55-128", description="Arm Ethos-U configuration Vela compiles the full-integer models for."
     )
     imx500_require_fit: StrictBool = Field(
         False,
-        description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise it is only reported).",
+        description="Fail the run when the IMX500 converter reports that the model does not fit the chip (otherwise "
+        "it is only reported).",
     )
-    target_device: Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"] | None = Field(
+    target_device: TargetDevice | None = Field(
         None,
-        description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an Ethos-U name keeps the models Vela compiled, "
+        description="Restrict the recommendation to one device: 'imx500' keeps only models that fit the sensor; an "
+        "Ethos-U name keeps the models Vela compiled, "
         "preferring the highest share of operators on the NPU.",
     )
     allow_unsafe_model_code: StrictBool = Field(
         False,
-        description="Load models with Lambda layers, which run Python code stored in the model file. Only for model files you trust.",
+        description="Load models with Lambda layers, which run Python code stored in the model file. Only for model "
+        "files you trust.",
     )
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:
         if self.target_device == "imx500" and self.target_platform != "imx500":
             raise ValueError(
-                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 converter takes models quantized for it"
+                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 "
+                "converter takes models quantized for it"
             )
         if self.imx500_require_fit and self.target_platform != "imx500":
             raise ValueError(
-                f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model quantized for the IMX500 is converted for it"
+                f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model "
+                "quantized for the IMX500 is converted for it"
             )
         if (
             self.target_device
             and self.target_device.startswith("ethos-u")
             and self.variants is not None
-            and not {"full_int8", "full_uint8"} & set(self.variants)
+            and not set(FULL_INTEGER_VARIANTS) & set(self.variants)
         ):
+            choices = " or ".join(repr(v) for v in FULL_INTEGER_VARIANTS)
             raise ValueError(
-                f"target_device {self.target_device!r} needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
+                f"target_device {self.target_device!r} needs a full-integer model: add {choices} to variants"
             )
         if self.target_device and self.target_device.startswith("ethos-u"):
             if "ethos_u_accelerator" not in self.model_fields_set:
-                self.ethos_u_accelerator = self.target_device
+                self.ethos_u_accelerator = cast(EthosU, self.target_device)
             elif self.ethos_u_accelerator != self.target_device:
                 raise ValueError(
-                    f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} differ: give one, or the same in both"
+                    f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} "
+                    "differ: give one, or the same in both"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _calibration_set_fits_in_memory(self) -> QuantizeConfig:
+        needed = calibration_bytes(self.batch_size, self.iteration_count, self.input_tensor_size)
+        limit, memory = calibration_memory_limit()
+        if needed > limit:
+            raise ValueError(
+                f"keys 'batch_size' = {self.batch_size}, 'iteration_count' = {self.iteration_count} and "
+                f"'input_tensor_size' = {self.input_tensor_size}: the calibration set would take {needed / GIB:.1f} "
+                "GiB (batch_size x iteration_count x input_tensor_size^2 x 3 x 4 bytes), over the limit of "
+                f"{limit / GIB:.1f} GiB (a quarter of this machine's {memory / GIB:.1f} GiB of memory, at most 8 GiB); "
+                "lower iteration_count or batch_size"
+            )
         return self
 
     @model_validator(mode="after")
@@ -242,9 +307,80 @@ class QuantizeConfig(BaseModel):
         if self.variants and "mct_mixed_precision" in self.variants and self.target_platform != "imx500":
             raise ValueError(
                 f"variant 'mct_mixed_precision' needs target_platform 'imx500', got {self.target_platform!r}: "
-                "only MCT's imx500 platform offers mixed-precision options; drop the variant or set target_platform to imx500"
+                "only MCT's imx500 platform offers mixed-precision options; drop the variant or set target_platform "
+                "to imx500"
             )
         return self
+
+
+def calibration_bytes(batch_size: int, iteration_count: int, input_tensor_size: int) -> int:
+    """Bytes of the calibration set: batch_size x iteration_count float32 RGB images."""
+    return batch_size * iteration_count * input_tensor_size**2 * 3 * 4
+
+
+def calibration_memory_limit() -> tuple[int, int]:
+    """(the calibration set's limit, this machine's memory): a quarter of the memory, at most 8 GiB."""
+    memory = machine_memory_bytes()
+    return min(memory // 4, CALIBRATION_MEMORY_CAP), memory
+
+
+def machine_memory_bytes() -> int:
+    """Physical memory, or the container's memory limit (cgroup v2 or v1) when that is lower."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    return memory
+
+
+class _JsonObject(dict):
+    """A JSON object that remembers which keys its text gave more than once (json keeps only the last)."""
+
+    repeated: list[str]
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> _JsonObject:
+    obj = _JsonObject(pairs)
+    obj.repeated = [key for key, count in Counter(key for key, _ in pairs).items() if count > 1]
+    return obj
+
+
+def loads_json(text: str) -> tuple[Any, list[str]]:
+    """Parse JSON text; also return the keys (dotted paths, e.g. 'preprocessing.scale') given more than once."""
+    data = json.loads(text, object_pairs_hook=_json_object, parse_int=_read_int)
+    return _plain(data), _repeated_keys(data)
+
+
+def _read_int(digits: str) -> int:
+    """A JSON integer. Python refuses to read one of more than 4300 digits (it would take quadratic time); such
+    a number is read as the power of ten of its length, which every bound of the configuration refuses."""
+    if len(digits) <= sys.get_int_max_str_digits():
+        return int(digits)
+    return (-1 if digits.startswith("-") else 1) * 10 ** (len(digits.lstrip("-")) - 1)
+
+
+def _repeated_keys(value: Any, prefix: str = "") -> list[str]:
+    found: list[str] = []
+    if isinstance(value, _JsonObject):
+        found += [prefix + key for key in value.repeated]
+        for key, item in value.items():
+            found += _repeated_keys(item, f"{prefix}{key}.")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _repeated_keys(item, f"{prefix}{index}.")
+    return found
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
@@ -253,20 +389,31 @@ def load_config_file(path: str | Path) -> tuple[QuantizeConfig, Path]:
     if not path.exists():
         raise ConfigError(
             [
-                f"configuration file {str(path)!r} does not exist: expected a JSON file such as configs/digits/configuration.json"
+                f"configuration file {str(path)!r} does not exist: expected a JSON file such as "
+                "configs/digits/configuration.json"
             ]
         )
     if path.is_dir():
         raise ConfigError([f"configuration file {str(path)!r} is a folder: expected a JSON file"])
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data, repeated = loads_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError([f"configuration file {str(path)!r} is not UTF-8 text: {exc}"]) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(
             [f"configuration file {str(path)!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"]
         ) from None
-    return parse_config(data, source=str(path)), path.resolve().parent
+    problems = [
+        f"key '{key}' appears more than once in {str(path)!r}: JSON would silently keep only the last value; keep one"
+        for key in repeated
+    ]
+    try:
+        config = parse_config(data, source=str(path))
+    except ConfigError as exc:
+        raise ConfigError(problems + exc.problems, str(path)) from None
+    if problems:
+        raise ConfigError(problems, str(path))
+    return config, path.resolve().parent
 
 
 def parse_config(data: Any, source: str | None = None) -> QuantizeConfig:
@@ -280,7 +427,26 @@ def parse_config(data: Any, source: str | None = None) -> QuantizeConfig:
     try:
         return QuantizeConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([describe_error(e) for e in exc.errors()], source) from None
+        raise ConfigError([describe_error(e) for e in _one_error_per_key(exc.errors())], source) from None
+
+
+# The branch tags pydantic adds to the location of an error in `Number` (StrictFloat | StrictInt).
+_UNION_TAGS = ("float", "int")
+
+
+def _one_error_per_key(errors: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """A `Number` value gets one error per branch of the union ('a valid number', 'a valid integer'): keep the
+    most telling one (a bound or 'finite', else the float branch's) under the key's own location."""
+    chosen: dict[tuple, dict] = {}
+    for error in errors:
+        loc = tuple(error["loc"])
+        if len(loc) > 1 and loc[-1] in _UNION_TAGS and error["type"] not in ("extra_forbidden", "missing"):
+            loc = loc[:-1]
+        error = {**error, "loc": loc}
+        previous = chosen.get(loc)
+        if previous is None or (previous["type"].endswith("_type") and not error["type"].endswith("_type")):
+            chosen[loc] = error
+    return list(chosen.values())
 
 
 def describe_error(error: dict) -> str:
@@ -298,8 +464,8 @@ def describe_error(error: dict) -> str:
     if not error["loc"]:  # a rule across keys: its message names them
         return str(error["msg"]).removeprefix("Value error, ")
     given = error.get("input")
-    given_text = f"{given!r} ({_json_type(given)})"
-    reason = error["msg"]
+    given_text = _shown(given)
+    reason = str(error["msg"]).removeprefix("Value error, ")
     if kind.endswith("_type"):
         reason = "wrong type"
     detail = f"{reason}; {_expected(loc)}" if key in QuantizeConfig.model_fields else reason
@@ -308,10 +474,10 @@ def describe_error(error: dict) -> str:
 
 def _expected(loc: str) -> str:
     parts = loc.split(".")
-    model = QuantizeConfig
+    model: type[BaseModel] | None = QuantizeConfig
     field = None
     for part in parts:
-        fields = model.model_fields if model else {}
+        fields = model.model_fields if model is not None else {}
         field = fields.get(part)
         if field is None:
             return "see the configuration reference in README.md"
@@ -323,6 +489,16 @@ def _expected(loc: str) -> str:
         if field and field.description
         else "see README.md"
     )
+
+
+def _shown(value: Any) -> str:
+    """The value as the message shows it: a huge integer by its length (its digits can be too many to print)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"a {int(value.bit_length() * 0.30103) + 1}-digit integer"
+    try:
+        return f"{value!r} ({_json_type(value)})"
+    except ValueError:  # holds an integer too long to print
+        return _json_type(value)
 
 
 def _json_type(value: Any) -> str:

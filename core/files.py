@@ -14,10 +14,25 @@ from typing import Any
 _CHUNK = 1 << 20
 
 
+def umask() -> int:
+    """The process's umask, read without changing it: os.umask() reads it only by setting another, which
+    threads creating files at that moment would see."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(destination: Path, write: Callable[[Path], object]) -> Path:
     """Run `write` on a temporary name in the destination's folder (its result is ignored), then rename into place.
 
-    A crash or kill leaves either the old file or the new one, never a truncated file.
+    A crash or kill leaves either the old file or the new one, never a truncated file. The file gets the
+    permissions of any new file (0666 less the umask), not mkstemp's private 0600.
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -26,6 +41,7 @@ def _atomic(destination: Path, write: Callable[[Path], object]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, destination)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -60,6 +76,7 @@ def atomic_copy_tree(source: Path, destination: Path) -> Path:
     old = staging.with_name(staging.name + ".old")
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's folder is private (0700)
         if destination.exists():
             os.replace(destination, old)
         try:

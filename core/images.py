@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -20,14 +22,49 @@ def is_junk(path: Path) -> bool:
     return any(part.startswith(".") for part in path.parts) or path.name.lower() in {"thumbs.db", "desktop.ini"}
 
 
+def has_extension(path: Path, extension: str) -> bool:
+    """Whether the file name ends in `.extension`, in any case: 'jpg' matches photo.JPG."""
+    return path.suffix.lower() == "." + extension.lower()
+
+
+def class_key(name: str) -> str:
+    """A class name as labels and folders are compared: Unicode NFC, so 'café' typed on one system matches a
+    folder named 'café' on another (macOS, for one, stores names decomposed, NFD)."""
+    return unicodedata.normalize("NFC", name)
+
+
 def find_jpegs(folder: Path) -> list[Path]:
-    """JPEG files (.jpg / .jpeg in any case) anywhere below `folder`, sorted for reproducibility."""
+    """JPEG files (.jpg / .jpeg in any case) anywhere below `folder`, sorted for reproducibility.
+    Symbolic links are never followed (validation refuses them, see `symlinks_below`)."""
     folder = Path(folder)
     return sorted(
         p
         for p in folder.rglob("*")
-        if p.suffix.lower() in JPEG_SUFFIXES and p.is_file() and not is_junk(p.relative_to(folder))
+        if p.suffix.lower() in JPEG_SUFFIXES
+        and p.is_file()
+        and not p.is_symlink()
+        and not is_junk(p.relative_to(folder))
     )
+
+
+def symlinks_below(folder: Path) -> list[Path]:
+    """Symbolic links (to files or folders, broken or not) anywhere below `folder`, hidden ones aside, sorted.
+    Image folders may hold none: a link can lead outside the folder the configuration names."""
+    links: list[Path] = []
+    pending = [Path(folder)]
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except PermissionError:  # unreadable: nothing below it is read either (as in find_jpegs)
+            continue
+        for entry in entries:
+            if is_junk(Path(entry.name)):
+                continue
+            if entry.is_symlink():
+                links.append(Path(entry.path))
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(Path(entry.path))
+    return sorted(links)
 
 
 def decode_rgb(path: Path) -> Image.Image:

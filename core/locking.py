@@ -1,78 +1,81 @@
-"""A lock file per output folder, so two runs never mix their outputs.
+"""A lock per output folder, so two runs never mix their outputs.
 
-The lock holds the owner's process id and host; a lock left by a process that no longer
-exists on this host is stale and is taken over.
+The lock is the operating system's (`flock`, through the `filelock` package) on a file in the folder: it
+ends with the process that holds it, however that process ends (a crash, SIGKILL, a full disk), so no lock
+is ever left behind to block later runs, and there is nothing to clean up by hand. The lock file is
+removed when the lock is let go; a run killed while holding it leaves the empty file, which the next run
+locks and removes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import json
 import os
-import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
 
 from core.errors import InputError
 
 LOCK_NAME = ".quantize-evaluate.lock"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+class FolderLock(filelock.UnixFileLock):
+    """An flock on a file removed on release. Removing it is safe because a waiter that locked a file the
+    previous owner had just removed finds the path no longer names that file, lets it go and tries again."""
 
-
-def _try_acquire(lock: Path) -> dict | None:
-    """Create the lock; on failure return its owner (None if a stale lock was removed)."""
-    owner = {
-        "pid": os.getpid(),
-        "host": socket.gethostname(),
-        "started": dt.datetime.now().isoformat(timespec="seconds"),
-    }
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    def _acquire(self) -> None:
         try:
-            holder = json.loads(lock.read_text())
-        except (OSError, ValueError):
-            holder = {}
-        if holder.get("host") == owner["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-            lock.unlink(missing_ok=True)
-            return None
-        return holder or {"pid": "unknown"}
-    with os.fdopen(fd, "w") as f:
-        json.dump(owner, f)
-    return {}
+            super()._acquire()
+        except FileNotFoundError:  # removed by its owner between filelock's exists() and open(): try again
+            return
+        fd = self._context.lock_file_fd
+        if fd is not None and not _names_open_file(self.lock_file, fd):
+            super()._release()
+
+    def _release(self) -> None:
+        Path(self.lock_file).unlink(missing_ok=True)  # while still holding it: see _acquire
+        super()._release()
+
+
+def _names_open_file(path: str, fd: int) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 @contextlib.contextmanager
 def locked_folders(folders: list[Path], timeout: float = 120.0, poll: float = 0.5) -> Iterator[None]:
-    """Hold the lock of every folder (created if missing) while the block runs; wait up to `timeout` seconds for each."""
-    held: list[Path] = []
-    try:
-        for folder in sorted({Path(f) for f in folders}):
+    """Hold the lock of every folder (created if missing) while the block runs; wait up to `timeout` s for each."""
+    with contextlib.ExitStack() as held:
+        for folder in sorted({Path(f) for f in folders}):  # one order for every run: no deadlock
             folder.mkdir(parents=True, exist_ok=True)
-            lock = folder / LOCK_NAME
-            deadline = time.monotonic() + timeout
-            while (holder := _try_acquire(lock)) != {}:
-                if holder is not None and time.monotonic() > deadline:
-                    raise InputError(
-                        f"folder {folder} is in use by another run (process {holder.get('pid')} on {holder.get('host', '?')}, "
-                        f"started {holder.get('started', '?')}); waited {timeout:.0f} s. Wait for that run to finish, use another "
-                        f"folder, or, if no such run is going on, delete {lock}"
-                    )
-                if holder is not None:
-                    time.sleep(poll)
-            held.append(lock)
+            held.enter_context(_locked(folder, timeout, poll))
+        yield
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, timeout: float, poll: float) -> Iterator[None]:
+    lock = FolderLock(folder / LOCK_NAME)
+    try:
+        lock.acquire(timeout=timeout, poll_interval=poll)
+    except filelock.Timeout:
+        raise InputError(
+            f"folder {folder} is in use by another run (it holds {folder / LOCK_NAME}); waited {timeout:.0f} s. "
+            f"Wait for that run to finish, or use another folder (`fuser -v {folder / LOCK_NAME}` names the process). "
+            "The lock ends with its process, even a killed one: there is nothing to delete"
+        ) from None
+    except OSError as exc:  # a full disk or a read-only folder: nothing is held
+        raise OSError(
+            exc.errno,
+            f"cannot create the lock file {folder / LOCK_NAME} ({exc.strerror}): "
+            "free space on that disk or make the folder writable, then run again",
+        ) from exc
+    try:
         yield
     finally:
-        for lock in held:
-            lock.unlink(missing_ok=True)
+        lock.release()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
@@ -130,7 +130,9 @@ MCT_METHODS: dict[str, MctMethod] = {v: s.mct_method for v, s in VARIANTS.items(
 
 # The devices a model can be compiled for. The IMX500 converter takes the MCT PTQ model; an Ethos-U
 # NPU runs a full-integer model whole (Vela maps only integer operators to the NPU).
-ETHOS_U_ACCELERATORS = ("ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256")
+EthosU = Literal["ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]
+TargetDevice = Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]
+ETHOS_U_ACCELERATORS: tuple[str, ...] = get_args(EthosU)
 IMX500_VARIANT = "mct_ptq"
 
 # The models the results name. The SDK compared four; results.json keeps a top_1_accuracy_<name> key for each.
@@ -138,6 +140,14 @@ SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 KERAS_MODELS = ("keras", "keras_quantized")
 KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
 QUANTIZED_KERAS_FILE = "model_quantized.keras"  # the MCT PTQ model in MCT's Keras format, as the SDK named it
+
+
+# What a run writes, or removes as stale, inside each output folder: no input may sit there.
+RESULT_FILES = ("results.json", "results.csv", "report.html")
+WRITTEN_IN = {
+    "output_dir": ("model.tflite", "model_quantized.tflite", QUANTIZED_KERAS_FILE, "model_*.tflite", "imx500"),
+    "evaluate_result_dir": RESULT_FILES,
+}
 
 
 def model_id(variant: str, float_tflite: str) -> str:

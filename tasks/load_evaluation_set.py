@@ -19,7 +19,7 @@ from core.config import Preprocessing
 from core.errors import InputError
 from core.files import atomic_save_numpy, atomic_write_json
 from core.image_store import NpyBatchWriter
-from core.images import decode_rgb, is_junk
+from core.images import class_key, decode_rgb, has_extension, is_junk
 from core.preprocessing import preprocess
 from core.records import EvaluationSet, SkippedImage
 from core.retry import RETRY_OPTIONS
@@ -30,13 +30,13 @@ DECODE_CHUNK = 256  # images decoded (in parallel) and appended per step
 
 def list_evaluation_images(evaluate_image_dir: str, extension: str, class_names: list[str]) -> list[tuple[Path, int]]:
     """(file, class id) pairs, sorted by class folder then file name."""
-    ids = {name: i for i, name in enumerate(class_names)}
+    ids = {class_key(name): i for i, name in enumerate(class_names)}
     root = Path(evaluate_image_dir)
     pairs = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not is_junk(Path(p.name))):
         for file in sorted(folder.iterdir()):
-            if file.is_file() and file.suffix == "." + extension and not is_junk(Path(file.name)):
-                pairs.append((file, ids[folder.name]))
+            if file.is_file() and has_extension(file, extension) and not is_junk(Path(file.name)):
+                pairs.append((file, ids[class_key(folder.name)]))
     return pairs
 
 

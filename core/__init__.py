@@ -11,3 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The workflow runs offline: Prefect's server must not try to send telemetry home.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from core.run_logging import quieten_input_errors  # noqa: E402  (after the environment above)
+
+quieten_input_errors()

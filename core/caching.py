@@ -23,6 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
 from core.files import hash_path
+from core.storage import work_generation
 
 
 @functools.cache
@@ -42,12 +43,14 @@ class ContentCachePolicy(CachePolicy):
 
     `file_inputs` name parameters holding a path, a record with a `path`, a list of either, or None. Parameters named in
     `ignore` (say, a progress-bar switch) do not enter the key. `environment`, when given, returns
-    what else the result depends on that is not an input (the machine, an installed tool's location).
+    what else the result depends on that is not an input (the machine, an installed tool's location); it is
+    called with the task's inputs. The work folder's generation is always part of the key: results whose
+    files were deleted with `work/` are recomputed, not served.
     """
 
     file_inputs: tuple[str, ...] = ()
     ignore: tuple[str, ...] = field(default=())
-    environment: Callable[[], Any] | None = None
+    environment: Callable[[dict[str, Any]], Any] | None = None
 
     def compute_key(
         self,
@@ -73,5 +76,6 @@ class ContentCachePolicy(CachePolicy):
             else:
                 parts[name] = value
         if self.environment is not None:
-            parts["environment"] = self.environment()
+            parts["environment"] = self.environment(inputs)
+        parts["work_generation"] = work_generation()
         return hash_objects(parts, raise_on_failure=True)

@@ -484,11 +484,7 @@ def _expected(loc: str) -> str:
         model = (
             field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) else None
         )
-    return (
-        f"expected {field.description[0].lower()}{field.description[1:]}"
-        if field and field.description
-        else "see README.md"
-    )
+    return f"expected {_lowercase_first(field.description)}" if field and field.description else "see README.md"
 
 
 def _shown(value: Any) -> str:
@@ -517,3 +513,8 @@ def _json_type(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def _lowercase_first(text: str) -> str:
+    """'Folder of ...' -> 'folder of ...', but 'JSON file ...' stays as it is."""
+    return text if text[1:2].isupper() else text[:1].lower() + text[1:]

@@ -27,6 +27,27 @@ def results_storage_dir() -> Path:
     return path
 
 
+GENERATION_FILE = ".generation"
+
+
+def work_generation() -> str:
+    """An id of the work folder's present life: deleting `work/` (say, to free space) starts a new one, so that
+    cache records pointing at the deleted files are no longer used and the steps recompute."""
+    work = cache_root() / "work"
+    marker = work / GENERATION_FILE
+    try:
+        return marker.read_text().strip()
+    except FileNotFoundError:
+        work.mkdir(parents=True, exist_ok=True)
+        fresh = uuid.uuid4().hex
+        try:  # O_EXCL: two processes starting a generation at once agree on the first one written
+            with open(marker, "x") as f:
+                f.write(fresh)
+        except FileExistsError:
+            pass
+        return marker.read_text().strip()
+
+
 def new_work_dir(step: str) -> Path:
     """A fresh folder for one execution of a step; cached results keep pointing at theirs."""
     path = cache_root() / "work" / step / uuid.uuid4().hex[:12]

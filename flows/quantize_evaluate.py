@@ -176,8 +176,11 @@ def quantize_evaluate(
             for model in built
             if VARIANTS[model.variant].full_integer
         }
-        # Let every evaluation finish (and be cached) before a failed one fails the run.
-        wait([part for parts in evaluations.values() for part in parts])
+        # Let every evaluation and compile finish (and be cached) before a failed one fails the run: a run is
+        # marked Failed only once nothing of it is still running.
+        wait(
+            [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
+        )
         evaluated = {name: Evaluation.merged([part.result() for part in parts]) for name, parts in evaluations.items()}
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,
@@ -248,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # the run failed: its log holds the details, the cause goes last
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the steps that finished are cached; run the same command again to resume", file=sys.stderr)
+        return 130
     finally:
         # The ephemeral API logs its shutdown at exit; keep the outcome as the last line instead.
         logging.getLogger("prefect").setLevel(logging.WARNING)

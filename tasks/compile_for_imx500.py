@@ -161,7 +161,7 @@ def _convert(converter: str, model: Path, target: Path) -> Imx500Report:
 @task(
     name="compile-for-imx500",
     # The converter and Java are part of the key: installing either redoes a skipped run.
-    cache_policy=ContentCachePolicy(file_inputs=("quantized_model",), environment=converter_and_java),
+    cache_policy=ContentCachePolicy(file_inputs=("quantized_model",), environment=lambda _: converter_and_java()),
     persist_result=True,
     **RETRY_OPTIONS,
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,13 @@ def injected_faults() -> set[str]:
         fault_file = Path(value[1:])
         value = fault_file.read_text() if fault_file.is_file() else ""
     return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def injected_fault_key(inputs: dict) -> str | None:
+    """An evaluation named in QUANTIZE_FAIL_EVALUATION gets a key of its own each time, so a rehearsal's fault
+    fires even when the evaluation is cached; the others keep theirs."""
+    injected = injected_faults()
+    return uuid.uuid4().hex if inputs.get("model_name") in injected or "all" in injected else None
 
 
 def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
@@ -135,7 +143,9 @@ def evaluate_model(
     name="evaluate-model",
     task_run_name="evaluate-{model_name}{shard_label}",
     cache_policy=ContentCachePolicy(
-        file_inputs=("model_path", "images_path", "labels_path"), ignore=("progress", "shard_label")
+        file_inputs=("model_path", "images_path", "labels_path"),
+        ignore=("progress", "shard_label"),
+        environment=injected_fault_key,
     ),
     persist_result=True,
     **RETRY_OPTIONS,

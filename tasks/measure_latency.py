@@ -67,7 +67,7 @@ def measure_latency(
     name="measure-latency",
     task_run_name="measure-latency-{model_name}",
     # A figure measured on another machine is not reused.
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path"), environment=this_machine),
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "images_path"), environment=lambda _: this_machine()),
     persist_result=True,
     **RETRY_OPTIONS,
 )

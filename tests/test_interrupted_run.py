@@ -74,3 +74,38 @@ def test_a_kill_during_quantization_keeps_the_previous_outputs_and_a_rerun_compl
         tmp_path / "models" / "model_quantized.tflite"
     ]
     assert not list((tmp_path / "models").glob("*.tmp*")) and not list((tmp_path / "results").glob("*.tmp*"))
+
+
+def test_a_deleted_work_folder_makes_the_next_run_recompute_instead_of_failing(prefect_harness, sample_dir, tmp_path):
+    import shutil
+
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
+    assert run(config_path).is_completed()
+    shutil.rmtree(cache_root() / "work")  # the records in prefect-results are kept
+    rerun = run(config_path)
+    assert rerun.is_completed(), rerun.message
+    states = task_states(rerun)
+    assert states["load-calibration-set"] == "Completed" and states["quantize-with-mct-ptq"] == "Completed", states
+    assert json.loads((tmp_path / "results" / "results.json").read_text())["top_1_accuracy_tflite_quantized"] > 0.8
+
+
+def test_ctrl_c_ends_the_command_with_status_130_and_one_line(sample_dir, tmp_path):
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, iteration_count=31))
+    before = quantize_work_dirs()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not quantize_work_dirs() - before:
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline, "the quantize step never started"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
+    assert "Traceback" not in stderr.strip().splitlines()[-1]

@@ -203,3 +203,31 @@ def test_the_command_runs_the_sample_and_prints_the_table(first_run):
     assert any(line.split()[:2] == ["tflite_quantized", "model_quantized.tflite"] for line in lines if line.strip())
     assert lines[-1].startswith("Recommended: ")
     assert json.loads((out / "results" / "results.json").read_text())["image_count"] == 120
+
+
+@pytest.mark.slow
+def test_an_injected_fault_fires_even_when_the_evaluation_is_cached(first_run, monkeypatch):
+    config_path, _, _ = first_run  # every step of this configuration is cached
+    monkeypatch.setenv(FAULT_ENV, "tflite_quantized")
+    failed = run(config_path)
+    assert failed.is_failed()
+    states = task_states(failed, expected=10)
+    assert states["evaluate-tflite_quantized"] == "Failed"
+    assert states["evaluate-tflite"] == "Cached"  # the others keep their cached results
+    monkeypatch.delenv(FAULT_ENV)
+    assert run(config_path).is_completed()
+
+
+@pytest.mark.slow
+def test_an_input_error_is_logged_as_one_line_without_a_traceback(prefect_harness, tmp_path, caplog):
+    import logging
+
+    config_path = write_config(tmp_path / "configuration.json", {"source_keras_model": "nope.h5"})
+    with caplog.at_level(logging.ERROR):
+        state = run(config_path)
+    assert state.is_failed()
+    failures = [
+        r for r in caplog.records if "ConfigError" in r.getMessage() or "configuration invalid" in r.getMessage()
+    ]
+    assert failures, [r.getMessage() for r in caplog.records]
+    assert all(r.exc_info is None and r.exc_text is None for r in failures)

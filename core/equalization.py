@@ -17,6 +17,9 @@ BatchNormalization directly after a Conv2D, DepthwiseConv2D or Dense is folded i
 several, called more than once, or a model output ends a chain there, and such a pair is reported as
 skipped with its reason, as is one through ReLU6, sigmoid, swish or any layer not listed above.
 The input model is never modified: the result is a new model built from its configuration.
+
+Optionally (`bias_absorption_images`), high biases are then absorbed into the next layer (section 4.2),
+measured on a few batches of images.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ class EqualizedPair(Record):
     scale_max: float
     range_ratio_before: float
     range_ratio_after: float
+    bias_absorbed: float | None = None  # the largest constant moved into the second layer's bias, when asked
+    bias_not_absorbed: str | None = None  # why not, when asked and it would not be exact
 
 
 class SkippedPair(Record):
@@ -98,7 +103,7 @@ def _references(value: Any, names: set[str]) -> list[str]:
 
 def _graph_of(config: dict) -> _Graph:
     names = [entry["config"]["name"] for entry in config["layers"]]
-    if "inbound_nodes" not in config["layers"][-1]:  # Sequential: a chain in list order
+    if "output_layers" not in config:  # Sequential: a chain in list order
         inputs = {name: names[i - 1 : i] for i, name in enumerate(names)}
         calls = dict.fromkeys(names, 1)
         outputs = {names[-1]}
@@ -150,7 +155,10 @@ def _out_channels(kernel: np.ndarray, layer: Any) -> int:
 
 
 def _input_axis(layer: Any) -> int:
-    return 0 if type(layer) is _weight_layer_types()[2] else 2
+    """Kernels: Dense (inputs, outputs), Conv2D (h, w, inputs, outputs), DepthwiseConv2D (h, w, inputs, multiplier)."""
+    import tensorflow as tf
+
+    return 0 if type(layer) is tf.keras.layers.Dense else 2
 
 
 HOMOGENEOUS_ACTIVATIONS = {"linear", "relu"}  # Keras's relu with its defaults: no max_value, threshold 0
@@ -195,7 +203,7 @@ def _passthrough_problem(layer: Any, channels: int) -> str | None:
     )
     if isinstance(layer, passthrough):
         return None
-    return f"{layer.name} ({kind}) is not a positively homogeneous layer equalization can pass through"
+    return f"{layer.name} ({kind}) is not one of the positively homogeneous layers equalization passes through"
 
 
 def _weight_layer_problem(layer: Any) -> str | None:
@@ -232,7 +240,7 @@ def _fold_problem(model: Any, graph: _Graph, bn: Any) -> tuple[str | None, str |
         )
     if graph.calls[producer.name] != 1 or len(graph.consumers[producer.name]) != 1 or producer.name in graph.outputs:
         return producer.name, f"{producer.name}'s output is used elsewhere too"
-    if _activation_problem(producer.name, producer.activation) or producer.activation.__name__ != "linear":
+    if getattr(producer.activation, "__name__", None) != "linear":
         return producer.name, f"{producer.name} has an activation before the batch normalization"
     if _weight_layer_problem(producer) or list(bn.axis) != [len(bn.input_shape) - 1]:
         return producer.name, "it does not normalize the channels-last axis"
@@ -292,7 +300,9 @@ def fold_batch_norm(model: Any) -> tuple[Any, list[FoldedBatchNorm], list[Skippe
             continue
         if entry["config"]["name"] in into:
             entry = {**entry, "config": {**entry["config"], "use_bias": True}}
-        entries.append(_rename(entry, folds))
+        if "inbound_nodes" in entry:
+            entry = {**entry, "inbound_nodes": _rename(entry["inbound_nodes"], folds)}
+        entries.append(entry)
     config = {**config, "layers": entries}
     if "output_layers" in config:
         config["output_layers"] = _rename(config["output_layers"], folds)
@@ -375,30 +385,14 @@ def _ratio(ranges: np.ndarray) -> float:
     return float(live.max() / live.min()) if live.size else 1.0
 
 
-def equalize(model: Any, *, max_iterations: int = 100, tolerance: float = 1e-4) -> tuple[Any, EqualizationReport]:
-    """A new model, the same function as `model`, with batch normalization folded and every equalizable pair
-    of weight layers rescaled so that their per-channel weight ranges match. Each layer of a chain belongs to
-    two pairs, so the pairs are equalized in turn until every scale is within `tolerance` of 1."""
-    equalized, folded, skipped = fold_batch_norm(model)
-    config = equalized.get_config()
-    graph = _graph_of(config)
-    pairs: list[_Pair] = []
-    for layer in equalized.layers:
-        if _is_weight_layer(layer):
-            found = _follow(equalized, graph, layer)
-            if isinstance(found, _Pair):
-                pairs.append(found)
-            elif found is not None:
-                skipped.append(found)
-    weights = {
-        layer.name: [w.astype(np.float64) for w in layer.get_weights()]
-        for pair in pairs
-        for layer in (pair.first, pair.second)
-    }
-    before = [_ratio(_output_ranges(weights[p.first.name][0], p.first)) for p in pairs]
+def _equalize_pairs(
+    pairs: list[_Pair], weights: dict[str, list[np.ndarray]], max_iterations: int, tolerance: float
+) -> tuple[list[np.ndarray], int, bool]:
+    """Rescale `weights` in place, pair after pair, until every scale is within `tolerance` of 1: each pair's
+    scales over all iterations, the iterations run, and whether they converged."""
     total = [np.ones(p.channels) for p in pairs]
     iterations, converged = 0, not pairs
-    while pairs and iterations < max_iterations and not converged:
+    while iterations < max_iterations and not converged:
         iterations += 1
         largest = 0.0
         for k, pair in enumerate(pairs):
@@ -415,10 +409,100 @@ def equalize(model: Any, *, max_iterations: int = 100, tolerance: float = 1e-4) 
             total[k] *= scales
             largest = max(largest, float(np.abs(np.log(scales)).max()))
         converged = largest <= tolerance
-    layers = {layer.name: layer for p in pairs for layer in (p.first, p.second)}
-    for name, values in weights.items():
-        original = layers[name].get_weights()
-        layers[name].set_weights([v.astype(o.dtype) for v, o in zip(values, original, strict=True)])
+    return total, iterations, converged
+
+
+def _absorption_problem(model: Any, pair: _Pair) -> str | None:
+    """Why moving a constant from the first layer's bias into the second's would not be exact, if it would not."""
+    import tensorflow as tf
+
+    for layer in (pair.first, pair.second):
+        if not layer.use_bias:
+            return f"{layer.name} has no bias"
+    if any(isinstance(model.get_layer(name), tf.keras.layers.ZeroPadding2D) for name in pair.through):
+        return "a ZeroPadding2D between them pads with zeros, which the absorbed bias would not reach"
+    second = pair.second
+    if type(second) is tf.keras.layers.Dense:
+        return None
+    if second.padding != "valid" and tuple(second.kernel_size) != (1, 1):
+        return f"{second.name} pads its input with zeros, which the absorbed bias would not reach"
+    return None
+
+
+def _input_sums(kernel: np.ndarray, layer: Any, values: np.ndarray) -> np.ndarray:
+    """What the second layer adds to each of its outputs when its input channel i is the constant values[i]."""
+    moved = np.moveaxis(kernel, _input_axis(layer), -1)
+    products = moved * np.tile(values, moved.shape[-1] // len(values))
+    if _is_depthwise(layer):  # (h, w, multiplier, channels): output c * multiplier + m
+        return products.sum(axis=(0, 1)).T.reshape(-1)
+    return products.sum(axis=-1).reshape(-1, products.shape[-2]).sum(axis=0)
+
+
+def _absorb_high_biases(
+    model: Any, pairs: list[_Pair], weights: dict[str, list[np.ndarray]], images: np.ndarray
+) -> tuple[dict[str, float], dict[str, str]]:
+    """High-bias absorption (section 4.2 of the paper), measured on `images`: where the first layer's output
+    channel i never falls below c_i > 0 on them, c_i leaves its bias and the second layer's bias gains what
+    c_i contributed, narrowing that activation's range. Exact on `images` (positively homogeneous layers are
+    the identity above 0). By the first layer's name: the largest c_i absorbed, and why a pair was not."""
+    import tensorflow as tf
+
+    absorbed: dict[str, float] = {}
+    problems = {pair.first.name: _absorption_problem(model, pair) for pair in pairs}
+    eligible = [pair for pair in pairs if problems[pair.first.name] is None]
+    if not eligible:
+        return absorbed, {name: problem for name, problem in problems.items() if problem}
+    probe = tf.keras.Model(model.inputs, [pair.first.output for pair in eligible])
+    activations = probe(np.asarray(images, dtype=np.float32), training=False)
+    for pair, activation in zip(eligible, activations if len(eligible) > 1 else [activations], strict=True):
+        lowest = np.asarray(activation, dtype=np.float64).reshape(-1, pair.channels).min(axis=0)
+        constant = np.maximum(lowest, 0.0)
+        weights[pair.first.name][1] = weights[pair.first.name][1] - constant
+        second = weights[pair.second.name]
+        second[1] = second[1] + _input_sums(second[0], pair.second, constant)
+        absorbed[pair.first.name] = float(constant.max())
+    return absorbed, {name: problem for name, problem in problems.items() if problem}
+
+
+def equalize(
+    model: Any,
+    *,
+    max_iterations: int = 100,
+    tolerance: float = 1e-4,
+    bias_absorption_images: np.ndarray | None = None,
+) -> tuple[Any, EqualizationReport]:
+    """A new model, the same function as `model`, with batch normalization folded and every equalizable pair
+    of weight layers rescaled so that their per-channel weight ranges match. Each layer of a chain belongs to
+    two pairs, so the pairs are equalized in turn until every scale is within `tolerance` of 1.
+
+    With `bias_absorption_images` (a few batches of preprocessed inputs), high biases are then absorbed into
+    the next layer where that is exact on those images (see `_absorb_high_biases`)."""
+    equalized, folded, skipped = fold_batch_norm(model)
+    graph = _graph_of(equalized.get_config())
+    pairs: list[_Pair] = []
+    for layer in equalized.layers:
+        if _is_weight_layer(layer):
+            found = _follow(equalized, graph, layer)
+            if isinstance(found, _Pair):
+                pairs.append(found)
+            elif found is not None:
+                skipped.append(found)
+    layers = {layer.name: layer for pair in pairs for layer in (pair.first, pair.second)}
+    weights = {name: [w.astype(np.float64) for w in layer.get_weights()] for name, layer in layers.items()}
+    dtypes = {name: [w.dtype for w in layer.get_weights()] for name, layer in layers.items()}
+
+    def store() -> None:
+        for name, values in weights.items():
+            layers[name].set_weights([v.astype(d) for v, d in zip(values, dtypes[name], strict=True)])
+
+    before = [_ratio(_output_ranges(weights[p.first.name][0], p.first)) for p in pairs]
+    scales, iterations, converged = _equalize_pairs(pairs, weights, max_iterations, tolerance)
+    store()
+    absorbed: dict[str, float] = {}
+    not_absorbed: dict[str, str] = {}
+    if bias_absorption_images is not None:
+        absorbed, not_absorbed = _absorb_high_biases(equalized, pairs, weights, bias_absorption_images)
+        store()
     report = EqualizationReport(
         folded_batch_norms=tuple(folded),
         pairs=tuple(
@@ -427,10 +511,12 @@ def equalize(model: Any, *, max_iterations: int = 100, tolerance: float = 1e-4) 
                 second=p.second.name,
                 through=p.through,
                 channels=p.channels,
-                scale_min=float(total[k].min()),
-                scale_max=float(total[k].max()),
+                scale_min=float(scales[k].min()),
+                scale_max=float(scales[k].max()),
                 range_ratio_before=before[k],
                 range_ratio_after=_ratio(_output_ranges(weights[p.first.name][0], p.first)),
+                bias_absorbed=absorbed.get(p.first.name),
+                bias_not_absorbed=not_absorbed.get(p.first.name),
             )
             for k, p in enumerate(pairs)
         ),
@@ -451,7 +537,7 @@ def prediction_agreement(
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
         a = np.asarray(original(batch, training=False))
         b = np.asarray(equalized(batch, training=False))
-        same += int((a.argmax(axis=-1) == b.argmax(axis=-1)).sum())
+        same += int((a.argmax(axis=-1) == b.argmax(axis=-1)).reshape(len(a), -1).all(axis=1).sum())
         largest = max(largest, float(np.abs(a - b).max()))
     count = len(images)
     return PredictionAgreement(agreement=same / count if count else 1.0, max_abs_difference=largest, image_count=count)

@@ -2,15 +2,21 @@
 scikit-learn's 8x8 digits, given a function-preserving channel-range imbalance, and hand-set models for
 what breaks a chain (ReLU6, sigmoid, branches), batch-norm folding and depthwise convolutions."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from core.equalization import equalize, fold_batch_norm, prediction_agreement
 from core.errors import InputError
+from core.models import TFLitePredictor, keras_predictor, load_quantized_keras_model
+from core.records import BuiltModel
+from tasks.convert_to_tflite import convert_to_tflite
+from tasks.quantize_with_mct import quantize_with_mct
 
 layers = tf.keras.layers
-WIDE_CHANNELS, WIDE_FACTOR = [1, 4], 300.0
+WIDE_CHANNELS, WIDE_FACTOR = [1, 4], 500.0  # of conv1's 8 channels
 
 
 @pytest.fixture(scope="module")
@@ -227,6 +233,38 @@ def test_depthwise_pairs_are_equalized_and_branches_end_the_chain():
     assert check.max_abs_difference < 1e-4 * max(1.0, float(np.abs(model(images)).max()))
 
 
+def test_high_biases_are_absorbed_where_that_is_exact_on_the_images_given():
+    inputs = tf.keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = layers.Conv2D(4, 3, padding="same", activation="relu", name="c2")(x)
+    x = layers.MaxPooling2D(name="pool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    outputs = layers.Dense(3, name="dense")(x)
+    model = random_weights(tf.keras.Model(inputs, outputs), seed=5)
+    kernel, bias = model.get_layer("c2").get_weights()
+    model.get_layer("c2").set_weights([kernel, bias + np.array([20.0, 0, 0, 0], np.float32)])  # always active
+    images = np.random.default_rng(6).uniform(0, 1, (64, 8, 8, 3)).astype(np.float32)
+
+    plain, plain_report = equalize(model)
+    absorbed, report = equalize(model, bias_absorption_images=images)
+
+    assert all(p.bias_absorbed is None and p.bias_not_absorbed is None for p in plain_report.pairs)
+    c1, c2 = report.pairs
+    assert c1.bias_absorbed is None and c1.bias_not_absorbed == (
+        "c2 pads its input with zeros, which the absorbed bias would not reach"
+    )
+    assert c2.bias_not_absorbed is None and c2.bias_absorbed > 5
+    check = prediction_agreement(model, absorbed, images)
+    assert check.agreement == 1.0 and check.max_abs_difference < 1e-4 * float(np.abs(model(images)).max())
+
+    def c2_channel_0(m: tf.keras.Model) -> np.ndarray:
+        return np.asarray(tf.keras.Model(m.inputs, m.get_layer("c2").output)(images))[..., 0]
+
+    assert c2_channel_0(plain).min() > 5
+    assert c2_channel_0(absorbed).min() == pytest.approx(0, abs=1e-4)  # the range starts at 0 now
+    np.testing.assert_allclose(c2_channel_0(absorbed).max(), c2_channel_0(plain).max() - c2.bias_absorbed, rtol=1e-4)
+
+
 def test_a_subclassed_model_is_refused():
     class Subclassed(tf.keras.Model):
         def __init__(self):
@@ -240,3 +278,49 @@ def test_a_subclassed_model_is_refused():
     model(np.zeros((1, 3), np.float32))
     with pytest.raises(InputError, match="not a built functional or Sequential"):
         equalize(model)
+
+
+def quantized_top_1(model: tf.keras.Model, calibration: Path, x: np.ndarray, y: np.ndarray, out: Path) -> dict:
+    """Top-1 of `model` quantized by the workflow's own steps: MCT PTQ for the IMX500 and the converter's full int8."""
+    out.mkdir()
+    model.save(out / "model.keras")
+    model_path, calibration_path = str(out / "model.keras"), str(calibration)
+    mct_model = quantize_with_mct(
+        model_path=model_path,
+        calibration_path=calibration_path,
+        batch_size=32,
+        target_platform="imx500",
+        out_dir=out,
+        progress=False,
+    )
+    tflite = convert_to_tflite(
+        model_path=model_path, calibration_path=calibration_path, variant="full_int8", out_dir=out
+    )
+    assert isinstance(tflite, BuiltModel) and tflite.facts.input_dtype == "int8"
+    return {
+        "mct_ptq": top_1(keras_predictor(load_quantized_keras_model(mct_model.path)), x, y),
+        "full_int8": top_1(TFLitePredictor(tflite.path), x, y),
+    }
+
+
+@pytest.mark.slow
+def test_equalization_restores_the_accuracy_an_imbalance_costs_8_bit_quantization(digits, trained, tmp_path):
+    """A few activation channels 500 times wider than the rest own the per-tensor 8-bit grid: the others round
+    to zero and the quantized model fails, although its float predictions are the trained model's."""
+    x_train, _, x_test, y_test = digits
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, x_train[:256])  # 8 batches of 32 for MCT; the converter calibrates on each image
+    imbalanced = rescaled(trained, WIDE_CHANNELS, WIDE_FACTOR)
+    equalized, report = equalize(imbalanced)
+    assert prediction_agreement(imbalanced, equalized, x_test).agreement == 1.0
+    float_top_1 = top_1(imbalanced, x_test, y_test)
+    assert float_top_1 == pytest.approx(top_1(trained, x_test, y_test), abs=0.002) and float_top_1 > 0.9
+
+    before = quantized_top_1(imbalanced, calibration, x_test, y_test, tmp_path / "imbalanced")
+    after = quantized_top_1(equalized, calibration, x_test, y_test, tmp_path / "equalized")
+
+    print(f"Top-1 float {float_top_1:.3f}; quantized imbalanced {before}, equalized {after}")
+    assert before["mct_ptq"] < float_top_1 - 0.5
+    assert before["full_int8"] < float_top_1 - 0.2
+    assert after["mct_ptq"] > float_top_1 - 0.03
+    assert after["full_int8"] > float_top_1 - 0.03

@@ -64,6 +64,8 @@ class SkippedPair(Record):
 
 
 class EqualizationReport(Record):
+    """What `equalize` did: batch norms folded, pairs equalized (in model order), pairs skipped and why."""
+
     folded_batch_norms: tuple[FoldedBatchNorm, ...]
     pairs: tuple[EqualizedPair, ...]
     skipped: tuple[SkippedPair, ...]

@@ -80,6 +80,8 @@ class QuantizedModel(Record):
     error_method: str
     target_platform: str
     tpc_version: str
+    tpc_reason: str | None = None  # why this TPC version: the one paired with the installed IMX500 converter
+    imx500_converter_version: str | None = None
     mct_version: str
     gptq_epochs: int | None = None
     weights_memory_ratio: float | None = None

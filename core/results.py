@@ -137,7 +137,16 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
             "models": models,
             "float_tflite": config.float_tflite,
             "quantization": {
-                k: getattr(ptq, k) for k in ("method", "error_method", "target_platform", "tpc_version", "mct_version")
+                k: getattr(ptq, k)
+                for k in (
+                    "method",
+                    "error_method",
+                    "target_platform",
+                    "tpc_version",
+                    "tpc_reason",
+                    "imx500_converter_version",
+                    "mct_version",
+                )
             },
             "unsupported_variants": {model_id(u.variant, config.float_tflite): u.reason for u in run.unsupported},
             "mct_variants": {name: b.quantization.details() for name, b in tflite_models.items() if b.quantization},

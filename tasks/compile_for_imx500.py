@@ -11,7 +11,6 @@ on PATH. Without it, or without Java, the step is skipped with a message saying 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,11 +22,12 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.errors import StepError
+from core.platforms import IMX500_CONVERTER_ENV, find_imx500_converter
 from core.records import Imx500Report, QuantizedModel
 from core.retry import RETRY_OPTIONS
-from core.storage import REPO_ROOT, new_work_dir
+from core.storage import new_work_dir
 
-CONVERTER_ENV = "IMX500_CONVERTER"
+CONVERTER_ENV = IMX500_CONVERTER_ENV
 HOW_TO_INSTALL = (
     "run `make imx500` (installs imx500-converter[tf] from requirements-imx500.txt into .venv-imx500), "
     f"or install it in an environment of its own and set {CONVERTER_ENV} to its imxconv-tf"
@@ -35,11 +35,7 @@ HOW_TO_INSTALL = (
 
 
 def find_converter() -> str | None:
-    named = os.environ.get(CONVERTER_ENV)
-    if named:
-        return named
-    local = REPO_ROOT / ".venv-imx500" / "bin" / "imxconv-tf"
-    return str(local) if local.is_file() else shutil.which("imxconv-tf")
+    return find_imx500_converter()
 
 
 def find_java() -> str | None:

@@ -20,12 +20,11 @@ from tqdm import tqdm
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.models import load_keras_model
+from core.platforms import choose_platform, target_platform_capabilities
 from core.records import QuantizedModel
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 from core.variants import MCT_METHODS, mct_keras_file_name
-
-TPC_VERSION = "1.0"
 
 
 def representative_data(calibration: np.ndarray, batch_size: int, progress: bool):
@@ -68,11 +67,12 @@ def quantize_with_mct(
         raise ValueError("method 'gptq' needs gptq_epochs")
     if method == "mixed_precision" and weights_memory_ratio is None:
         raise ValueError("method 'mixed_precision' needs weights_memory_ratio")
+    platform = choose_platform(target_platform)
     model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
     data = representative_data(calibration, batch_size, progress)
     try:
-        tpc = mct.get_target_platform_capabilities(tpc_version=TPC_VERSION, device_type=target_platform)
+        tpc = target_platform_capabilities(platform)
         error = mct.core.QuantizationErrorMethod[error_method.upper()]
         quantization_config = mct.core.QuantizationConfig(activation_error_method=error, weights_error_method=error)
         mixed = (
@@ -120,7 +120,9 @@ def quantize_with_mct(
         method=method,
         error_method=error_method,
         target_platform=target_platform,
-        tpc_version=TPC_VERSION,
+        tpc_version=platform.tpc_version,
+        tpc_reason=platform.reason,
+        imx500_converter_version=platform.imx500_converter_version,
         mct_version=mct.__version__,
         **details,
     )
@@ -129,7 +131,12 @@ def quantize_with_mct(
 @task(
     name="quantize-with-mct",
     task_run_name="quantize-with-mct-{method}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "calibration_path"), ignore=("progress",)),
+    # The platform description follows the installed IMX500 converter: installing another redoes the quantization.
+    cache_policy=ContentCachePolicy(
+        file_inputs=("model_path", "calibration_path"),
+        ignore=("progress",),
+        environment=lambda inputs: choose_platform(inputs["target_platform"]).model_dump(),
+    ),
     persist_result=True,
     **RETRY_OPTIONS,
 )

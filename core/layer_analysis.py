@@ -50,6 +50,7 @@ _HEALTHY_NOISE = 10 ** (-HEALTHY_SQNR_DB / 10)
 # Inputs noisier than this (SQNR under 20 dB) already carry an upstream loss, which the layers after it
 # amplify: a drop measured there does not make a first or last layer "sensitive".
 _CLEAN_INPUT_NOISE = _HEALTHY_NOISE * 10 ** (SIGNIFICANT_LOSS_DB / 10)
+_NO_SIGNAL = 1 / _HEALTHY_NOISE  # the noise-to-signal counted for a tensor that lost its signal: -30 dB SQNR
 
 
 class Charge(NamedTuple):
@@ -89,10 +90,13 @@ def finite_or_none(value: float | None) -> float | None:
 
 
 def loss_db(noise_here: float, noise_before: float = 0.0) -> float:
-    """The noise-to-signal a layer adds (powers), in dB over what 8 bits cost anyway; never negative."""
-    if not math.isfinite(noise_here):
-        noise_here = 1 / _HEALTHY_NOISE  # no signal left: as lost as it gets
-    return max(0.0, 10 * math.log10((noise_here + _HEALTHY_NOISE) / (max(noise_before, 0.0) + _HEALTHY_NOISE)))
+    """The noise-to-signal a layer adds (powers), in dB over what 8 bits cost anyway; never negative. Noise
+    without signal (infinite, or not a number) counts as `_NO_SIGNAL`."""
+
+    def bounded(noise: float) -> float:
+        return min(noise, _NO_SIGNAL) if noise >= 0 else _NO_SIGNAL  # NaN compares False
+
+    return max(0.0, 10 * math.log10((bounded(noise_here) + _HEALTHY_NOISE) / (bounded(noise_before) + _HEALTHY_NOISE)))
 
 
 def analyse_mct_model(
@@ -109,8 +113,8 @@ def analyse_mct_model(
     """XQuant on an MCT-quantized Keras model (MCT's Keras format); its report folder goes to `report_dir`."""
     float_model = load_keras_model(float_model_path, allow_unsafe_code)
     quantized = load_quantized_keras_model(quantized_model_path)
-    calibration = np.load(calibration_path)
-    evaluation = np.load(evaluation_images_path)
+    calibration = np.load(calibration_path, mmap_mode="r")
+    evaluation = np.load(evaluation_images_path, mmap_mode="r")
     result = run_xquant(float_model, quantized, calibration, evaluation, batch_size, report_dir)
     metrics = xquant_layer_metrics(result, quantized)
     stats = activation_stats(float_model, calibration, batch_size)
@@ -151,8 +155,8 @@ def analyse_converter_model(
     if variant not in CONVERTER_ANALYSED_VARIANTS:
         raise ValueError(f"variant {variant!r}: the debugger analyses {', '.join(CONVERTER_ANALYSED_VARIANTS)}")
     model = load_keras_model(float_model_path, allow_unsafe_code)
-    calibration = np.load(calibration_path)
-    debug_images = np.load(evaluation_images_path) if evaluation_images_path else calibration
+    calibration = np.load(calibration_path, mmap_mode="r")
+    debug_images = np.load(evaluation_images_path, mmap_mode="r") if evaluation_images_path else calibration
     metrics, unsigned, model_metrics = debugger_layer_metrics(
         model, calibration, debug_images[:debug_image_count], variant
     )

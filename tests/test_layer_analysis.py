@@ -17,15 +17,16 @@ from core.layer_tools import layer_for_tensor
 
 RESCALED_CHANNELS, RESCALE = [0, 1, 2], 300.0  # conv_a's channels made 300x larger, conv_b's inputs 300x smaller
 OUTLIER_GAIN = 100.0  # the outlier channel's peak over every other channel's
+WEIGHT_OUTLIER = 300.0  # a logits weight this many times the largest trained one
 
 
-def cnn(conv_a_filters: int = 8):
+def cnn(conv_a_filters: int = 8, conv_b_filters: int = 16):
     import tensorflow as tf
 
     layers = tf.keras.layers
     inputs = tf.keras.Input((8, 8, 1))
     x = layers.Conv2D(conv_a_filters, 3, padding="same", activation="relu", name="conv_a")(inputs)
-    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv_b")(x)
+    x = layers.Conv2D(conv_b_filters, 3, padding="same", activation="relu", name="conv_b")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return tf.keras.Model(inputs, layers.Dense(10, name="logits")(x), name="digits")
 
@@ -63,11 +64,24 @@ def trained(digits):
     return model
 
 
-def copy_of(model, conv_a_filters: int = 8):
-    clone = cnn(conv_a_filters)
-    if conv_a_filters == 8:
-        clone.set_weights(model.get_weights())
-    return clone
+def copy_of(trained, conv_a_filters: int = 8, conv_b_filters: int = 16):
+    """The trained model with room for extra channels: their weights, in and out, are zero."""
+    model = cnn(conv_a_filters, conv_b_filters)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        weights = []
+        for target, source in zip(layer.get_weights(), trained.get_layer(layer.name).get_weights(), strict=True):
+            padded = np.zeros_like(target)
+            padded[tuple(slice(0, n) for n in source.shape)] = source
+            weights.append(padded)
+        layer.set_weights(weights)
+    return model
+
+
+def assert_same_function(model, trained, digits) -> None:
+    images = digits["evaluation"][0]
+    np.testing.assert_allclose(model.predict(images, verbose=0), trained.predict(images, verbose=0), atol=1e-3)
 
 
 def top_1(model, digits) -> float:
@@ -86,7 +100,7 @@ def mct_quantized(model_path: str, digits) -> str:
     from tasks.quantize_with_mct import quantize_with_mct
 
     out = Path(model_path).with_suffix("")
-    out.mkdir()
+    out.mkdir(exist_ok=True)
     return quantize_with_mct(
         model_path=model_path,
         calibration_path=digits["calibration_path"],
@@ -115,8 +129,7 @@ def imbalanced(trained, digits) -> str:
     next_kernel[:, :, RESCALED_CHANNELS, :] /= RESCALE
     model.get_layer("conv_a").set_weights([kernel, bias])
     model.get_layer("conv_b").set_weights([next_kernel, next_bias])
-    images = digits["evaluation"][0]
-    np.testing.assert_allclose(model.predict(images, verbose=0), trained.predict(images, verbose=0), atol=1e-3)
+    assert_same_function(model, trained, digits)
     return saved(model, digits, "imbalanced")
 
 
@@ -127,23 +140,31 @@ def with_outliers(trained, digits) -> str:
     weights), so the model computes the same function, but a min/max grid must cover the detector's peaks."""
     import tensorflow as tf
 
-    kernel, bias = trained.get_layer("conv_a").get_weights()
-    next_kernel, next_bias = trained.get_layer("conv_b").get_weights()
     calibration = digits["calibration"]
-    detector = kernel[..., :1]
+    model = copy_of(trained, conv_a_filters=9)
+    kernel, bias = model.get_layer("conv_a").get_weights()
+    detector = kernel[..., :1]  # channel 0's pattern
     response = tf.nn.conv2d(calibration, detector, 1, "SAME").numpy()
     threshold = np.quantile(response, 0.998)
     peak = np.max(tf.keras.Model(trained.input, trained.get_layer("conv_a").output)(calibration))
     gain = OUTLIER_GAIN * peak / (response.max() - threshold)
-    model = copy_of(trained, conv_a_filters=9)
-    model.get_layer("conv_a").set_weights(
-        [np.concatenate([kernel, detector * gain], -1), np.append(bias, -threshold * gain)]
-    )
-    model.get_layer("conv_b").set_weights([np.concatenate([next_kernel, 0 * next_kernel[:, :, :1]], 2), next_bias])
-    model.get_layer("logits").set_weights(trained.get_layer("logits").get_weights())
-    images = digits["evaluation"][0]
-    np.testing.assert_allclose(model.predict(images, verbose=0), trained.predict(images, verbose=0), atol=1e-4)
+    kernel[..., 8:], bias[8] = detector * gain, -threshold * gain
+    model.get_layer("conv_a").set_weights([kernel, bias])
+    assert_same_function(model, trained, digits)
     return saved(model, digits, "outliers")
+
+
+@pytest.fixture(scope="module")
+def last_layer_weight_outlier(trained, digits) -> str:
+    """conv_b gets a 17th channel that is always zero, and the logits a weight on it 300x the largest trained
+    one: the same function, but each class's 8-bit weight grid is stretched over that weight, and the trained
+    weights round to zero. No activation range is at fault: the last layer is."""
+    model = copy_of(trained, conv_b_filters=17)
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[16, :] = WEIGHT_OUTLIER * np.abs(kernel).max()
+    model.get_layer("logits").set_weights([kernel, bias])
+    assert_same_function(model, trained, digits)
+    return saved(model, digits, "last_layer_weight_outlier")
 
 
 def assert_json_record(analysis: LayerAnalysis) -> None:
@@ -236,6 +257,29 @@ def test_both_methods_blame_the_layer_with_outliers(trained, with_outliers, digi
 
 
 @pytest.mark.slow
+def test_a_last_layer_that_loses_alone_is_called_sensitive(trained, last_layer_weight_outlier, digits):
+    path = last_layer_weight_outlier
+    quantized = mct_quantized(path, digits)
+    assert mct_top_1(quantized, digits) < top_1(trained, digits) - 0.3
+
+    for analysis in (
+        analyse_mct_model(
+            float_model_path=path,
+            quantized_model_path=quantized,
+            calibration_path=digits["calibration_path"],
+            evaluation_images_path=digits["evaluation_path"],
+        ),
+        analyse_converter_model(
+            float_model_path=path, calibration_path=digits["calibration_path"], variant="full_int8"
+        ),
+    ):
+        worst = analysis.layers[0]
+        assert (worst.layer, worst.causes) == ("logits", ["sensitive last layer (keep it at higher precision)"])
+        assert worst.loss_db > 2 * SIGNIFICANT_LOSS_DB
+        assert all(layer.loss_db < SIGNIFICANT_LOSS_DB for layer in analysis.layers[1:])
+
+
+@pytest.mark.slow
 def test_a_healthy_model_has_no_culprit(trained, digits):
     path = saved(trained, digits, "healthy")
     for analysis in (
@@ -284,4 +328,5 @@ def test_loss_counts_only_noise_beyond_what_8_bits_cost():
     assert loss_db(1e-5) < 0.1  # a 50 dB layer loses nothing
     assert loss_db(0.1) == pytest.approx(20.0, abs=0.1)  # 10 dB where 8 bits give 30 dB
     assert loss_db(0.1, noise_before=0.1) == 0.0  # the noise came from upstream
-    assert loss_db(float("inf")) > 50
+    assert loss_db(float("inf")) == loss_db(float("nan")) == pytest.approx(60.0)  # no signal left
+    assert loss_db(0.1, noise_before=float("inf")) == 0.0

@@ -21,6 +21,7 @@ The causes come from the float model's activations on the calibration images.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -149,29 +150,41 @@ def analyse_converter_model(
     debug_image_count: int = 32,
     batch_size: int = 32,
     allow_unsafe_code: bool = False,
+    converter_lock: AbstractContextManager | None = None,
 ) -> LayerAnalysis:
     """TensorFlow's QuantizationDebugger on the `variant` the converter makes of the float model, fed
-    `debug_image_count` evaluation images (calibration images when no evaluation images are given)."""
+    `debug_image_count` evaluation images (calibration images when no evaluation images are given). The
+    converter runs under `converter_lock` (give tasks.convert_to_tflite.CONVERTER_LOCK inside the workflow)."""
     if variant not in CONVERTER_ANALYSED_VARIANTS:
         raise ValueError(f"variant {variant!r}: the debugger analyses {', '.join(CONVERTER_ANALYSED_VARIANTS)}")
     model = load_keras_model(float_model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
     debug_images = np.load(evaluation_images_path, mmap_mode="r") if evaluation_images_path else calibration
     metrics, unsigned, model_metrics = debugger_layer_metrics(
-        model, calibration, debug_images[:debug_image_count], variant
+        model, calibration, debug_images[:debug_image_count], variant, converter_lock
     )
     stats = activation_stats(model, calibration, batch_size)
     causes = _causes(stats, unsigned)
     charges = {}
     for name, values in metrics.items():  # each op's own error: its inputs are the quantized model's, dequantized
-        values["lost_here_db"] = loss_db(values.get("channel_noise_to_signal") or 0.0)
-        charges[name] = [Charge(values["lost_here_db"], name, clean_inputs=True)]
-    method = "quantization_debugger"
-    return _assemble(model_name or f"tflite_{variant}", method, model, stats, causes, metrics, charges, model_metrics)
+        noise = values.get("channel_noise_to_signal")
+        values["lost_here_db"] = loss = loss_db(noise if noise is not None and math.isfinite(noise) else 0.0)
+        charges[name] = [Charge(loss, name, clean_inputs=True)]
+    return _assemble(
+        model_name or f"tflite_{variant}",
+        "quantization_debugger",
+        model,
+        stats,
+        causes,
+        metrics,
+        charges,
+        model_metrics,
+    )
 
 
 def _noise(sqnr_db: float | None) -> float:
-    return math.inf if sqnr_db is None else 10 ** (-sqnr_db / 10)
+    """Noise over signal power: none where XQuant could not tell; -100 dB and below all count as no signal."""
+    return 0.0 if sqnr_db is None else 10 ** (-max(sqnr_db, -100.0) / 10)
 
 
 def _causes(stats: dict, unsigned: dict[str, bool]) -> dict[str, list[Cause]]:

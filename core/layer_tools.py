@@ -21,6 +21,7 @@ import io
 import math
 import tempfile
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -59,12 +60,18 @@ def run_xquant(float_model, quantized_model, calibration, evaluation, batch_size
 
 
 def _similarity(values: dict[str, float], suffix: str) -> dict[str, float | None]:
-    sqnr = values.get("sqnr")
     return {
         f"cosine_similarity{suffix}": -values["cs"] if "cs" in values else None,
-        f"sqnr_db{suffix}": 10 * math.log10(sqnr) if sqnr is not None and sqnr > 0 else None,
+        f"sqnr_db{suffix}": sqnr_db(values.get("sqnr")),
         f"mse{suffix}": values.get("mse"),
     }
+
+
+def sqnr_db(sqnr: float | None) -> float | None:
+    """In dB: -inf for noise without signal, None where XQuant could not tell (no signal, no noise: NaN)."""
+    if sqnr is None or math.isnan(sqnr):
+        return None
+    return 10 * math.log10(sqnr) if sqnr > 0 else -math.inf
 
 
 def xquant_layer_metrics(result: dict, quantized_model) -> dict[str, dict[str, float | None]]:
@@ -168,9 +175,16 @@ def _output_mse(float_outputs, quantized_outputs) -> float:
     return float(np.mean((np.asarray(float_outputs[0]) - np.asarray(quantized_outputs[0])) ** 2))
 
 
-def debugger_layer_metrics(model, calibration: np.ndarray, debug_images: np.ndarray, variant: str):
+def debugger_layer_metrics(
+    model,
+    calibration: np.ndarray,
+    debug_images: np.ndarray,
+    variant: str,
+    converter_lock: AbstractContextManager | None = None,
+):
     """Per Keras layer, the debugger's metrics for the tensor it produces (the worst when several), whether
-    that tensor is quantized unsigned, and the model output's metrics."""
+    that tensor is quantized unsigned, and the model output's metrics. The conversions run under
+    `converter_lock` (tasks.convert_to_tflite.CONVERTER_LOCK in the workflow)."""
     import tensorflow as tf
 
     full_integer = VARIANTS[variant].full_integer
@@ -181,14 +195,17 @@ def debugger_layer_metrics(model, calibration: np.ndarray, debug_images: np.ndar
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     data = lambda: ([image[None].astype(np.float32)] for image in debug_images)  # noqa: E731
     debug = tf.lite.experimental.QuantizationDebugOptions
-    calibrated = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=data, debug_options=debug(fully_quantize=full_integer)
-    )
+    with converter_lock or nullcontext():
+        calibrated = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=data, debug_options=debug(fully_quantize=full_integer)
+        )
+        debug_model = calibrated.get_debug_quantized_model()
+        float_model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     # Built again from the debug model: only then does the debugger keep every tensor for the direct comparison
     # (with a converter, the interpreter reuses the buffers of tensors it no longer needs).
     debugger = tf.lite.experimental.QuantizationDebugger(
-        quant_debug_model_content=calibrated.get_debug_quantized_model(),
-        float_model_content=tf.lite.TFLiteConverter.from_keras_model(model).convert(),
+        quant_debug_model_content=debug_model,
+        float_model_content=float_model,
         debug_dataset=data,
         debug_options=debug(
             layer_debug_metrics={"mean_abs_error": lambda diff: float(np.mean(np.abs(diff)))},
@@ -203,14 +220,17 @@ def debugger_layer_metrics(model, calibration: np.ndarray, debug_images: np.ndar
     names = {layer.name for layer in model.layers}
     metrics: dict[str, dict[str, float | None]] = {}
     unsigned: dict[str, bool] = {}
+    worst: dict[str, float] = {}  # per layer, the channel noise-to-signal of the tensor kept
     for row in csv.DictReader(io.StringIO(dump.getvalue())):
         layer = layer_for_tensor(row["tensor_name"], names, list(model.output_names))
         values = {key: float(row[key]) for key in row if key not in {"op_name", "tensor_idx", "tensor_name"}}
         values["rmse_over_scale"] = math.sqrt(values["mean_squared_error"]) / values["scale"]
-        previous = metrics.get(layer) if layer is not None else None
-        if layer is None or (previous and not values["channel_noise_to_signal"] > previous["channel_noise_to_signal"]):
+        noise = values["channel_noise_to_signal"]
+        noise = noise if math.isfinite(noise) else 0.0  # NaN: no channel carries any signal
+        if layer is None or (layer in worst and noise <= worst[layer]):
             continue
-        metrics[layer] = values
+        worst[layer] = noise
+        metrics[layer] = dict(values)
         unsigned[layer] = int(values["zero_point"]) == _UNSIGNED_INT8_ZERO_POINT
     model_metrics = {key: float(value) for key, value in (debugger.model_statistics or {}).items()}
     return metrics, unsigned, model_metrics

@@ -6,6 +6,8 @@ QuantizationDebugger (the converter). Real TensorFlow and MCT; 8 x 8 digits, mod
 from __future__ import annotations
 
 import json
+import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 from core.layer_analysis import SIGNIFICANT_LOSS_DB, LayerAnalysis, analyse_converter_model, analyse_mct_model, loss_db
 from core.layer_causes import ActivationStats, range_causes
-from core.layer_tools import layer_for_tensor
+from core.layer_tools import layer_for_tensor, sqnr_db
 
 RESCALED_CHANNELS, RESCALE = [0, 1, 2], 300.0  # conv_a's channels made 300x larger, conv_b's inputs 300x smaller
 OUTLIER_GAIN = 100.0  # the outlier channel's peak over every other channel's
@@ -207,12 +209,15 @@ def test_xquant_charges_the_imbalanced_channels_to_the_layer_producing_them(trai
 
 @pytest.mark.slow
 def test_debugger_ranks_the_imbalanced_layer_first(imbalanced, digits):
+    lock = threading.Lock()
     analysis = analyse_converter_model(
         float_model_path=imbalanced,
         calibration_path=digits["calibration_path"],
         variant="full_int8",
         evaluation_images_path=digits["evaluation_path"],
+        converter_lock=lock,
     )
+    assert not lock.locked()
 
     worst = analysis.layers[0]
     assert (analysis.model, analysis.method, worst.layer) == ("tflite_full_int8", "quantization_debugger", "conv_a")
@@ -322,6 +327,12 @@ def test_tensor_names_map_to_the_layer_of_the_last_fused_op():
     assert layer_for_tensor("model/re_lu/Relu;model/conv2d/BiasAdd;model/conv2d/Conv2D", names, ["logits"]) == "re_lu"
     assert layer_for_tensor("StatefulPartitionedCall:0", names, ["logits"]) == "logits"
     assert layer_for_tensor("StatefulPartitionedCall:0", names, ["logits", "conv2d"]) is None
+
+
+def test_xquant_sqnr_in_db_keeps_noise_without_signal_apart_from_no_measurement():
+    assert sqnr_db(1000.0) == pytest.approx(30.0) and sqnr_db(math.inf) == math.inf
+    assert sqnr_db(0.0) == -math.inf  # all noise
+    assert sqnr_db(math.nan) is None  # 0 / 0: no signal and no noise
 
 
 def test_loss_counts_only_noise_beyond_what_8_bits_cost():

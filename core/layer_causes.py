@@ -56,13 +56,18 @@ def inbound_layers(model) -> dict[str, list[str]]:
 
 
 def measured_layers(model) -> list:
-    """The layers whose single output tensor can be measured (not the input layer)."""
+    """The layers with one output tensor to measure: not the input layer, nor a layer with several outputs or
+    called several times (a shared layer has no single `output`)."""
     import tensorflow as tf
 
+    def single_output(layer) -> bool:
+        try:
+            return not isinstance(layer.output, list | tuple | dict)
+        except AttributeError:
+            return False
+
     return [
-        layer
-        for layer in model.layers
-        if not isinstance(layer, tf.keras.layers.InputLayer) and not isinstance(layer.output, list | tuple | dict)
+        layer for layer in model.layers if not isinstance(layer, tf.keras.layers.InputLayer) and single_output(layer)
     ]
 
 

@@ -16,7 +16,7 @@ help:
 	@echo "make test-fast  run only the quick tests (no sample, flow, server, cluster or device compiler; under a minute)"
 	@echo "make lint   check formatting (ruff format --check), lint (ruff check) and types (mypy)"
 	@echo "make format reformat and apply ruff's safe fixes"
-	@echo "make benchmark  measure throughput, cache, overhead and memory against baselines (several minutes)"
+	@echo "make benchmark  measure throughput, cache, overhead, memory and the repair search against baselines (several minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
 	@echo "make imx500 install Sony's IMX500 converter into .venv-imx500 (make test does it too)"
@@ -61,8 +61,9 @@ format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-benchmark: sample
+benchmark: sample imx500
 	$(BIN)/python -m benchmarks.run_benchmarks
+	$(BIN)/python -m benchmarks.repair_cost
 
 server: sample
 	$(BIN)/python -m deployments.local_stack start

@@ -64,6 +64,13 @@ class ContentCachePolicy(CachePolicy):
         for name, value in sorted(inputs.items()):
             if name in self.ignore:
                 continue
+            nested = [f.split(".", 1)[1] for f in self.file_inputs if f.startswith(f"{name}.")]
+            if nested and value is not None:  # a record whose named fields are files: their content counts
+                parts[name] = {
+                    "fields": value.model_dump(exclude=set(nested)),
+                    "files": {field: hash_path(getattr(value, field)) for field in nested},
+                }
+                continue
             if name in self.file_inputs and value is not None:
                 items = value if isinstance(value, (list, tuple)) else [value]
                 # A record with a `path` (core.records) counts by its file's content and its other fields.

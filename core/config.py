@@ -255,6 +255,21 @@ class QuantizeConfig(BaseModel):
         description="Load models with Lambda layers, which run Python code stored in the model file. Only for model "
         "files you trust.",
     )
+    repair: Literal["off", "auto", "always"] = Field(
+        "auto",
+        description="Search for a repaired model when quantization costs too much accuracy: 'auto' when no integer "
+        "model for target_device stays within max_accuracy_drop, 'always' in any case, 'off' never.",
+    )
+    repair_max_trials: StrictInt = Field(
+        6, ge=1, le=50, description="At most this many repair trials (each a re-quantization and an evaluation)."
+    )
+    repair_time_budget_s: Number = Field(
+        1800,
+        gt=0,
+        le=86_400,
+        description="The repair search starts no new trial after this many seconds (trials served from the cache "
+        "count for nothing).",
+    )
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:

@@ -39,7 +39,7 @@ from core.layer_tools import (
     xquant_output_metrics,
 )
 from core.models import load_keras_model, load_quantized_keras_model
-from core.records import Record
+from core.records import LayerAnalysis, LayerReport
 
 # What 8 bits leave of a real tensor's typical channel when its grid fits (a trained digits CNN's layers keep
 # 30 to 55 dB; 6 dB a bit, less the crest factor): noise below it is the price of 8 bits, not a loss.
@@ -60,30 +60,6 @@ class Charge(NamedTuple):
     loss_db: float
     seen_at: str
     clean_inputs: bool
-
-
-class LayerReport(Record):
-    """One Keras layer: what the tool measured, its float output on the calibration images, and the causes."""
-
-    layer: str
-    type: str  # the Keras class
-    rank: int  # 1: lost the most
-    loss_db: float  # the noise it adds beyond what 8 bits cost, dB (what the ranking sorts by)
-    loss_seen_at: list[str]  # the layers (or "model output") where that loss was measured
-    metrics: dict[str, float | None]  # the tool's, at this layer (None: not finite)
-    output_range: tuple[float, float] | None
-    channel_spread: float | None
-    negative_share: float | None
-    outlier_ratio: float | None
-    causes: list[str]  # most severe first
-
-
-class LayerAnalysis(Record):
-    model: str
-    method: Literal["xquant", "quantization_debugger"]
-    layers: list[LayerReport]  # worst first
-    model_metrics: dict[str, float | None]
-    summary: str
 
 
 def finite_or_none(value: float | None) -> float | None:

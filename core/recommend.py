@@ -53,7 +53,7 @@ def recommend(
     unfit = [
         {
             "model": m["model"],
-            "top_1_drop": round(baseline - m["top_1_accuracy"], 6),
+            "top_1_drop": round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6),
             "reason": device_problem(m, target_device),
         }
         for m in deployable
@@ -72,7 +72,9 @@ def recommend(
             "reason": reason,
             "rejected": unfit,
         }
-    drop = {m["model"]: round(baseline - m["top_1_accuracy"], 6) for m in candidates}
+    # A row measured on other images than the rest (the repaired model, on the images its search never saw)
+    # carries the float model's Top-1 on those images as its own baseline.
+    drop = {m["model"]: round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6) for m in candidates}
     within = [m for m in candidates if drop[m["model"]] <= max_accuracy_drop + 1e-9]
     summary = {
         "objective": objective,

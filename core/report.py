@@ -60,6 +60,8 @@ def html_report(results: dict) -> str:
         _recommendation_html(recommendation),
         "<h2>Comparison</h2>",
         _comparison_table_html(models, recommendation.get("chosen")),
+        _analysis_html(results),
+        _repair_html(results),
         "<h2>Accuracy vs size</h2>",
         _img(accuracy_size_chart_png(results), "Top-1 accuracy against file size"),
         "<h2>Per model</h2>",
@@ -265,6 +267,69 @@ def _png(fig) -> bytes:
 def _img(png: bytes, alt: str) -> str:
     encoded = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
+
+
+def layer_loss_chart_png(analysis: dict) -> bytes:
+    """The loss of every layer, in network order, the worst ones marked: where the accuracy went."""
+    from matplotlib.figure import Figure
+
+    layers = sorted(analysis["layers"], key=lambda layer: _network_order(analysis, layer))
+    worst = {layer["layer"] for layer in analysis["layers"][:3] if layer["loss_db"] > 0}
+    fig = Figure(figsize=(8, 3.2), dpi=_DPI)
+    ax = fig.add_subplot()
+    names = [layer["layer"] for layer in layers]
+    ax.bar(
+        range(len(layers)),
+        [layer["loss_db"] for layer in layers],
+        color=["#c0392b" if name in worst else "#7f8c8d" for name in names],
+    )
+    ax.set_xticks(range(len(layers)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("loss (dB)")
+    ax.set_title(f"{analysis['model']}: loss per layer ({analysis['method']}), worst in red", fontsize=9)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _network_order(analysis: dict, layer: dict) -> int:
+    order = analysis.get("layer_order") or []
+    return order.index(layer["layer"]) if layer["layer"] in order else layer["rank"]
+
+
+def _analysis_html(results: dict) -> str:
+    """For each model that lost too much: a chart of the loss per layer and the worst layers' causes."""
+    parts = []
+    for name, analysis in (results.get("layer_analysis") or {}).items():
+        causes = "".join(
+            f"<li><b>{_e(layer['layer'])}</b> ({_e(layer['type'])}, {layer['loss_db']:.1f} dB): "
+            f"{_e('; '.join(layer['causes']) or 'no cause found')}</li>"
+            for layer in analysis["layers"][:3]
+        )
+        parts += [
+            f"<h3>Why {_e(name)} lost accuracy</h3><p>{_e(analysis['summary'])}</p>",
+            _img(layer_loss_chart_png(analysis), f"Loss per layer of {name}"),
+            f"<ol>{causes}</ol>",
+        ]
+    return "<h2>Where the accuracy went</h2>" + "".join(parts) if parts else ""
+
+
+def _repair_html(results: dict) -> str:
+    """The repair search's trials, when it ran: what each changed, its Top-1 on the tuning images, and the verdict."""
+    from core.results_text import repair_rows, repair_text
+
+    repair = results.get("repair") or {}
+    if not repair.get("ran"):
+        return ""
+    rows = repair_rows(results)
+    header = "".join(f"<th>{_e(c)}</th>" for c in rows[0]) if rows else ""
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e('–' if v is None else v)}</td>" for v in r.values()) + "</tr>" for r in rows
+    )
+    summary = _e(repair_text(results).splitlines()[-1].strip())
+    return (
+        f"<h2>Repair</h2><p>{_e(repair['why'])}.</p>"
+        f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table><p>{summary}</p>"
+    )
 
 
 def _e(value) -> str:

@@ -21,6 +21,9 @@ from core.variants import (
     KERAS_DESCRIPTIONS,
     PROMISES,
     QUANTIZED_KERAS_FILE,
+    REPAIRED_FILE,
+    REPAIRED_KERAS_FILE,
+    REPAIRED_MODEL,
     SDK_MODELS,
     model_id,
     variant_file_name,
@@ -117,9 +120,16 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
         for name in order
     ]
     files = [(Path(sources[name]), Path(published[name])) for name in order if name != "keras"]
+    repaired = _repaired_row(run, output_dir)
+    if repaired is not None:
+        row, repaired_files = repaired
+        models.append(row)
+        files += repaired_files
     baseline = evaluations["keras"].top_1_accuracy
     for m in models:
-        m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - baseline, 6)
+        m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - m.get("baseline_top_1", baseline), 6)
+        if m["model"] == REPAIRED_MODEL:
+            continue
         if m["model"].startswith("tflite"):
             m["ethos_u"], vela_file = _ethos_u(m, hardware.ethos_u.get(m["model"]), output_dir)
             files += [vela_file] if vela_file else []
@@ -161,6 +171,8 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
                 "files": [s.model_dump() for s in calibration.skipped + run.evaluation_set.skipped],
             },
             "latency_machine": latencies["keras"].machine,
+            "repair": run.repair.summary() if run.repair else None,
+            "layer_analysis": {name: analysis.model_dump() for name, analysis in run.layer_analysis.items()},
             "hardware": {"imx500": imx500, "ethos_u_accelerator": config.ethos_u_accelerator, "edge_tpu": EDGE_TPU},
             "report": str(result_dir / "report.html"),
             "configuration": validated.source,
@@ -168,6 +180,43 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
         }
     )
     return results, plan
+
+
+def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], list[tuple[Path, Path]]] | None:
+    """The repair search's chosen model as a row, measured on the reporting images (which the search never saw),
+    against the float model's Top-1 on the same images; and its files to publish."""
+    repair = run.repair
+    chosen = repair.chosen_trial if repair else None
+    if repair is None or chosen is None or chosen.model is None or repair.reporting is None:
+        return None
+    assert repair.baseline_reporting is not None
+    published = output_dir / REPAIRED_FILE
+    row = model_row(
+        name=REPAIRED_MODEL,
+        description=f"Repaired ({chosen.recipe.name}): {chosen.recipe.description}",
+        published=str(published),
+        source=chosen.model.path,
+        evaluation=repair.reporting,
+        latency=run.latencies[REPAIRED_MODEL],
+        reference=repair.baseline_reporting.predicted,
+        class_names=run.validated.class_names,
+        built=chosen.model,
+    )
+    row["baseline_top_1"] = repair.baseline_reporting.top_1_accuracy
+    row["tuning_top_1"] = chosen.tuning_top_1
+    files = [(Path(chosen.model.path), published)]
+    if chosen.quantized is not None:
+        files.append((Path(chosen.quantized.path), output_dir / REPAIRED_KERAS_FILE))
+    row["ethos_u"] = (
+        chosen.ethos_u.as_results() if chosen.ethos_u else EthosUReport.declined(chosen.model.variant).as_results()
+    )
+    if chosen.ethos_u and chosen.ethos_u.compiled and chosen.ethos_u.vela_model:
+        destination = output_dir / vela_file_name(published)
+        row["ethos_u"]["vela_model"] = str(destination)
+        files.append((Path(chosen.ethos_u.vela_model), destination))
+    if chosen.imx500 is not None:
+        row["imx500"] = chosen.imx500.as_results()  # its files stay in the cache: compile model_repaired.keras
+    return row, files
 
 
 def _ethos_u(

@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from core.variants import REPAIRED_FILE as REPAIRED_FILE_NAME
+
 
 def artifact_key(model_path: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes; one key per model gives a history
@@ -60,7 +62,75 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
 def format_table(results: dict[str, Any]) -> str:
     """The comparison for a terminal, then the recommendation."""
     table = results_table(results).drop(columns=["description", "images"]).fillna("-").to_string(index=False)
-    return f"{table}\n{unsupported_text(results)}\n{recommendation_text(results['recommendation'])}"
+    return (
+        f"{table}\n{unsupported_text(results)}{analysis_text(results)}{repair_text(results)}\n"
+        f"{recommendation_text(results['recommendation'])}"
+    )
+
+
+WORST_LAYERS_SHOWN = 3
+
+
+def analysis_text(results: dict[str, Any]) -> str:
+    """For each model that lost too much: the per-layer analysis's summary and its worst layers with their causes."""
+    lines = []
+    for name, analysis in (results.get("layer_analysis") or {}).items():
+        lines.append(f"Why {name} lost accuracy ({analysis['method']}): {analysis['summary']}")
+        for layer in analysis["layers"][:WORST_LAYERS_SHOWN]:
+            causes = "; ".join(layer["causes"]) or "no cause found"
+            lines.append(
+                f"  {layer['rank']}. {layer['layer']} ({layer['type']}): {layer['loss_db']:.1f} dB lost; {causes}"
+            )
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def repair_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per repair trial, in the order tried."""
+    repair = results.get("repair") or {}
+    return [
+        {
+            "trial": i + 1,
+            "recipe": t["recipe"],
+            "changed": t["changed"],
+            "tuning_top_1": None if t["tuning_top_1"] is None else round(t["tuning_top_1"], 4),
+            "tuning_drop": None if t["tuning_drop"] is None else round(t["tuning_drop"], 4),
+            "size_kib": None if t["size_bytes"] is None else round(t["size_bytes"] / 1024, 1),
+            "imx500_fits": _yes_no(t["imx500_fits"]),
+            "npu_ops": _percent(t["npu_share"]),
+            "seconds": t["seconds"],
+            "cached": _yes_no(t["cached"]),
+            "qualifies": _yes_no(t["qualifies"]),
+            "reason": t["reason"],
+        }
+        for i, t in enumerate(repair.get("trials", []))
+    ]
+
+
+def repair_text(results: dict[str, Any]) -> str:
+    """What the repair search did, when it ran: each trial, then the chosen model's figures on unseen images."""
+    repair = results.get("repair") or {}
+    if not repair.get("ran"):
+        return ""
+    lines = [f"Repair: {repair['why']}."]
+    for row in repair_rows(results):
+        top_1 = "-" if row["tuning_top_1"] is None else f"{row['tuning_top_1']:.4f}"
+        cached = ", cached" if row["cached"] == "yes" else ""
+        lines.append(
+            f"  trial {row['trial']} {row['recipe']}: tuning Top-1 {top_1}; {row['reason']} "
+            f"({row['seconds']} s{cached})"
+        )
+    if repair.get("chosen"):
+        lines.append(
+            f"  chosen: {repair['chosen']} -> {REPAIRED_FILE_NAME}: Top-1 {repair['chosen_top_1_reporting']:.4f} "
+            f"on the {repair['reporting_image_count']} images the search never saw "
+            f"(float {repair['float_top_1_reporting']:.4f}, drop {repair['chosen_drop_reporting']:.4f}); "
+            f"{repair['chosen_top_1_tuning']:.4f} on the "
+            f"{repair['tuning_image_count']} tuning images"
+        )
+    else:
+        closest = f"; the closest was {repair['closest']}" if repair.get("closest") else ""
+        lines.append(f"  no trial qualified ({repair['stopped_because']}){closest}")
+    return "\n".join(lines) + "\n"
 
 
 def unsupported_text(results: dict[str, Any]) -> str:
@@ -90,6 +160,11 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"`{results['quantization']['target_platform']}`; "
         f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
         f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n{unsupported_text(results)}\n"
+        f"{_code_block(analysis_text(results) + repair_text(results))}"
         f"Report with confusion matrices and the accuracy-vs-size chart: `{results['report']}`\n\n"
         f"Configuration: `{results['configuration']}`\n"
     )
+
+
+def _code_block(text: str) -> str:
+    return f"```\n{text}```\n\n" if text else ""

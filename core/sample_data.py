@@ -87,6 +87,31 @@ def make_sample(
     return dest
 
 
+def make_imbalanced(
+    model_path: Path, destination: Path, factor: float = 500.0, channels: tuple[int, ...] = (1, 4)
+) -> Path:
+    """The model with a channel-range imbalance that leaves its function unchanged: its first Conv2D's
+    `channels` (weights and bias) multiplied by `factor` and the next Conv2D's matching inputs divided by it
+    (through ReLU and max pooling, both positively homogeneous). Per-tensor 8-bit activations then spend
+    their grid on two wide channels and lose the rest: the failure cross-layer equalization repairs (the repair
+    search's tests and benchmark use it on the sample)."""
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(model_path, compile=False)
+    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    first, second = convs[0], convs[1]
+    kernel, bias = first.get_weights()
+    kernel[..., list(channels)] *= factor
+    bias[list(channels)] *= factor
+    first.set_weights([kernel, bias])
+    kernel, bias = second.get_weights()
+    kernel[:, :, list(channels), :] /= factor
+    second.set_weights([kernel, bias])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    model.save(destination)
+    return destination
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m core.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -56,6 +56,11 @@ class VariantSpec:
     default: bool = True  # built when the configuration does not list variants
     mct_method: MctMethod | None = None
 
+    @property
+    def integer(self) -> bool:
+        """Integer arithmetic inside (quantized activations): the models a repair's accuracy budget is about."""
+        return self.calibrated or self.builder == "mct"
+
 
 _CATALOGUE = (
     VariantSpec("float32", Promise("TFLite float32", "float32", "float32", quantized_activations=False), "converter"),
@@ -140,12 +145,23 @@ SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
 KERAS_MODELS = ("keras", "keras_quantized")
 KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
 QUANTIZED_KERAS_FILE = "model_quantized.keras"  # the MCT PTQ model in MCT's Keras format, as the SDK named it
+# The repair search's chosen model (tasks/search_repair.py), and its MCT Keras model when MCT made it.
+REPAIRED_MODEL = "tflite_repaired"
+REPAIRED_FILE = "model_repaired.tflite"
+REPAIRED_KERAS_FILE = "model_repaired.keras"
 
 
 # What a run writes, or removes as stale, inside each output folder: no input may sit there.
 RESULT_FILES = ("results.json", "results.csv", "report.html")
 WRITTEN_IN = {
-    "output_dir": ("model.tflite", "model_quantized.tflite", QUANTIZED_KERAS_FILE, "model_*.tflite", "imx500"),
+    "output_dir": (
+        "model.tflite",
+        "model_quantized.tflite",
+        QUANTIZED_KERAS_FILE,
+        REPAIRED_KERAS_FILE,
+        "model_*.tflite",
+        "imx500",
+    ),
     "evaluate_result_dir": RESULT_FILES,
 }
 
@@ -191,7 +207,8 @@ def vela_file_name(published_model: str | Path) -> str:
 
 def own_output_file_names() -> set[str]:
     """Every model_<variant>[_vela].tflite this tool may have published: the candidates for stale outputs."""
-    return {built_file_name(v) for v in VARIANTS} | {vela_file_name(built_file_name(v)) for v in VARIANTS}
+    models = [built_file_name(v) for v in VARIANTS] + [REPAIRED_FILE]
+    return {*models, *(vela_file_name(m) for m in models), REPAIRED_KERAS_FILE}
 
 
 class VariantMismatch(Exception):

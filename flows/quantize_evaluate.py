@@ -28,10 +28,12 @@ import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
 from core.records import BuiltModel, Evaluation, HardwareReports, RunRecords, UnsupportedVariant
+from core.repair import models_to_analyse
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.storage import results_storage_dir
-from core.variants import IMX500_VARIANT, MCT_METHODS, VARIANTS, model_id, variants_to_build
+from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
+from tasks.analyse_layers import analyse_layers_task
 from tasks.compile_for_ethos_u import compile_for_ethos_u_task
 from tasks.compile_for_imx500 import compile_for_imx500_task
 from tasks.convert_to_tflite import convert_to_tflite_task
@@ -42,6 +44,7 @@ from tasks.load_evaluation_set import load_evaluation_set_task
 from tasks.measure_latency import measure_latency_task
 from tasks.quantize_with_mct import quantize_with_mct_task
 from tasks.record_results import record_results_task
+from tasks.search_repair import search_repair_task
 from tasks.validate_config import validate_config_task
 
 
@@ -186,6 +189,33 @@ def quantize_evaluate(
             imx500=imx500.result() if imx500 else None,
             ethos_u={name: future.result() for name, future in vela.items()},
         )
+    # When quantization lost too much accuracy: which layers lost it (beside the search), and the repair search
+    # (it decides whether it is due).
+    analysing = {
+        name: analyse_layers_task.submit(
+            model_name=name,
+            model=model,
+            float_model_path=c.source_keras_model,
+            calibration_path=calibration.path,
+            evaluation_images_path=evaluation_set.images_path,
+            allow_unsafe_code=unsafe,
+        )
+        for name, model in models_to_analyse(
+            evaluations=evaluated, built=built, float_tflite=c.float_tflite, max_accuracy_drop=c.max_accuracy_drop
+        ).items()
+    }
+    repair = search_repair_task(
+        config=c,
+        class_count=len(validated.class_names),
+        calibration=calibration,
+        evaluation_set=evaluation_set,
+        evaluations=evaluated,
+        built=built,
+        hardware=hardware,
+    )
+    repaired = repair.chosen_trial.model if repair.chosen_trial else None
+    if repaired is not None:
+        model_paths[REPAIRED_MODEL] = repaired.path
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     latencies = {
         name: measure_latency_task(
@@ -195,7 +225,7 @@ def quantize_evaluate(
             repeats=c.latency_repeats,
             allow_unsafe_code=unsafe,
         )
-        for name in evaluated
+        for name in [*evaluated, *([REPAIRED_MODEL] if repaired else [])]
     }
     return record_results_task(
         run=RunRecords(
@@ -207,6 +237,8 @@ def quantize_evaluate(
             evaluations=evaluated,
             latencies=latencies,
             hardware=hardware,
+            repair=repair,
+            layer_analysis={name: future.result() for name, future in analysing.items()},
         )
     )
 

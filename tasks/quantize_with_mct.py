@@ -55,8 +55,12 @@ def quantize_with_mct(
     error_method: str = "mse",
     gptq_epochs: int | None = None,
     weights_memory_ratio: float | None = None,
+    z_threshold: float | None = None,
+    shift_negative_params_search: bool = False,
 ) -> QuantizedModel:
-    """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision."""
+    """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision.
+    `z_threshold` removes activation outliers beyond that many standard deviations before thresholds are chosen;
+    `shift_negative_params_search` searches the shift of negative activations (the repair search's knobs)."""
     import model_compression_toolkit as mct
 
     if method not in METHODS or error_method not in ERROR_METHODS:
@@ -74,7 +78,12 @@ def quantize_with_mct(
     try:
         tpc = target_platform_capabilities(platform)
         error = mct.core.QuantizationErrorMethod[error_method.upper()]
-        quantization_config = mct.core.QuantizationConfig(activation_error_method=error, weights_error_method=error)
+        knobs: dict = {"z_threshold": z_threshold} if z_threshold is not None else {}
+        if shift_negative_params_search:
+            knobs["shift_negative_params_search"] = True
+        quantization_config = mct.core.QuantizationConfig(
+            activation_error_method=error, weights_error_method=error, **knobs
+        )
         mixed = (
             mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration)))
             if method == "mixed_precision"
@@ -83,7 +92,10 @@ def quantize_with_mct(
         core_config = mct.core.CoreConfig(
             quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {})
         )
-        details: dict = {}
+        details: dict = {
+            "z_threshold": z_threshold,
+            "shift_negative_params_search": shift_negative_params_search or None,
+        }
         if method == "gptq":
             gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)
             quantized, _ = mct.gptq.keras_gradient_post_training_quantization(

@@ -25,7 +25,7 @@ from core.locking import locked_folders
 from core.records import RunRecords
 from core.report import html_report
 from core.results import PublicationPlan, build_results
-from core.results_text import artifact_key, format_table, results_table, summary_markdown
+from core.results_text import artifact_key, format_table, repair_rows, results_table, summary_markdown
 from core.retry import RETRY_OPTIONS
 from core.variants import own_output_file_names
 
@@ -98,6 +98,12 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
     create_markdown_artifact(
         key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation"
     )
+    if (results.get("repair") or {}).get("ran"):
+        create_table_artifact(
+            key=f"{key}-repair",
+            table=repair_rows(results),
+            description="Repair trials: what each changed, Top-1 on the tuning images, the target's verdict",
+        )
     create_link_artifact(
         key=f"{key}-report",
         link=Path(results["report"]).resolve().as_uri(),

@@ -231,3 +231,11 @@ def test_an_input_error_is_logged_as_one_line_without_a_traceback(prefect_harnes
     ]
     assert failures, [r.getMessage() for r in caplog.records]
     assert all(r.exc_info is None and r.exc_text is None for r in failures)
+
+
+@pytest.mark.slow
+def test_a_model_that_quantizes_well_runs_no_repair_trial(first_run):
+    _, out, state = first_run
+    repair = json.loads((out / "results" / "results.json").read_text())["repair"]
+    assert repair["mode"] == "auto" and repair["ran"] is False and repair["why"].startswith("not needed: ")
+    assert not any(name.startswith("try-repair") for name in task_states(state))

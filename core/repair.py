@@ -1,0 +1,181 @@
+"""Repairing a model that quantization broke: when a repair is due, the ladder of recipes to try (cheapest
+first), and the split of the evaluation images that keeps the search from choosing on the images it reports.
+
+Like the accuracy-aware searches of Intel Neural Compressor, OpenVINO NNCF and AIMET, the search stops at the
+first recipe whose model is deployable on the target and within the accuracy budget; unlike them it targets
+the IMX500 (MCT, Sony's converter) and Ethos-U (TensorFlow's converter, Vela).
+"""
+
+from __future__ import annotations
+
+from itertools import zip_longest
+
+import numpy as np
+
+from core.records import BuiltModel, Evaluation, HardwareReports, RepairRecipe
+from core.variants import VARIANTS, model_id
+
+TUNING_SHARE = 0.5  # of the evaluation images, per class; the rest reports the chosen model
+# The equalized float model must keep the float predictions on (nearly) every tuning image.
+MIN_EQUALIZATION_AGREEMENT = 0.99
+OUTLIER_Z_THRESHOLD = 8.0  # standard deviations: MCT's outlier removal before thresholds are chosen
+MORE_CALIBRATION = 4  # times the configured number of calibration batches
+REPAIR_GPTQ_EPOCHS = 20
+
+
+# The inputs whose files' content enters a trial's cache key (core.caching.ContentCachePolicy's dotted names).
+TRIAL_FILE_INPUTS = tuple(
+    f"inputs.{name}"
+    for name in ("model_path", "calibration_path", "dataset_image_dir", "tuning_images_path", "tuning_labels_path")
+)
+
+
+def integer_model_names(float_tflite: str, built: list[BuiltModel]) -> list[str]:
+    """The models with integer arithmetic inside: what a device's NPU runs."""
+    return [model_id(b.variant, float_tflite) for b in built if VARIANTS[b.variant].integer]
+
+
+def models_to_analyse(
+    *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
+) -> dict[str, BuiltModel]:
+    """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
+    from core.layer_tools import CONVERTER_ANALYSED_VARIANTS
+
+    baseline = evaluations["keras"].top_1_accuracy
+    found = {}
+    for model in built:
+        name = model_id(model.variant, float_tflite)
+        analysable = model.quantization is not None or model.variant in CONVERTER_ANALYSED_VARIANTS
+        if analysable and baseline - evaluations[name].top_1_accuracy > max_accuracy_drop + 1e-9:
+            found[name] = model
+    return found
+
+
+def repair_due(
+    *,
+    mode: str,
+    evaluations: dict[str, Evaluation],
+    built: list[BuiltModel],
+    hardware: HardwareReports,
+    float_tflite: str,
+    max_accuracy_drop: float,
+    target_device: str | None,
+) -> tuple[bool, str]:
+    """Whether to search, and why: under 'auto', when no integer model the target takes stays within budget."""
+    if mode == "off":
+        return False, "repair is off"
+    baseline = evaluations["keras"].top_1_accuracy
+    fitting = []
+    for name in integer_model_names(float_tflite, built):
+        if target_device == "imx500" and name != model_id("mct_ptq", float_tflite):
+            continue
+        if target_device == "imx500" and not (hardware.imx500 and hardware.imx500.compiled and hardware.imx500.fits):
+            continue
+        if (
+            target_device
+            and target_device.startswith("ethos-u")
+            and not (name in hardware.ethos_u and hardware.ethos_u[name].compiled)
+        ):
+            continue
+        drop = baseline - evaluations[name].top_1_accuracy
+        fitting.append((drop, name))
+    best = min(fitting) if fitting else None
+    where = f" that {target_device} takes" if target_device else ""
+    if best is not None and best[0] <= max_accuracy_drop + 1e-9:
+        state = f"{best[1]} stays within {max_accuracy_drop:.4f} of the float model (drop {best[0]:.4f})"
+        if mode == "always":
+            return True, f"repair is 'always' ({state})"
+        return False, f"not needed: {state}"
+    lost = f"the best integer model{where}, {best[1]}, drops {best[0]:.4f}" if best else f"no integer model{where}"
+    return True, f"{lost}; the budget is {max_accuracy_drop:.4f}"
+
+
+def ladder(*, target_device: str | None, target_platform: str, error_method: str) -> list[RepairRecipe]:
+    """The recipes, cheapest first, for the target: MCT models for the IMX500, full-integer converter models
+    for an Ethos-U, both for no particular device."""
+    mct = target_device == "imx500" or (target_device is None and target_platform == "imx500")
+    converter_variant = "full_int8"
+    other_error = "noclipping" if error_method != "noclipping" else "mse"
+    rungs: list[RepairRecipe] = []
+    if mct or target_device is None:
+        rungs += [
+            RepairRecipe(
+                name="mct_cle",
+                description="cross-layer equalization of the float model, then MCT PTQ",
+                builder="mct",
+                equalize=True,
+            ),
+            RepairRecipe(
+                name="mct_cle_outliers",
+                description=f"equalization, MCT outlier removal (z-threshold {OUTLIER_Z_THRESHOLD:g}) "
+                "and a searched negative-activation shift",
+                builder="mct",
+                equalize=True,
+                z_threshold=OUTLIER_Z_THRESHOLD,
+                shift_negative_params_search=True,
+            ),
+            RepairRecipe(
+                name="mct_cle_error_method",
+                description=f"equalization and MCT's '{other_error}' threshold error method",
+                builder="mct",
+                equalize=True,
+                error_method=other_error,
+            ),
+            RepairRecipe(
+                name="mct_cle_more_calibration",
+                description=f"equalization and {MORE_CALIBRATION}x the calibration batches",
+                builder="mct",
+                equalize=True,
+                calibration_factor=MORE_CALIBRATION,
+            ),
+        ]
+    if not mct or target_device is None:
+        rungs += [
+            RepairRecipe(
+                name="converter_cle",
+                description=f"cross-layer equalization of the float model, then the converter's {converter_variant}",
+                builder="converter",
+                equalize=True,
+                converter_variant=converter_variant,
+            ),
+            RepairRecipe(
+                name="converter_cle_more_calibration",
+                description=f"equalization and {MORE_CALIBRATION}x the calibration images, the converter's "
+                f"{converter_variant}",
+                builder="converter",
+                equalize=True,
+                calibration_factor=MORE_CALIBRATION,
+                converter_variant=converter_variant,
+            ),
+        ]
+    if mct or target_device is None:
+        rungs.append(
+            RepairRecipe(
+                name="mct_cle_gptq",
+                description=f"equalization and MCT GPTQ ({REPAIR_GPTQ_EPOCHS} epochs)",
+                builder="mct",
+                equalize=True,
+                gptq_epochs=REPAIR_GPTQ_EPOCHS,
+            )
+        )
+    if target_device is None:  # interleave, cheapest first: one MCT and one converter rung at a time
+        mct_rungs = [r for r in rungs if r.builder == "mct"]
+        converter_rungs = [r for r in rungs if r.builder == "converter"]
+        rungs = [r for pair in zip_longest(mct_rungs, converter_rungs) for r in pair if r]
+    return rungs
+
+
+def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tuning, reporting) image indices, sorted: `share` of each class's images (at least one, when the class has
+    two or more) for tuning, the rest for reporting."""
+    rng = np.random.default_rng(seed)
+    tuning: list[int] = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        count = int(round(len(members) * share))
+        count = min(max(count, 1 if len(members) > 1 else 0), len(members) - (1 if len(members) > 1 else 0))
+        tuning += members[:count].tolist()
+    chosen = np.zeros(len(labels), bool)
+    chosen[tuning] = True
+    return np.flatnonzero(chosen), np.flatnonzero(~chosen)

@@ -16,7 +16,16 @@ from prefect import task
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.models import load_keras_model
-from core.records import RepairRecipe, RepairTrial, TrialInputs
+from core.records import (
+    BuiltModel,
+    EthosUReport,
+    Imx500Report,
+    QuantizedModel,
+    RepairRecipe,
+    RepairTrial,
+    TrialInputs,
+    UnsupportedVariant,
+)
 from core.repair import MIN_EQUALIZATION_AGREEMENT, TRIAL_FILE_INPUTS
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
@@ -105,7 +114,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
                 out_dir=out_dir,
                 calibration_path=calibration_path,
             )
-            if not hasattr(converted, "path"):
+            if isinstance(converted, UnsupportedVariant):
                 raise StepError("try-repair", source, RuntimeError(converted.reason))
             built = converted
     except StepError as exc:
@@ -149,7 +158,9 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
     return trial(**common, **hardware, deployable=deployable, qualifies=deployable, reason=why)
 
 
-def _deployable(quantized, built, target_device: str | None, accelerator: str, out_dir: Path):
+def _deployable(
+    quantized: QuantizedModel | None, built: BuiltModel, target_device: str | None, accelerator: str, out_dir: Path
+) -> tuple[bool, str, dict[str, Imx500Report | EthosUReport]]:
     """(the target takes it, why, the compiler's report) for a model within the budget."""
     if target_device == "imx500":
         if quantized is None:
@@ -168,13 +179,13 @@ def _deployable(quantized, built, target_device: str | None, accelerator: str, o
         why = "within the budget and fits the IMX500" if fits else "within the budget but does not fit the IMX500"
         return fits, why, {"imx500": report}
     if target_device and target_device.startswith("ethos-u"):
-        report = compile_for_ethos_u(
+        vela = compile_for_ethos_u(
             model_path=built.path, variant=built.variant, accelerator=accelerator, out_dir=out_dir
         )
-        if not report.compiled:
-            return False, f"within the budget, but not for Ethos-U: {report.reason}", {"ethos_u": report}
-        share = f"{100 * (report.npu_share or 0):.0f}% of operators on the NPU"
-        return True, f"within the budget; Vela compiled it for {accelerator} ({share})", {"ethos_u": report}
+        if not vela.compiled:
+            return False, f"within the budget, but not for Ethos-U: {vela.reason}", {"ethos_u": vela}
+        share = f"{100 * (vela.npu_share or 0):.0f}% of operators on the NPU"
+        return True, f"within the budget; Vela compiled it for {accelerator} ({share})", {"ethos_u": vela}
     return True, "within the budget (an integer TFLite model)", {}
 
 

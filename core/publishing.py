@@ -3,9 +3,9 @@ never a mix, whatever stops the run (an error such as a full disk, SIGKILL, a po
 
 A publish, under the locks of every folder it writes (core.locking), with a token of its own:
 
-1. begin: the empty mark `.quantize-evaluate.<token>.swapping` in the primary folder (the result folder):
-   while it exists the publish can still be undone. Then `.quantize-evaluate.journal.json` in each folder
-   lists every destination of the set (a file or folder put there, or a stale output removed).
+1. begin: `.quantize-evaluate.journal.json` in each folder lists every destination of the set (a file or
+   folder put there, or a stale output removed), then the empty mark `.quantize-evaluate.<token>.swapping`
+   is created in the primary folder (the result folder): while it exists the publish can still be undone.
 2. stage: each new file is written beside its destination as `.<name>.<token>.staged` (a folder is copied
    whole), with the permissions of any new file (0666 less the umask, folders 0777 less it), and synced to
    disk; each file it will replace gets a second name, `.<name>.<token>.previous` (a hard link: no copy).
@@ -14,7 +14,7 @@ A publish, under the locks of every folder it writes (core.locking), with a toke
 4. swap: each staged file is renamed onto its destination (a replaced folder, a stale output, and a file
    where hard links are not supported are first renamed to their previous name). The swapping mark is then
    removed: the new set is in place, stale outputs included.
-5. clean up: the previous names (the replaced files, the stale outputs), the journals, the commit mark.
+5. clean up: the previous names (the replaced files, the stale outputs), the commit mark, the journals.
 
 A failure (an OSError such as ENOSPC, an interrupt) before the swapping mark is removed undoes the publish:
 every destination gets its previous file back, the staged files and the journals are removed, and the error
@@ -25,7 +25,8 @@ on its own (`recover_interrupted_publish`), reads the journal a killed publish l
   that fail, it is undone instead;
 - swapping mark, no committed mark: staging was interrupted; the staged files are removed and every
   destination keeps (or gets back) its previous file (roll back);
-- no swapping mark: the swap was over, or undone; only the clean-up is finished (nothing is renamed).
+- no swapping mark: the swap had not begun (nothing was staged), or was over, or undone; only the clean-up
+  is finished (nothing is renamed).
 
 Every step that changes a file is one operation; with QUANTIZE_PUBLISH_KILL_AFTER=N the process kills itself
 with SIGKILL before its operation N + 1 (counted from 0 at the start of each publish), to rehearse a kill at
@@ -119,7 +120,9 @@ class Journal:
         return self.primary / f".quantize-evaluate.{self.token}.committed"
 
     def in_writing_order(self) -> list[Path]:
-        """The folders, the primary last: its journal is written last and removed last."""
+        """The folders, the primary last. Journals are removed in the reverse order and the marks before them, so
+        while anything of the publish is left, the first folder's journal names it: a recovery of that folder
+        alone (the output folder) finds it all."""
         return [f for f in self.folders if f != self.primary] + [self.primary]
 
     def dump(self) -> bytes:
@@ -213,7 +216,7 @@ def swap_in(puts: Sequence[Put], removals: Sequence[Path], primary: Path) -> Non
         _sync_folder(journal.primary)
         _swap(journal)
     except BaseException as exc:
-        _give_up(journal, committed, exc)
+        _give_up(journal, committed, exc, failed_at=_operations[-1] if _operations else "the start")
         raise
     try:
         _end_swapping(journal)
@@ -245,8 +248,6 @@ def _plan(puts: Sequence[Put], removals: Sequence[Path], primary: Path) -> Journ
 
 
 def _begin(journal: Journal) -> None:
-    _operation(f"create {journal.swapping_mark}")
-    _create_mark(journal.swapping_mark)
     for folder in journal.in_writing_order():
         _operation(f"write journal {folder / JOURNAL_NAME}")
         tmp = folder / _JOURNAL_TMP
@@ -256,6 +257,8 @@ def _begin(journal: Journal) -> None:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+    _operation(f"create {journal.swapping_mark}")
+    _create_mark(journal.swapping_mark)
     for folder in journal.folders:
         _sync_folder(folder)
 
@@ -334,19 +337,19 @@ def _clean_up(journal: Journal) -> None:
             if os.path.lexists(leftover):
                 _operation(f"remove {leftover}")
                 _remove(leftover)
-    for folder in journal.in_writing_order():
-        if os.path.lexists(folder / JOURNAL_NAME) and _token_of(folder / JOURNAL_NAME) == journal.token:
-            _operation(f"remove {folder / JOURNAL_NAME}")
-            (folder / JOURNAL_NAME).unlink()
-    for mark in (journal.committed_mark, journal.swapping_mark):
+    for mark in [journal.committed_mark, journal.swapping_mark] + [f / _JOURNAL_TMP for f in journal.folders]:
         if os.path.lexists(mark):
             _operation(f"remove {mark}")
             mark.unlink()
+    for folder in reversed(journal.in_writing_order()):
+        if os.path.lexists(folder / JOURNAL_NAME) and _token_of(folder / JOURNAL_NAME) == journal.token:
+            _operation(f"remove {folder / JOURNAL_NAME}")
+            (folder / JOURNAL_NAME).unlink()
     for folder in journal.folders:
         _sync_folder(folder)
 
 
-def _give_up(journal: Journal, committed: bool, exc: BaseException) -> None:
+def _give_up(journal: Journal, committed: bool, exc: BaseException, failed_at: str) -> None:
     """Undo a publish that failed in this process, then let `exc` go on (reworded for an OSError)."""
     where = " and ".join(str(f) for f in journal.folders)
     try:
@@ -359,10 +362,11 @@ def _give_up(journal: Journal, committed: bool, exc: BaseException) -> None:
         )
         return
     if isinstance(exc, OSError) and exc.errno is not None:
+        what = f"{exc.strerror}: {exc.filename}" if exc.filename else f"{exc.strerror}, at: {failed_at}"
         raise OSError(
             exc.errno,
-            f"cannot publish to {where} ({exc.strerror}: {exc.filename}); the previous outputs are left as they "
-            "were. Free space on that disk, or make the folder writable, then run again",
+            f"cannot publish to {where} ({what}); the previous outputs are left as they were. "
+            "Free space on that disk, or make the folder writable, then run again",
         ) from exc
 
 
@@ -383,7 +387,7 @@ def recover(folders: Iterable[Path]) -> list[str]:
     for folder in ordered:
         if os.path.lexists(folder / JOURNAL_NAME):
             done.append(_recover(Journal.load(folder / JOURNAL_NAME)))
-    for folder in ordered:  # what a publish killed before its journal was written, or after it was removed, left
+    for folder in ordered:  # a journal's temporary file, left by a kill while it was written; a mark left alone
         for name in sorted(os.listdir(folder)) if folder.is_dir() else []:
             if name == _JOURNAL_TMP or (_MARK.fullmatch(name) and not os.path.lexists(folder / JOURNAL_NAME)):
                 _operation(f"remove {folder / name}")
@@ -409,7 +413,7 @@ def _recover(journal: Journal) -> str:
             outcome = "undone (rolled back: it was interrupted before every new file was staged)"
         _end_swapping(journal)
     else:
-        outcome = "cleaned up (its swap was over)"
+        outcome = "cleaned up (it had not begun its swap, or the swap was over)"
     _clean_up(journal)
     return f"the publish {journal.token} to {where}, interrupted, was {outcome}"
 

@@ -251,6 +251,7 @@ def _begin(journal: Journal) -> None:
     for folder in journal.in_writing_order():
         _operation(f"write journal {folder / JOURNAL_NAME}")
         tmp = folder / _JOURNAL_TMP
+        tmp.unlink(missing_ok=True)  # left by a publish killed while writing it (a recovery removes it too)
         try:
             _write_new_file(tmp, lambda f: f.write(journal.dump()))
             os.replace(tmp, folder / JOURNAL_NAME)
@@ -374,8 +375,9 @@ def _give_up(journal: Journal, committed: bool, exc: BaseException, failed_at: s
 
 
 def recover_interrupted_publish(folders: Iterable[Path], timeout: float = 120.0) -> list[str]:
-    """Finish or undo a publish interrupted in `folders` (a kill, a power cut), under their locks; what was done."""
-    with publishing(folders, timeout) as done:
+    """Finish or undo a publish interrupted in `folders` (a kill, a power cut), under their locks; what was done.
+    A folder that does not exist has nothing to recover (and is not created)."""
+    with publishing([f for f in folders if Path(f).is_dir()], timeout) as done:
         return done
 
 

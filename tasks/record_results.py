@@ -2,9 +2,11 @@
 
 Runs only after every evaluation succeeded, so a failed run never replaces the previous
 run's good outputs. The results are built from the steps' records (core.results, pure), then
-published together under the output folders' locks, every file written to a temporary name and
-renamed into place:
-  output_dir/model.tflite, model_quantized.tflite, model_quantized.keras, model_<variant>.tflite
+published as one set under the output folders' locks (core.publishing: every file staged beside its
+destination, the previous set kept until the whole new one is in place, stale outputs removed last;
+a failure or a kill leaves the whole previous set or the whole new one, never a mix):
+  output_dir/model.tflite, model_quantized.tflite, model_quantized.keras, model_<variant>.tflite,
+    model_<variant>_vela.tflite, imx500/
   evaluate_result_dir/results.json (the SDK's four keys first, then the details), results.csv, report.html
 and the Prefect artifacts: a table, a markdown summary with the recommendation and a link to the
 report, keyed per model.
@@ -12,6 +14,7 @@ report, keyed per model.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,8 +23,7 @@ from prefect import task
 
 from core.config import QuantizeConfig
 from core.errors import InputError
-from core.files import atomic_copy, atomic_copy_tree, atomic_write_json, atomic_write_text
-from core.locking import locked_folders
+from core.publishing import Put, publishing, swap_in
 from core.records import RunRecords
 from core.report import html_report
 from core.results import PublicationPlan, build_results
@@ -31,18 +33,20 @@ from core.variants import own_output_file_names
 
 
 def publish(results: dict[str, Any], plan: PublicationPlan, report_html: str, lock_timeout: float = 120.0) -> None:
-    """Models and results of one run are published together, under the folders' locks."""
-    with locked_folders([plan.output_dir, plan.result_dir], timeout=lock_timeout):
-        results["removed_stale_outputs"] = remove_stale_outputs(
-            plan.output_dir, plan.kept_file_names(), imx500_published=plan.imx500_folder is not None
-        )
-        for source, destination in plan.files:
-            atomic_copy(source, destination)
+    """Models and results of one run are published as one set, under the folders' locks: on any failure the
+    previous set is left as it was (and a publish interrupted earlier is finished or undone first)."""
+    with publishing([plan.output_dir, plan.result_dir], timeout=lock_timeout):
+        stale = stale_outputs(plan.output_dir, plan.kept_file_names(), imx500_published=plan.imx500_folder is not None)
+        results["removed_stale_outputs"] = stale
+        puts = [Put(destination, source=source) for source, destination in plan.files]
         if plan.imx500_folder:
-            atomic_copy_tree(*plan.imx500_folder)
-        atomic_write_json(plan.result_dir / "results.json", results)
-        atomic_write_text(plan.result_dir / "results.csv", results_table(results).to_csv(index=False))
-        atomic_write_text(plan.result_dir / "report.html", report_html)
+            puts.append(Put(plan.imx500_folder[1], source=plan.imx500_folder[0]))
+        puts += [
+            Put(plan.result_dir / "results.json", content=(json.dumps(results, indent=2) + "\n").encode()),
+            Put(plan.result_dir / "results.csv", content=results_table(results).to_csv(index=False).encode()),
+            Put(plan.result_dir / "report.html", content=report_html.encode()),
+        ]
+        swap_in(puts, [plan.output_dir / name.rstrip("/") for name in stale], primary=plan.result_dir)
 
 
 def record_results(run: RunRecords, lock_timeout: float = 120.0) -> dict[str, Any]:
@@ -53,15 +57,23 @@ def record_results(run: RunRecords, lock_timeout: float = 120.0) -> dict[str, An
     return results
 
 
-def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> list[str]:
+def stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> list[str]:
     """Outputs an earlier run made that this run does not (a variant dropped, the IMX500 converter not
-    run): left in place they would sit beside models they no longer match."""
-    removed = [name for name in sorted(own_output_file_names() - kept) if (output_dir / name).is_file()]
-    for name in removed:
-        (output_dir / name).unlink()
+    run): left in place they would sit beside models they no longer match. `imx500/` for the folder."""
+    stale = [name for name in sorted(own_output_file_names() - kept) if (output_dir / name).is_file()]
     if not imx500_published and (output_dir / "imx500").is_dir():
-        shutil.rmtree(output_dir / "imx500")
-        removed.append("imx500/")
+        stale.append("imx500/")
+    return stale
+
+
+def remove_stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> list[str]:
+    """Remove the stale outputs at once (a publish removes them with its set, last: see `publish`)."""
+    removed = stale_outputs(output_dir, kept, imx500_published)
+    for name in removed:
+        if name.endswith("/"):
+            shutil.rmtree(output_dir / name.rstrip("/"))
+        else:
+            (output_dir / name).unlink()
     return removed
 
 

@@ -77,7 +77,7 @@ def test_a_busy_folder_fails_after_the_timeout_naming_the_folder_and_what_to_do(
                 pass
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()  # reaps it and closes its pipe
     message = str(info.value)
     assert f"folder {tmp_path} is in use by another run" in message and "waited 0 s" in message
     assert "Wait for that run to finish, or use another folder" in message
@@ -87,7 +87,7 @@ def test_a_busy_folder_fails_after_the_timeout_naming_the_folder_and_what_to_do(
 def test_a_run_killed_with_sigkill_while_holding_the_lock_does_not_block_the_next(tmp_path):
     holder = hold_lock_in_another_process(tmp_path)
     holder.send_signal(signal.SIGKILL)
-    holder.wait()
+    holder.communicate()
     assert (tmp_path / LOCK_NAME).exists()  # the killed run could not remove its file
     started = time.monotonic()
     with locked_folders([tmp_path], timeout=5, poll=0.05):

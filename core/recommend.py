@@ -110,16 +110,16 @@ def recommend(
     chosen = min(
         within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"])
     )
-    word = ("smallest" if objective == "size" else "fastest") + (
-        " of those with the most operators on the NPU" if npu_first else ""
+    adjective = "smallest" if objective == "size" else "fastest"
+    among = (" with the most operators on the NPU" if npu_first else "") + (
+        f" that {target_device} can take" if target_device else ""
     )
-    if target_device:
-        word += f" that {target_device} can take"
+    chosen_baseline = chosen.get("baseline_top_1", baseline)
+    same_images = " on the same images" if "baseline_top_1" in chosen else ""
     reason = (
-        f"{chosen['model']} is the {word} TFLite model ({_describe(chosen, objective)}) whose Top-1 "
-        f"{chosen['top_1_accuracy']:.4f} "
-        f"stays within {max_accuracy_drop:.4f} of the float Keras model's {baseline:.4f} (drop "
-        f"{drop[chosen['model']]:.4f})"
+        f"{chosen['model']} is the {adjective} TFLite model{among} ({_describe(chosen, objective)}) whose Top-1 "
+        f"{chosen['top_1_accuracy']:.4f} stays within {max_accuracy_drop:.4f} of the float Keras model's "
+        f"{chosen_baseline:.4f}{same_images} (drop {drop[chosen['model']]:.4f})"
     )
     rejected = []
     for m in candidates:

@@ -63,22 +63,25 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
     def trial(**found) -> RepairTrial:
         return RepairTrial(recipe=recipe, seconds=time.perf_counter() - started, **found)
 
+    def failed(reason: str) -> RepairTrial:
+        return trial(
+            tuning_top_1=None,
+            tuning_drop=None,
+            within_budget=False,
+            deployable=False,
+            qualifies=False,
+            equalization_agreement=agreement,
+            reason=reason,
+        )
+
     agreement = None
     source = p.model_path
     calibration_path = p.calibration_path
     if recipe.equalize:
         source, agreement = _equalized_model(p.model_path, p.tuning_images_path, out_dir, p.allow_unsafe_code)
         if agreement < MIN_EQUALIZATION_AGREEMENT:
-            return trial(
-                tuning_top_1=None,
-                tuning_drop=None,
-                within_budget=False,
-                deployable=False,
-                qualifies=False,
-                equalization_agreement=agreement,
-                reason=f"equalization changed the float predictions on {100 * (1 - agreement):.1f}% of the tuning "
-                "images: not used",
-            )
+            changed = f"{100 * (1 - agreement):.1f}%"
+            return failed(f"equalization changed the float predictions on {changed} of the tuning images: not used")
     if recipe.calibration_factor > 1:
         calibration_path = load_calibration_set(
             dataset_image_dir=p.dataset_image_dir,
@@ -118,15 +121,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
                 raise StepError("try-repair", source, RuntimeError(converted.reason))
             built = converted
     except StepError as exc:
-        return trial(
-            tuning_top_1=None,
-            tuning_drop=None,
-            within_budget=False,
-            deployable=False,
-            qualifies=False,
-            equalization_agreement=agreement,
-            reason=f"the recipe failed: {exc}",
-        )
+        return failed(f"the recipe failed: {exc}")
     evaluation = evaluate_model(
         model_name=REPAIRED_NAME,
         model_path=built.path,

@@ -39,7 +39,7 @@ def start_and_kill_during_quantization(config_path) -> None:
         assert process.poll() is None, "the run finished before it could be killed"
     finally:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        process.communicate()  # reaps it and closes its pipe
     assert process.returncode == -signal.SIGKILL
 
 

@@ -2,7 +2,7 @@
 
     python -m flows.quantize_evaluate configs/digits/configuration.json
 
-validate config -> load evaluation set, convert the float variants (model.tflite, float16, ...)
+validate config -> load evaluation set, export a SavedModel -> convert the float variants (model.tflite, float16, ...)
                 -> load calibration set -> convert the calibrated variants (full_int8, ...)
                                         -> quantize with MCT (PTQ; GPTQ, mixed precision) -> export each to TFLite
                 -> evaluate every model in parallel (Top-1, Top-5, confusion matrix)
@@ -37,6 +37,7 @@ from tasks.compile_for_imx500 import compile_for_imx500_task
 from tasks.convert_to_tflite import convert_to_tflite_task
 from tasks.evaluate_model import evaluate_model_task
 from tasks.export_quantized_tflite import export_quantized_tflite_task
+from tasks.export_saved_model import export_saved_model_task
 from tasks.load_calibration_set import load_calibration_set_task
 from tasks.load_evaluation_set import load_evaluation_set_task
 from tasks.measure_latency import measure_latency_task
@@ -83,12 +84,15 @@ def quantize_evaluate(
         progress=progress,
     )
 
+    # Exported once; every converter variant converts it.
+    saved_model = export_saved_model_task.submit(model_path=c.source_keras_model, allow_unsafe_code=unsafe)
+
     def convert(variant: str, calibration_path: str | None) -> PrefectFuture:
-        return convert_to_tflite_task.submit(
+        return convert_to_tflite_task.submit(  # type: ignore[call-overload]  # Prefect resolves the future
             model_path=c.source_keras_model,
+            saved_model=saved_model,
             variant=variant,
             calibration_path=calibration_path,
-            allow_unsafe_code=unsafe,
         )
 
     # Float conversions need no calibration: they start while the calibration set loads.

@@ -2,6 +2,9 @@
 per call: float32, dynamic_range (the old SDK's Optimize.DEFAULT: int8 weights, float activations),
 float16, int8_float_io, full_int8, full_uint8 and int16x8 (the last four calibrate on the
 calibration set). Each result is checked against what its variant promises (core.variants).
+
+Every variant converts the SavedModel tasks/export_saved_model.py exported once from the Keras model
+(`from_saved_model`), which gives the bytes `from_keras_model` gives without saving the model again.
 """
 
 from __future__ import annotations
@@ -16,8 +19,7 @@ from prefect import task
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.files import atomic_write_bytes
-from core.models import load_keras_model
-from core.records import BuiltModel, UnsupportedVariant
+from core.records import BuiltModel, SavedModelExport, UnsupportedVariant
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 from core.variants import VARIANTS, built_file_name, check_variant
@@ -50,16 +52,32 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
         ]
 
 
+def keras_model_converter(saved_model: SavedModelExport):
+    """TensorFlow's converter on the exported SavedModel, as `from_keras_model` would have made it.
+
+    `from_keras_model` converts the SavedModel it writes (see tasks/export_saved_model.py); the one
+    difference left is the model type the converter records in the model's conversion metadata. The
+    model converted is the user's Keras model, so that is what it records here too, and the bytes are
+    the same."""
+    import tensorflow as tf
+    from tensorflow.lite.python.conversion_metadata_schema_py_generated import ModelType
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model.path, signature_keys=[saved_model.signature_key])
+    converter._metadata.environment.modelType = ModelType.KERAS_MODEL
+    return converter
+
+
 def convert_to_tflite(
     *,
     model_path: str,
+    saved_model: SavedModelExport,
     variant: str,
     out_dir: Path,
     calibration_path: str | None = None,
-    allow_unsafe_code: bool = False,
 ) -> BuiltModel | UnsupportedVariant:
-    """The variant's .tflite in `out_dir`, checked against its promise; or, for a variant the converter may
-    not support (16x8), what it said when it could not make it."""
+    """The variant's .tflite in `out_dir`, converted from `saved_model` (exported from the Keras model at
+    `model_path`) and checked against its promise; or, for a variant the converter may not support (16x8),
+    what it said when it could not make it."""
     import tensorflow as tf
 
     spec = VARIANTS.get(variant)
@@ -68,11 +86,10 @@ def convert_to_tflite(
         raise ValueError(f"unknown converter variant {variant!r}: expected one of {', '.join(converter_variants)}")
     if spec.calibrated and calibration_path is None:
         raise ValueError(f"variant {variant!r} calibrates: give calibration_path")
-    model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r") if calibration_path and spec.calibrated else None
     try:
         with CONVERTER_LOCK:
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            converter = keras_model_converter(saved_model)
             configure(converter, variant, calibration)
             flatbuffer = converter.convert()
     except Exception as exc:
@@ -87,12 +104,12 @@ def convert_to_tflite(
 @task(
     name="convert-to-tflite",
     task_run_name="convert-to-tflite-{variant}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "calibration_path")),
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "saved_model", "calibration_path")),
     persist_result=True,
     **RETRY_OPTIONS,
 )
 def convert_to_tflite_task(
-    *, model_path: str, variant: str, calibration_path: str | None = None, allow_unsafe_code: bool = False
+    *, model_path: str, saved_model: SavedModelExport, variant: str, calibration_path: str | None = None
 ) -> BuiltModel | UnsupportedVariant:
     """Convert the float Keras model to one TFLite variant with TensorFlow's converter, and check the result."""
     from prefect.logging import get_run_logger
@@ -100,10 +117,10 @@ def convert_to_tflite_task(
     started = time.perf_counter()
     result = convert_to_tflite(
         model_path=model_path,
+        saved_model=saved_model,
         variant=variant,
         out_dir=new_work_dir("convert"),
         calibration_path=calibration_path,
-        allow_unsafe_code=allow_unsafe_code,
     )
     if isinstance(result, UnsupportedVariant):
         get_run_logger().warning(

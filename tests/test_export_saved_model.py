@@ -1,14 +1,17 @@
 """The float Keras model is exported once as a SavedModel, and every converter variant converted from it is,
-byte for byte, what TensorFlow's converter makes from the Keras model itself (`from_keras_model`)."""
+byte for byte, what TensorFlow's converter makes from the Keras model itself (`from_keras_model`). Conversions
+run in worker processes; what the converter raises there fails the step as it would in the caller."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.records import BuiltModel
+from core.errors import StepError
+from core.records import BuiltModel, SavedModelExport
 from core.variants import CONVERTER_VARIANTS
-from tasks.convert_to_tflite import configure, convert_to_tflite
+from tasks.convert_to_tflite import CONVERSION_WORKERS, configure, convert_to_tflite
 from tasks.export_saved_model import export_saved_model
 
 pytestmark = pytest.mark.slow  # every converter variant, converted three times
@@ -62,3 +65,24 @@ def test_every_converter_variant_of_the_exported_model_is_byte_for_byte_the_kera
         )
         assert isinstance(built, BuiltModel)
         assert Path(built.path).read_bytes() == expected, variant
+
+
+def test_conversions_run_in_worker_processes_at_most_one_per_core():
+    workers = {CONVERSION_WORKERS.run(os.getpid) for _ in range(2 * (os.cpu_count() or 1))}
+    assert os.getpid() not in workers and len(workers) <= (os.cpu_count() or 1)
+
+
+def test_a_converter_failure_in_a_worker_names_the_step_the_model_and_the_cause(small_model, tmp_path):
+    missing = SavedModelExport(
+        path=str(tmp_path / "no-such-saved-model"), signature_key="serving_default", tensorflow_version="2.15"
+    )
+    with pytest.raises(StepError) as info:
+        convert_to_tflite(
+            model_path=str(small_model / "model.h5"), saved_model=missing, variant="float32", out_dir=tmp_path
+        )
+    message = str(info.value)
+    assert message.startswith(
+        f"step 'convert-to-tflite (float32)' failed for model {small_model / 'model.h5'}: OSError"
+    )
+    assert "no-such-saved-model" in message
+    assert not (tmp_path / "model_float32.tflite").exists()

@@ -130,7 +130,7 @@ def analyse_converter_model(
 ) -> LayerAnalysis:
     """TensorFlow's QuantizationDebugger on the `variant` the converter makes of the float model, fed
     `debug_image_count` evaluation images (calibration images when no evaluation images are given). The
-    converter runs under `converter_lock` (give tasks.convert_to_tflite.CONVERTER_LOCK inside the workflow)."""
+    converter runs under `converter_lock` (tasks.analyse_layers.DEBUGGER_LOCK inside the workflow)."""
     if variant not in CONVERTER_ANALYSED_VARIANTS:
         raise ValueError(f"variant {variant!r}: the debugger analyses {', '.join(CONVERTER_ANALYSED_VARIANTS)}")
     model = load_keras_model(float_model_path, allow_unsafe_code)

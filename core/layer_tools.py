@@ -184,7 +184,7 @@ def debugger_layer_metrics(
 ):
     """Per Keras layer, the debugger's metrics for the tensor it produces (the worst when several), whether
     that tensor is quantized unsigned, and the model output's metrics. The conversions run under
-    `converter_lock` (tasks.convert_to_tflite.CONVERTER_LOCK in the workflow)."""
+    `converter_lock` (tasks.analyse_layers.DEBUGGER_LOCK in the workflow)."""
     import tensorflow as tf
 
     full_integer = VARIANTS[variant].full_integer

@@ -62,6 +62,14 @@ class EvaluationSet(Record):
     skipped: list[SkippedImage]
 
 
+class SavedModelExport(Record):
+    """The float Keras model exported once as a SavedModel folder: the form TensorFlow's converter converts."""
+
+    path: str
+    signature_key: str  # the one signature it holds, the model's call
+    tensorflow_version: str
+
+
 class TFLiteFacts(Record):
     """What a .tflite model is, read back from the file (core.variants.inspect_tflite)."""
 

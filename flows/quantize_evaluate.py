@@ -2,7 +2,7 @@
 
     python -m flows.quantize_evaluate configs/digits/configuration.json
 
-validate config -> load evaluation set, convert the float variants (model.tflite, float16, ...)
+validate config -> load evaluation set, export a SavedModel -> convert the float variants (model.tflite, float16, ...)
                 -> load calibration set -> convert the calibrated variants (full_int8, ...)
                                         -> quantize with MCT (PTQ; GPTQ, mixed precision) -> export each to TFLite
                 -> evaluate every model in parallel (Top-1, Top-5, confusion matrix)
@@ -21,13 +21,13 @@ from contextlib import ExitStack
 from typing import Any
 
 from prefect import flow
-from prefect.futures import PrefectFuture, wait
+from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
-from core.records import BuiltModel, Evaluation, HardwareReports, RunRecords, UnsupportedVariant
+from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel, RunRecords, UnsupportedVariant
 from core.repair import models_to_analyse
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
@@ -39,6 +39,7 @@ from tasks.compile_for_imx500 import compile_for_imx500_task
 from tasks.convert_to_tflite import convert_to_tflite_task
 from tasks.evaluate_model import evaluate_model_task
 from tasks.export_quantized_tflite import export_quantized_tflite_task
+from tasks.export_saved_model import export_saved_model_task
 from tasks.load_calibration_set import load_calibration_set_task
 from tasks.load_evaluation_set import load_evaluation_set_task
 from tasks.measure_latency import measure_latency_task
@@ -54,7 +55,9 @@ from tasks.validate_config import validate_config_task
         "Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant "
         "and recommend one within an accuracy budget."
     ),
-    task_runner=ThreadPoolTaskRunner(max_workers=4),  # type: ignore[arg-type]  # Prefect's own generic
+    # A step waiting for its inputs holds a thread: enough that none waits for one. The heavy steps bound
+    # themselves (evaluations: one per core at a time; conversions: one worker process per core).
+    task_runner=ThreadPoolTaskRunner(max_workers=32),  # type: ignore[arg-type]  # Prefect's own generic
     result_storage=results_storage_dir(),
     validate_parameters=True,
 )
@@ -86,12 +89,15 @@ def quantize_evaluate(
         progress=progress,
     )
 
+    # Exported once; every converter variant converts it.
+    saved_model = export_saved_model_task.submit(model_path=c.source_keras_model, allow_unsafe_code=unsafe)
+
     def convert(variant: str, calibration_path: str | None) -> PrefectFuture:
-        return convert_to_tflite_task.submit(
+        return convert_to_tflite_task.submit(  # type: ignore[call-overload]  # Prefect resolves the future
             model_path=c.source_keras_model,
+            saved_model=saved_model,
             variant=variant,
             calibration_path=calibration_path,
-            allow_unsafe_code=unsafe,
         )
 
     # Float conversions need no calibration: they start while the calibration set loads.
@@ -107,7 +113,7 @@ def quantize_evaluate(
         seed=c.seed,
         progress=progress,
     )
-    converting += [convert(v, calibration.path) for v in variants if VARIANTS[v].calibrated]
+    # MCT before the calibrated conversions: PTQ and the IMX500 compile after it are the longest chain of steps.
     quantizing = {
         v: quantize_with_mct_task.submit(
             model_path=c.source_keras_model,
@@ -125,6 +131,13 @@ def quantize_evaluate(
         for v in variants
         if VARIANTS[v].builder == "mct"
     }
+    converting += [convert(v, calibration.path) for v in variants if VARIANTS[v].calibrated]
+    # It starts as soon as the PTQ model exists: Prefect hands it the future's result.
+    imx500 = (
+        compile_for_imx500_task.submit(quantized_model=quantizing[IMX500_VARIANT])  # type: ignore[call-overload]
+        if c.target_platform == "imx500"
+        else None
+    )
     evaluation_set = evaluation_set_future.result()
     # The Dask cluster, when the runner asks for one, lives until the evaluations are done.
     with ExitStack() as dask:
@@ -154,37 +167,39 @@ def quantize_evaluate(
 
         model_paths = {"keras": c.source_keras_model}
         evaluations = {"keras": evaluate("keras", c.source_keras_model)}
-        converted = [future.result() for future in converting]
-        unsupported = [u for u in converted if isinstance(u, UnsupportedVariant)]
-        built = [b for b in converted if isinstance(b, BuiltModel)]
-        for model in built:
-            name = model_id(model.variant, c.float_tflite)
-            model_paths[name] = model.path
-            evaluations[name] = evaluate(name, model.path)
-        ptq = quantizing[IMX500_VARIANT].result()
-        model_paths["keras_quantized"] = ptq.path
-        evaluations["keras_quantized"] = evaluate("keras_quantized", ptq.path)
-        # The device compilers run beside the evaluations.
-        imx500 = compile_for_imx500_task.submit(quantized_model=ptq) if c.target_platform == "imx500" else None
-        for future in quantizing.values():
-            exported = export_quantized_tflite_task(quantized_model=future.result())
-            name = model_id(exported.variant, c.float_tflite)
-            built.append(exported)
-            model_paths[name] = exported.path
-            evaluations[name] = evaluate(name, exported.path)
-        vela = {
-            model_id(model.variant, c.float_tflite): compile_for_ethos_u_task.submit(
-                model=model, accelerator=c.ethos_u_accelerator
-            )
-            for model in built
-            if VARIANTS[model.variant].full_integer
-        }
+        built: list[BuiltModel] = []
+        unsupported: list[UnsupportedVariant] = []
+        vela: dict[str, PrefectFuture] = {}
+        # What follows each model (its export, evaluation, Ethos-U compile) starts as soon as that model exists.
+        pending: set[PrefectFuture] = {*converting, *quantizing.values()}
+        while pending:
+            future = next(as_completed(list(pending)))
+            pending.remove(future)
+            made = future.result()
+            if isinstance(made, UnsupportedVariant):
+                unsupported.append(made)
+            elif isinstance(made, QuantizedModel):
+                pending.add(export_quantized_tflite_task.submit(quantized_model=made))
+                if made.variant == IMX500_VARIANT:  # the SDK's quantized Keras model
+                    model_paths["keras_quantized"] = made.path
+                    evaluations["keras_quantized"] = evaluate("keras_quantized", made.path)
+            else:
+                name = model_id(made.variant, c.float_tflite)
+                built.append(made)
+                model_paths[name] = made.path
+                evaluations[name] = evaluate(name, made.path)
+                if VARIANTS[made.variant].full_integer:
+                    vela[name] = compile_for_ethos_u_task.submit(model=made, accelerator=c.ethos_u_accelerator)
+        # The catalogue's order, whichever finished first.
+        built.sort(key=lambda model: list(VARIANTS).index(model.variant))
+        unsupported.sort(key=lambda model: list(VARIANTS).index(model.variant))
         # Let every evaluation and compile finish (and be cached) before a failed one fails the run: a run is
         # marked Failed only once nothing of it is still running.
         wait(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
-        evaluated = {name: Evaluation.merged([part.result() for part in parts]) for name, parts in evaluations.items()}
+        names = ["keras", "keras_quantized", *(model_id(model.variant, c.float_tflite) for model in built)]
+        evaluated = {name: Evaluation.merged([part.result() for part in evaluations[name]]) for name in names}
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,
             ethos_u={name: future.result() for name, future in vela.items()},

@@ -6,6 +6,7 @@ words, worst layer first.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +17,10 @@ from core.layer_analysis import analyse_converter_model, analyse_mct_model
 from core.records import BuiltModel, LayerAnalysis
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-from tasks.convert_to_tflite import CONVERTER_LOCK
+
+# The debugger runs TensorFlow's converter in this process (conversions for the models run in worker
+# processes); its bindings are not documented as thread-safe, so analyses take turns.
+DEBUGGER_LOCK = threading.Lock()
 
 
 def analyse_layers(
@@ -46,7 +50,7 @@ def analyse_layers(
         evaluation_images_path=evaluation_images_path,
         model_name=model_name,
         allow_unsafe_code=allow_unsafe_code,
-        converter_lock=CONVERTER_LOCK,
+        converter_lock=DEBUGGER_LOCK,
     )
 
 

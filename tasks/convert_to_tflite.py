@@ -2,13 +2,24 @@
 per call: float32, dynamic_range (the old SDK's Optimize.DEFAULT: int8 weights, float activations),
 float16, int8_float_io, full_int8, full_uint8 and int16x8 (the last four calibrate on the
 calibration set). Each result is checked against what its variant promises (core.variants).
+
+Every variant converts the SavedModel tasks/export_saved_model.py exported once from the Keras model
+(`from_saved_model`), which gives the bytes `from_keras_model` gives without saving the model again.
+Each conversion runs in a worker process (ConversionWorkers), so conversions run in parallel.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import pickle
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 from prefect import task
@@ -16,15 +27,12 @@ from prefect import task
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.files import atomic_write_bytes
-from core.models import load_keras_model
-from core.records import BuiltModel, UnsupportedVariant
+from core.records import BuiltModel, SavedModelExport, UnsupportedVariant
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 from core.variants import VARIANTS, built_file_name, check_variant
 
-# The converter's bindings keep process-wide state that is not documented as safe to use from
-# several threads at once; conversions take seconds, so they run one at a time.
-CONVERTER_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
@@ -50,49 +58,154 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
         ]
 
 
+def keras_model_converter(saved_model: SavedModelExport):
+    """TensorFlow's converter on the exported SavedModel, as `from_keras_model` would have made it.
+
+    `from_keras_model` converts the SavedModel it writes (see tasks/export_saved_model.py); the one
+    difference left is the model type the converter records in the model's conversion metadata. The
+    model converted is the user's Keras model, so that is what it records here too, and the bytes are
+    the same."""
+    import tensorflow as tf
+    from tensorflow.lite.python.conversion_metadata_schema_py_generated import ModelType
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model.path, signature_keys=[saved_model.signature_key])
+    converter._metadata.environment.modelType = ModelType.KERAS_MODEL
+    return converter
+
+
+def convert_and_check(
+    *, saved_model: SavedModelExport, variant: str, path: Path, calibration_path: str | None
+) -> BuiltModel | Exception:
+    """Runs in a conversion worker: the variant's .tflite at `path`, checked against its promise (a broken
+    promise raises). What the converter raised is returned instead, as an exception that crosses back."""
+    import tensorflow as tf
+
+    spec = VARIANTS[variant]
+    calibration = np.load(calibration_path, mmap_mode="r") if calibration_path and spec.calibrated else None
+    try:
+        converter = keras_model_converter(saved_model)
+        configure(converter, variant, calibration)
+        flatbuffer = converter.convert()
+    except Exception as exc:
+        return portable(exc)
+    atomic_write_bytes(path, flatbuffer)
+    facts = check_variant(path, variant)
+    return BuiltModel(variant=variant, path=str(path), facts=facts, builder=f"TensorFlow {tf.__version__} converter")
+
+
+def portable(exc: Exception) -> Exception:
+    """The exception itself when it survives pickling (the parent then re-raises it as it was), else a
+    RuntimeError with its type and message (some of TensorFlow's need arguments pickling does not keep)."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc
+
+
+class ConversionWorkers:
+    """The processes TensorFlow's converter runs in, so that conversions run in parallel with each other and
+    with the other steps (the converter is not safe to run from several threads of one process).
+
+    At most one per core, started ('spawn': a fresh interpreter each) when the first conversion needs one and
+    shared by every conversion of this process; they exit after `idle_seconds` without work. A daemonic process
+    (a Dask worker running a flow) may not start processes: there conversions run in the process, one at a time.
+    """
+
+    def __init__(self, idle_seconds: float = 60.0):
+        self.idle_seconds = idle_seconds
+        self._lock = threading.Lock()
+        self._in_process = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._busy = 0
+        self._idle_timer: threading.Timer | None = None
+
+    def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
+        """`fn(**kwargs)` in a worker process (fn and its arguments must pickle): its result, or what it raised."""
+        if multiprocessing.current_process().daemon:
+            with self._in_process:
+                return fn(**kwargs)
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")
+                )
+            pool = self._pool
+            self._busy += 1
+        try:
+            return pool.submit(fn, **kwargs).result()
+        except BrokenProcessPool:
+            with self._lock:  # a worker died (killed, out of memory): the next conversion starts new ones
+                if self._pool is pool:
+                    self._pool = None
+            pool.shutdown(wait=False)
+            raise
+        finally:
+            with self._lock:
+                self._busy -= 1
+                if self._busy == 0 and self._pool is not None:
+                    self._idle_timer = threading.Timer(self.idle_seconds, self._close_if_idle)
+                    self._idle_timer.daemon = True
+                    self._idle_timer.start()
+
+    def _close_if_idle(self) -> None:
+        with self._lock:
+            if self._busy or self._pool is None:
+                return
+            pool, self._pool = self._pool, None
+        pool.shutdown(wait=True)
+
+
+CONVERSION_WORKERS = ConversionWorkers()
+
+
 def convert_to_tflite(
     *,
     model_path: str,
+    saved_model: SavedModelExport,
     variant: str,
     out_dir: Path,
     calibration_path: str | None = None,
-    allow_unsafe_code: bool = False,
 ) -> BuiltModel | UnsupportedVariant:
-    """The variant's .tflite in `out_dir`, checked against its promise; or, for a variant the converter may
-    not support (16x8), what it said when it could not make it."""
-    import tensorflow as tf
-
+    """The variant's .tflite in `out_dir`, converted in a worker process from `saved_model` (exported from the
+    Keras model at `model_path`) and checked against its promise; or, for a variant the converter may not
+    support (16x8), what it said when it could not make it."""
     spec = VARIANTS.get(variant)
     if spec is None or spec.builder != "converter":
         converter_variants = [v for v, s in VARIANTS.items() if s.builder == "converter"]
         raise ValueError(f"unknown converter variant {variant!r}: expected one of {', '.join(converter_variants)}")
     if spec.calibrated and calibration_path is None:
         raise ValueError(f"variant {variant!r} calibrates: give calibration_path")
-    model = load_keras_model(model_path, allow_unsafe_code)
-    calibration = np.load(calibration_path, mmap_mode="r") if calibration_path and spec.calibrated else None
+    step = f"convert-to-tflite ({variant})"
     try:
-        with CONVERTER_LOCK:
-            converter = tf.lite.TFLiteConverter.from_keras_model(model)
-            configure(converter, variant, calibration)
-            flatbuffer = converter.convert()
-    except Exception as exc:
-        if spec.optional and "not yet supported" in str(exc):
-            return UnsupportedVariant(variant=variant, reason=f"{type(exc).__name__}: {exc}")
-        raise StepError(f"convert-to-tflite ({variant})", model_path, exc) from exc
-    path = atomic_write_bytes(Path(out_dir) / built_file_name(variant), flatbuffer)
-    facts = check_variant(path, variant)
-    return BuiltModel(variant=variant, path=str(path), facts=facts, builder=f"TensorFlow {tf.__version__} converter")
+        outcome = CONVERSION_WORKERS.run(
+            convert_and_check,
+            saved_model=saved_model,
+            variant=variant,
+            path=Path(out_dir) / built_file_name(variant),
+            calibration_path=calibration_path,
+        )
+    except BrokenProcessPool as exc:
+        raise StepError(step, model_path, exc) from exc
+    if isinstance(outcome, BuiltModel):
+        return outcome
+    if spec.optional and "not yet supported" in str(outcome):
+        return UnsupportedVariant(variant=variant, reason=f"{type(outcome).__name__}: {outcome}")
+    raise StepError(step, model_path, outcome) from outcome
 
 
 @task(
     name="convert-to-tflite",
     task_run_name="convert-to-tflite-{variant}",
-    cache_policy=ContentCachePolicy(file_inputs=("model_path", "calibration_path")),
+    cache_policy=ContentCachePolicy(file_inputs=("model_path", "saved_model", "calibration_path")),
     persist_result=True,
     **RETRY_OPTIONS,
 )
 def convert_to_tflite_task(
-    *, model_path: str, variant: str, calibration_path: str | None = None, allow_unsafe_code: bool = False
+    *, model_path: str, saved_model: SavedModelExport, variant: str, calibration_path: str | None = None
 ) -> BuiltModel | UnsupportedVariant:
     """Convert the float Keras model to one TFLite variant with TensorFlow's converter, and check the result."""
     from prefect.logging import get_run_logger
@@ -100,10 +213,10 @@ def convert_to_tflite_task(
     started = time.perf_counter()
     result = convert_to_tflite(
         model_path=model_path,
+        saved_model=saved_model,
         variant=variant,
         out_dir=new_work_dir("convert"),
         calibration_path=calibration_path,
-        allow_unsafe_code=allow_unsafe_code,
     )
     if isinstance(result, UnsupportedVariant):
         get_run_logger().warning(

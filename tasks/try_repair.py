@@ -35,6 +35,7 @@ from tasks.compile_for_imx500 import compile_for_imx500, converter_and_java
 from tasks.convert_to_tflite import convert_to_tflite
 from tasks.evaluate_model import evaluate_model
 from tasks.export_quantized_tflite import export_quantized_tflite
+from tasks.export_saved_model import export_saved_model
 from tasks.load_calibration_set import load_calibration_set
 from tasks.quantize_with_mct import quantize_with_mct
 
@@ -113,6 +114,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         else:
             converted = convert_to_tflite(
                 model_path=source,
+                saved_model=export_saved_model(model_path=source, out_dir=out_dir),
                 variant=recipe.converter_variant or "full_int8",
                 out_dir=out_dir,
                 calibration_path=calibration_path,

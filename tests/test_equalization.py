@@ -13,6 +13,7 @@ from core.errors import InputError
 from core.models import TFLitePredictor, keras_predictor, load_quantized_keras_model
 from core.records import BuiltModel
 from tasks.convert_to_tflite import convert_to_tflite
+from tasks.export_saved_model import export_saved_model
 from tasks.quantize_with_mct import quantize_with_mct
 
 layers = tf.keras.layers
@@ -294,7 +295,11 @@ def quantized_top_1(model: tf.keras.Model, calibration: Path, x: np.ndarray, y: 
         progress=False,
     )
     tflite = convert_to_tflite(
-        model_path=model_path, calibration_path=calibration_path, variant="full_int8", out_dir=out
+        model_path=model_path,
+        saved_model=export_saved_model(model_path=model_path, out_dir=out),
+        calibration_path=calibration_path,
+        variant="full_int8",
+        out_dir=out,
     )
     assert isinstance(tflite, BuiltModel) and tflite.facts.input_dtype == "int8"
     return {

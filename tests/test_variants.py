@@ -11,6 +11,7 @@ import pytest
 from core.records import BuiltModel, UnsupportedVariant
 from core.variants import PROMISES, Promise, VariantMismatch, check_variant
 from tasks.convert_to_tflite import convert_to_tflite
+from tasks.export_saved_model import export_saved_model
 from tests.helpers import run, sdk_config, task_states, write_config
 
 DEFAULT_FILES = [
@@ -172,10 +173,12 @@ def test_a_variant_the_converter_cannot_make_is_reported_as_unsupported_instead_
     outputs = tf.keras.layers.Dense(3, activation="softmax")(tf.keras.layers.GlobalAveragePooling2D()(x))
     tf.keras.Model(inputs, outputs).save(tmp_path / "elu.h5")
     np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 8, 8, 3), np.float32))
+    saved_model = export_saved_model(model_path=str(tmp_path / "elu.h5"), out_dir=tmp_path)
 
     def convert(variant: str):
         return convert_to_tflite(
             model_path=str(tmp_path / "elu.h5"),
+            saved_model=saved_model,
             variant=variant,
             out_dir=tmp_path,
             calibration_path=str(tmp_path / "calibration.npy"),

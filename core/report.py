@@ -269,6 +269,61 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
 
 
+MARKDOWN_CONFUSION_MATRICES = 12  # at most this many in the markdown artifact; report.html has them all
+_MARKDOWN_COLOURS = 128  # a palette PNG: a third of the bytes of the RGBA one, no visible difference on these charts
+_MARKDOWN_MAX_SIDE = 800  # pixels; a larger picture (a matrix of many classes) is scaled down to it
+
+
+def markdown_figures(results: dict, max_confusion_matrices: int = MARKDOWN_CONFUSION_MATRICES) -> str:
+    """The report's pictures as markdown, each an embedded PNG (a base64 `data:` URI), for the Prefect markdown
+    artifact: the accuracy-vs-size chart, the loss per layer of each analysed model, and the confusion matrices
+    (the recommended model's always, then the others in the table's order, up to `max_confusion_matrices`).
+    The Prefect UI shows them; it cannot open report.html, a file on the machine that ran the flow."""
+    class_names = list(results["class_names"])
+    parts = ["## Accuracy vs size", _markdown_img(accuracy_size_chart_png(results), "Top-1 accuracy against file size")]
+    analyses = results.get("layer_analysis") or {}
+    if analyses:
+        parts.append("## Loss per layer")
+        parts += [_markdown_img(layer_loss_chart_png(a), f"Loss per layer of {name}") for name, a in analyses.items()]
+    models = results["models"]
+    chosen = results["recommendation"].get("chosen")
+    ordered = [m for m in models if m["model"] == chosen] + [m for m in models if m["model"] != chosen]
+    shown, left_out = ordered[:max_confusion_matrices], ordered[max_confusion_matrices:]
+    parts += ["## Confusion matrices", "Rows: the true class; columns: the predicted class."]
+    parts += [
+        _markdown_img(
+            remembered_png(confusion_matrix_png, m["model"], m["confusion_matrix"], class_names),
+            f"Confusion matrix of {m['model']}",
+        )
+        for m in sorted(shown, key=models.index)
+    ]
+    if left_out:
+        names = ", ".join(f"`{m['model']}`" for m in sorted(left_out, key=models.index))
+        parts.append(
+            f"The confusion matrices of the other {len(left_out)} models ({names}) are in the full report, "
+            f"`{results['report']}`."
+        )
+    return "\n\n".join(parts) + "\n\n"
+
+
+def _markdown_img(png: bytes, alt: str) -> str:
+    text = "".join(c for c in alt if c not in "[]\\\n")
+    return f"![{text}](data:image/png;base64,{base64.b64encode(compact_png(png)).decode('ascii')})"
+
+
+def compact_png(png: bytes, max_side: int = _MARKDOWN_MAX_SIDE) -> bytes:
+    """The picture as a palette PNG of at most `max_side` pixels a side, for a page that holds many of them."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as opened:
+        image = opened.convert("RGB")
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.quantize(colors=_MARKDOWN_COLOURS, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
 def layer_loss_chart_png(analysis: dict) -> bytes:
     """The loss of every layer, in network order, the worst ones marked: where the accuracy went."""
     from matplotlib.figure import Figure

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pandas as pd
 
@@ -145,7 +145,9 @@ def recommendation_text(recommendation: dict) -> str:
     return f"Recommended: none. {recommendation['reason']}."
 
 
-def summary_markdown(results: dict[str, Any]) -> str:
+def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
+    """The run's summary for the Prefect markdown artifact; `figures` (markdown, see core.report.markdown_figures)
+    goes after the analysis, before the paths of the report and the configuration."""
     frame = results_table(results).fillna("-")
     rows = [list(frame.columns)] + frame.astype(str).values.tolist()
     table = "\n".join(
@@ -160,11 +162,33 @@ def summary_markdown(results: dict[str, Any]) -> str:
         f"`{results['quantization']['target_platform']}`; "
         f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
         f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n{unsupported_text(results)}\n"
-        f"{_code_block(analysis_text(results) + repair_text(results))}"
-        f"Report with confusion matrices and the accuracy-vs-size chart: `{results['report']}`\n\n"
+        f"{_code_block(analysis_text(results) + repair_text(results))}{figures}"
+        f"Full report, with every confusion matrix and the accuracy per class: `{results['report']}` on the "
+        "machine that ran the flow (the UI cannot link to it, as a browser opens no file: link from a web page; "
+        "paste the path into the address bar)\n\n"
         f"Configuration: `{results['configuration']}`\n"
     )
 
 
 def _code_block(text: str) -> str:
     return f"```\n{text}```\n\n" if text else ""
+
+
+class ReportLink(TypedDict):
+    link: str
+    link_text: str
+    description: str
+
+
+def report_link(results: dict[str, Any], summary_key: str, summary_url: str | None, host: str) -> ReportLink:
+    """The `...-report` link artifact: to the summary artifact's page in the UI, which shows the report's pictures
+    (a browser opens no file: link from a web page, so a link to report.html leads nowhere), with the report's path
+    in the description; without a UI (no Prefect server), to the file itself."""
+    where = f"{results['report']} on {host}"
+    if summary_url is None:
+        return {"link": Path(results["report"]).resolve().as_uri(), "link_text": "report.html", "description": where}
+    return {
+        "link": summary_url,
+        "link_text": f"Charts and confusion matrices: the summary artifact {summary_key}",
+        "description": f"The report's pictures are in the summary; the HTML report is {where}",
+    }

@@ -8,14 +8,15 @@ a failure or a kill leaves the whole previous set or the whole new one, never a 
   output_dir/model.tflite, model_quantized.tflite, model_quantized.keras, model_<variant>.tflite,
     model_<variant>_vela.tflite, imx500/
   evaluate_result_dir/results.json (the SDK's four keys first, then the details), results.csv, report.html
-and the Prefect artifacts: a table, a markdown summary with the recommendation and a link to the
-report, keyed per model.
+and the Prefect artifacts, keyed per model: a table, a markdown summary with the recommendation and the
+report's pictures embedded (the UI shows them; it cannot open report.html, a file), and a link to that summary.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ from core.config import QuantizeConfig
 from core.errors import InputError
 from core.publishing import Put, publishing, swap_in
 from core.records import RunRecords
-from core.report import html_report
+from core.report import html_report, markdown_figures
 from core.results import PublicationPlan, build_results
-from core.results_text import artifact_key, format_table, repair_rows, results_table, summary_markdown
+from core.results_text import artifact_key, format_table, repair_rows, report_link, results_table, summary_markdown
 from core.retry import RETRY_OPTIONS
 from core.variants import own_output_file_names
 
@@ -98,6 +99,7 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
     """Publish the models and results.json, results.csv, report.html, and record the Prefect artifacts."""
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from prefect.logging import get_run_logger
+    from prefect.settings import PREFECT_UI_URL
 
     results = record_results(run)
     validated = run.validated
@@ -107,8 +109,10 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
         table=results_table(results).fillna("-").to_dict(orient="records"),
         description="Every model: size, Top-1, Top-5, agreement, latency, dtypes",
     )
-    create_markdown_artifact(
-        key=key, markdown=summary_markdown(results), description="Quantize-and-evaluate summary and recommendation"
+    summary_id = create_markdown_artifact(
+        key=key,
+        markdown=summary_markdown(results, figures=markdown_figures(results)),
+        description="Summary, recommendation, charts and confusion matrices",
     )
     if (results.get("repair") or {}).get("ran"):
         create_table_artifact(
@@ -116,12 +120,9 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
             table=repair_rows(results),
             description="Repair trials: what each changed, Top-1 on the tuning images, the target's verdict",
         )
-    create_link_artifact(
-        key=f"{key}-report",
-        link=Path(results["report"]).resolve().as_uri(),
-        link_text="report.html",
-        description="HTML report: confusion matrices, accuracy vs size",
-    )
+    ui_url = PREFECT_UI_URL.value()
+    summary_url = f"{ui_url.rstrip('/')}/artifacts/artifact/{summary_id}" if ui_url else None
+    create_link_artifact(key=f"{key}-report", **report_link(results, key, summary_url, socket.gethostname()))
     get_run_logger().info(
         "Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results)
     )

@@ -122,6 +122,8 @@ def start(
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    # Prefect 3.8's UI calls port 4200 unless told where the API is: on any other port it could not connect.
+    server_env["PREFECT_UI_API_URL"] = api_url
     pids = {
         "server": _background(
             _prefect("server", "start", "--host", host, "--port", str(port)), state_dir / "server.log", server_env

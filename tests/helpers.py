@@ -42,6 +42,7 @@ def write_config(path: Path, config: dict) -> Path:
 HEAVY_STEPS = [
     "load-calibration-set",
     "quantize-with-mct-ptq",
+    "export-saved-model",
     "convert-to-tflite-float32",
     "export-quantized-tflite-mct_ptq",
     "load-evaluation-set",

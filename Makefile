@@ -8,7 +8,7 @@ IMX500_VENV := .venv-imx500
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup imx500 sample demo test test-fast lint format benchmark server stop clean help
+.PHONY: setup imx500 sample demo test test-fast lint format benchmark benchmark-e2e server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
@@ -17,6 +17,7 @@ help:
 	@echo "make lint   check formatting (ruff format --check), lint (ruff check) and types (mypy)"
 	@echo "make format reformat and apply ruff's safe fixes"
 	@echo "make benchmark  measure throughput, cache, overhead, memory and the repair search against baselines (several minutes)"
+	@echo "make benchmark-e2e  time the command cold and cached on a MobileNetV2 against the notebook's way (about 15 minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
 	@echo "make imx500 install Sony's IMX500 converter into .venv-imx500 (make test does it too)"
@@ -64,6 +65,9 @@ format: setup
 benchmark: sample imx500
 	$(BIN)/python -m benchmarks.run_benchmarks
 	$(BIN)/python -m benchmarks.repair_cost
+
+benchmark-e2e: setup imx500
+	$(BIN)/python -m benchmarks.end_to_end
 
 server: sample
 	$(BIN)/python -m deployments.local_stack start

@@ -57,8 +57,8 @@ def project_evaluation(eval_dir: Path, models: dict[str, str], work_dir: Path) -
     return time.perf_counter() - started, evaluation_set.image_count
 
 
-def notebook_evaluation(eval_dir: Path, models: dict[str, str]) -> tuple[float, int]:
-    """Seconds for the old notebook's way; the image count."""
+def notebook_evaluation(eval_dir: Path, models: dict[str, str], size: int = SIZE) -> tuple[float, int]:
+    """Seconds for the old notebook's way (images of `size` x `size`); the image count."""
     pairs = list_evaluation_images(str(eval_dir), "jpg", CLASSES)
     started = time.perf_counter()
     for name, path in models.items():
@@ -69,6 +69,6 @@ def notebook_evaluation(eval_dir: Path, models: dict[str, str]) -> tuple[float, 
             predict = partial(load_keras_by_name(name, path).predict, verbose=0)
         correct = 0
         for file, label in pairs:
-            image = preprocess(decode_rgb(file), SIZE, Preprocessing())[None]
+            image = preprocess(decode_rgb(file), size, Preprocessing())[None]
             correct += int(np.argmax(predict(image)) == label)
     return time.perf_counter() - started, len(pairs)

@@ -108,11 +108,13 @@ class ConversionWorkers:
     with the other steps (the converter is not safe to run from several threads of one process).
 
     At most one per core, started ('spawn': a fresh interpreter each) when the first conversion needs one and
-    shared by every conversion of this process; they exit after `idle_seconds` without work. A daemonic process
-    (a Dask worker running a flow) may not start processes: there conversions run in the process, one at a time.
+    shared by every conversion of this process. A run submits its conversions within seconds of each other, so they
+    exit after `idle_seconds` without work: then, not at the command's exit, where waiting for them costs a second.
+    A daemonic process (a Dask worker running a flow) may not start processes: there conversions run in the process,
+    one at a time.
     """
 
-    def __init__(self, idle_seconds: float = 60.0):
+    def __init__(self, idle_seconds: float = 10.0):
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
         self._in_process = threading.Lock()

@@ -1,0 +1,282 @@
+"""End to end: the command, cold and served from the cache, against the old notebook's way, on a MobileNetV2-class
+model. Each figure is a ratio against a baseline measured in the same run; nothing is asserted anywhere.
+
+    python -m benchmarks.end_to_end            # or: make benchmark-e2e (about 15 minutes on 2 cores)
+
+Builds once (in .cache/benchmark-e2e/sample) a MobileNetV2 (alpha 0.35, 64 x 64, 10 classes) trained for two
+epochs on scikit-learn's digits upscaled to 64 x 64 RGB JPEGs (1,400 calibration, 397 evaluation images; no
+download), then times, each in a fresh process, one after the other:
+  (a) the old notebook's way to the SDK's two models (benchmarks/notebook_way.py);
+  (b) python -m flows.quantize_evaluate CONFIG, cold, variants ["float32", "mct_ptq"] (target <= 0.5x (a)),
+      and (b') the same without the IMX500 compile (the notebook never compiled for the device);
+  (c) the same, cold, with the default variants (target <= 0.8x (a));
+  (d) (c) again, served from the cache (target <= 8 s and <= 10% of (c));
+and, beforehand, one float32 conversion the old way (from_keras_model) against the SavedModel exported once;
+and prints, for each command, the time before the flow run started and after it ended, and the critical path:
+the chain of steps, read from the flow run's task runs, each of which held the next one back. Also measured: what
+starting Prefect's ephemeral API costs a command (a flow that does nothing against the imports alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from core.storage import REPO_ROOT
+
+SLACK_SECONDS = 0.25  # a step that starts this soon after another ends was waiting for it
+
+
+def run_command(command: list[str], env: dict[str, str], log: Path) -> dict:
+    """Wall seconds of a command in a fresh process, with its start and end on the clock the flow runs use."""
+    started_at, started = time.time(), time.perf_counter()
+    with log.open("w") as out:
+        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {result.returncode}; see {log}")
+    return {"seconds": round(seconds, 2), "started_at": started_at, "ended_at": started_at + seconds}
+
+
+def conversion_figures(model_path: str, work: Path) -> dict:
+    """One float32 conversion: `from_keras_model` (which saves a SavedModel inside the call) against the step's way,
+    a SavedModel exported once (tasks/export_saved_model.py) and converted."""
+    import tensorflow as tf
+
+    from core.models import load_keras_model
+    from tasks.convert_to_tflite import keras_model_converter
+    from tasks.export_saved_model import export_saved_model
+
+    model = load_keras_model(model_path)
+    started = time.perf_counter()
+    from_keras = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    keras_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    saved_model = export_saved_model(model_path=model_path, out_dir=work)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    from_saved = keras_model_converter(saved_model).convert()
+    convert_seconds = time.perf_counter() - started
+    return {
+        "from_keras_model_seconds": round(keras_seconds, 2),
+        "export_once_seconds": round(export_seconds, 2),
+        "from_saved_model_seconds": round(convert_seconds, 2),
+        "same_bytes": from_keras == from_saved,
+    }
+
+
+def flow_runs(name: str) -> list:
+    """The flow runs of flow `name` in this PREFECT_HOME, oldest first, each with its task runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[name])), sort=FlowRunSort.START_TIME_ASC
+        )
+        return [
+            (run, client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))))
+            for run in runs
+        ]
+
+
+def critical_path(task_runs: list) -> list[dict]:
+    """From the step that ended last, back through what held each step back: the step it took as input (Prefect
+    records them) when that ended last before it started, else the step that did; each one started earlier."""
+    runs = [t for t in task_runs if t.start_time and t.end_time]
+    if not runs:
+        return []
+    by_id = {t.id: t for t in runs}
+    chain = [max(runs, key=lambda t: t.end_time)]
+    while True:
+        current = chain[-1]
+        starts = current.start_time.timestamp() + SLACK_SECONDS
+        before = [t for t in runs if t.end_time.timestamp() <= starts and t.start_time < current.start_time]
+        if not before:
+            break
+        latest = max(before, key=lambda t: t.end_time)
+        inputs = [
+            by_id[run.id]
+            for runs_of_input in current.task_inputs.values()
+            for run in runs_of_input
+            if getattr(run, "input_type", None) == "task_run" and run.id in by_id and by_id[run.id] in before
+        ]
+        upstream = max(inputs, key=lambda t: t.end_time) if inputs else None
+        held_by_input = upstream is not None and (latest.end_time - upstream.end_time).total_seconds() <= SLACK_SECONDS
+        chain.append(upstream if held_by_input else latest)
+    chain.reverse()
+    steps = []
+    for i, t in enumerate(chain):
+        previous_end = chain[i - 1].end_time if i else None
+        steps.append(
+            {
+                "step": t.name,
+                "state": t.state.name if t.state else None,
+                "seconds": round((t.end_time - t.start_time).total_seconds(), 2),
+                "waited_before": round((t.start_time - previous_end).total_seconds(), 2) if previous_end else None,
+            }
+        )
+    return steps
+
+
+def describe_run(label: str, command: dict, flow_run, task_runs: list) -> dict:
+    assert flow_run.start_time and flow_run.end_time, f"flow run {flow_run.id} has not finished"
+    flow_seconds = (flow_run.end_time - flow_run.start_time).total_seconds()
+    path = critical_path(task_runs)
+    first_start = min((t.start_time for t in task_runs if t.start_time), default=flow_run.start_time)
+    figures = {
+        "label": label,
+        "command_seconds": command["seconds"],
+        "flow_run_seconds": round(flow_seconds, 2),
+        "before_flow_run_seconds": round(flow_run.start_time.timestamp() - command["started_at"], 2),
+        "flow_run_to_first_step_seconds": round((first_start - flow_run.start_time).total_seconds(), 2),
+        "after_flow_run_seconds": round(command["ended_at"] - flow_run.end_time.timestamp(), 2),
+        "task_runs": len(task_runs),
+        "critical_path": path,
+    }
+    print(
+        f"\n    {label}: command {command['seconds']:.1f} s = {figures['before_flow_run_seconds']:.1f} s to the "
+        f"flow run (process start, imports, Prefect's API) + flow run {flow_seconds:.1f} s "
+        f"+ {figures['after_flow_run_seconds']:.1f} s to exit; critical path:"
+    )
+    print(f"      {'(flow run start to first step)':44} {figures['flow_run_to_first_step_seconds']:7.2f} s")
+    for step in path:
+        waited = f"  (+{step['waited_before']:.2f} s between)" if step["waited_before"] else ""
+        print(f"      {step['step']:44} {step['seconds']:7.2f} s  {step['state']}{waited}")
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.end_to_end",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sample",
+        type=Path,
+        default=REPO_ROOT / ".cache" / "benchmark-e2e" / "sample",
+        help="where the model and images are built, once (default .cache/benchmark-e2e/sample)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    from benchmarks.e2e_sample import make_e2e_sample, write_config
+    from benchmarks.run_benchmarks import describe_machine
+
+    args.sample.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=args.sample.parent))
+    machine = describe_machine()
+    print(f"machine: {machine}\nscratch: {scratch}", flush=True)
+    started = time.perf_counter()
+    sample = make_e2e_sample(args.sample)
+    print(f"sample: {sample} ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # Every command gets the same Prefect database (made once, before timing), and a cache of its own when cold.
+    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("PREFECT_API_URL", "QUANTIZE_CACHE_DIR", "QUANTIZE_FAIL_EVALUATION"):
+        env.pop(name, None)
+    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "TF_CPP_MIN_LOG_LEVEL")})
+    os.environ.pop("PREFECT_API_URL", None)
+    python = sys.executable
+    empty_flow = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
+    run_command([python, "-c", empty_flow], env, scratch / "warm-up.log")  # creates the database
+    figures: dict = {"machine": machine, "sample": str(sample)}
+
+    print("\nstart of a command: the flow module's imports, then the same and a flow that does nothing", flush=True)
+    imports = run_command([python, "-c", "import flows.quantize_evaluate"], env, scratch / "imports.log")
+    empty = run_command([python, "-c", empty_flow], env, scratch / "empty-flow.log")
+    figures["start"] = {
+        "imports_seconds": imports["seconds"],
+        "empty_flow_seconds": empty["seconds"],
+        "ephemeral_api_seconds": round(empty["seconds"] - imports["seconds"], 2),
+    }
+    print(
+        f"    imports {imports['seconds']:.1f} s; with an empty flow on the ephemeral API {empty['seconds']:.1f} s: "
+        f"the API costs {empty['seconds'] - imports['seconds']:.1f} s"
+    )
+
+    print("\none float32 conversion: from_keras_model against the SavedModel exported once", flush=True)
+    figures["conversion"] = conversion = conversion_figures(str(sample / "model.h5"), scratch / "conversion")
+    print(
+        f"    from_keras_model {conversion['from_keras_model_seconds']:.1f} s; exported once in "
+        f"{conversion['export_once_seconds']:.1f} s, then converted in {conversion['from_saved_model_seconds']:.1f} s "
+        f"per variant: {conversion['from_keras_model_seconds'] / conversion['from_saved_model_seconds']:.1f}x "
+        f"(the same bytes: {conversion['same_bytes']})"
+    )
+
+    print("\n(a) the old notebook's way, SDK's two models", flush=True)
+    notebook_config = write_config(sample, scratch / "notebook", scratch / "notebook.json")
+    notebook = run_command(
+        [python, "-m", "benchmarks.notebook_way", str(notebook_config), str(scratch / "notebook" / "work")],
+        env,
+        scratch / "notebook.log",
+    )
+    notebook["stages"] = json.loads((scratch / "notebook.log").read_text().strip().splitlines()[-1])
+    figures["notebook"] = notebook
+    print(f"    {notebook['seconds']:.1f} s: {notebook['stages']}")
+
+    commands = {}
+    sdk = {"variants": ["float32", "mct_ptq"]}
+    no_imx500 = {"IMX500_CONVERTER": str(scratch / "no-imx500-converter")}  # the step is skipped at once
+    for label, key, overrides, extra_env in [
+        ("(b) the command, cold, SDK's two models", "sdk_cold", sdk, {}),
+        (
+            "(b') the same without the IMX500 compile, which the notebook never did",
+            "sdk_cold_no_imx500",
+            sdk,
+            no_imx500,
+        ),
+        ("(c) the command, cold, default variants", "default_cold", {}, {}),
+    ]:
+        print(f"\n{label}", flush=True)
+        config = write_config(sample, scratch / key, scratch / f"{key}.json", **overrides)
+        cold_env = {**env, **extra_env, "QUANTIZE_CACHE_DIR": str(scratch / key / "cache")}
+        command = [python, "-m", "flows.quantize_evaluate", str(config), "--no-progress"]
+        commands[key] = run_command(command, cold_env, scratch / f"{key}.log")
+        print(f"    {commands[key]['seconds']:.1f} s", flush=True)
+        if key == "default_cold":
+            print("\n(d) the same command again, served from the cache", flush=True)
+            commands["cached"] = run_command(command, cold_env, scratch / "cached.log")
+            print(f"    {commands['cached']['seconds']:.1f} s", flush=True)
+
+    print("\ncritical paths (from the flow runs' task runs)")
+    runs = flow_runs("quantize-evaluate")[-len(commands) :]
+    for (key, timing), (flow_run, task_runs) in zip(commands.items(), runs, strict=True):
+        figures[key] = describe_run(key, timing, flow_run, task_runs)
+
+    a, b, c, d = (
+        figures["notebook"]["seconds"],
+        *(commands[k]["seconds"] for k in ("sdk_cold", "default_cold", "cached")),
+    )
+    b_no_imx500 = commands["sdk_cold_no_imx500"]["seconds"]
+    figures["ratios"] = {
+        "sdk_cold_vs_notebook": round(b / a, 3),
+        "sdk_cold_no_imx500_vs_notebook": round(b_no_imx500 / a, 3),
+        "default_cold_vs_notebook": round(c / a, 3),
+        "cached_seconds": d,
+        "cached_vs_default_cold": round(d / c, 3),
+    }
+    print(
+        f"\nfigures against their targets ({datetime.now():%Y-%m-%d %H:%M}, {machine})\n"
+        f"    SDK's two models cold: {b:.1f} s = {b / a:.2f}x the notebook's {a:.1f} s (target <= 0.5x); "
+        f"without the IMX500 compile {b_no_imx500:.1f} s = {b_no_imx500 / a:.2f}x\n"
+        f"    default variants cold: {c:.1f} s = {c / a:.2f}x the notebook's (target <= 0.8x)\n"
+        f"    cached rerun: {d:.1f} s (target <= 8 s) = {100 * d / c:.1f}% of the cold default run (target <= 10%)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    print("\n" + json.dumps(figures, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

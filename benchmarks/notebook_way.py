@@ -1,0 +1,90 @@
+"""The old notebook's way to the SDK's two models, as one command the end-to-end benchmark times against the flow's:
+one step after another in one process: decode the calibration images, MCT PTQ, TensorFlow's converter on the float
+model (model.tflite; float32, as the flow makes it by default), MCT's exporter on the quantized one
+(model_quantized.tflite), then the four models evaluated one after another, one image per inference call, every
+image decoded again for each model (benchmarks/throughput.py). Nothing is cached.
+
+    python -m benchmarks.notebook_way CONFIGURATION_JSON WORK_DIR   # prints each stage's seconds as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core.config import Preprocessing
+from core.files import atomic_write_bytes
+from core.models import load_keras_model
+from tasks.export_quantized_tflite import export_quantized_tflite
+from tasks.load_calibration_set import load_calibration_set
+from tasks.quantize_with_mct import quantize_with_mct
+
+
+def notebook_way(config: dict, work: Path) -> dict[str, float]:
+    import tensorflow as tf
+
+    from benchmarks.throughput import notebook_evaluation
+
+    for folder in ("calibration", "quantize", "export"):
+        (work / folder).mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal started
+        seconds[stage] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+
+    size = config["input_tensor_size"]
+    calibration = load_calibration_set(
+        dataset_image_dir=config["dataset_image_dir"],
+        input_tensor_size=size,
+        batch_size=config["batch_size"],
+        iteration_count=config["iteration_count"],
+        preprocessing=Preprocessing(),
+        seed=0,
+        out_dir=work / "calibration",
+        progress=False,
+    )
+    lap("calibration_set")
+    quantized = quantize_with_mct(
+        model_path=config["source_keras_model"],
+        calibration_path=calibration.path,
+        batch_size=config["batch_size"],
+        target_platform="imx500",
+        out_dir=work / "quantize",
+        progress=False,
+    )
+    lap("mct_ptq")
+    converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(config["source_keras_model"]))
+    tflite = atomic_write_bytes(work / "model.tflite", converter.convert())
+    lap("convert_model_tflite")
+    tflite_quantized = export_quantized_tflite(quantized_model=quantized, out_dir=work / "export")
+    lap("export_model_quantized_tflite")
+    models = {
+        "keras": config["source_keras_model"],
+        "keras_quantized": quantized.path,
+        "tflite": str(tflite),
+        "tflite_quantized": tflite_quantized.path,
+    }
+    notebook_evaluation(Path(config["evaluate_image_dir"]), models, size)
+    lap("evaluate_four_models")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.notebook_way", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("config_path", type=Path)
+    parser.add_argument("work_dir", type=Path)
+    args = parser.parse_args(argv)
+    print(json.dumps(notebook_way(json.loads(args.config_path.read_text()), args.work_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,6 +21,7 @@ import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.batch import outcome, outcome_of
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
+from core.startup import start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     add_runner_arguments(parser)
     args = parser.parse_args(argv)
     try:
+        start_prefect_api_while_importing("tensorflow")  # what the first step needs
         state = batch_quantize(
             config_dir=args.config_dir or None,
             config_paths=args.config,

@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.files import atomic_write_bytes, atomic_write_text
 
-RENDER_VERSION = 1  # bump when the confusion-matrix drawing changes, to redraw the remembered PNGs
+RENDER_VERSION = 2  # bump when a drawing changes, to redraw the remembered PNGs
 
 _MISSING = "–"
 _MAX_ANNOTATED_CLASSES = 20
@@ -63,7 +65,7 @@ def html_report(results: dict) -> str:
         _analysis_html(results),
         _repair_html(results),
         "<h2>Accuracy vs size</h2>",
-        _img(accuracy_size_chart_png(results), "Top-1 accuracy against file size"),
+        _img(accuracy_size_chart_image(results), "Top-1 accuracy against file size"),
         "<h2>Per model</h2>",
     ]
     for model in models:
@@ -71,7 +73,7 @@ def html_report(results: dict) -> str:
             f"<h3>{_e(model['description'])} <small>({_e(model['model'])})</small></h3>",
             '<div class="model">',
             _img(
-                remembered_png(confusion_matrix_png, model["model"], model["confusion_matrix"], class_names),
+                confusion_matrix_image(model["model"], model["confusion_matrix"], class_names),
                 f"Confusion matrix of {model['model']}",
             ),
             _per_class_table_html(model["per_class_accuracy"], class_names),
@@ -236,21 +238,40 @@ def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
     return f'<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead><tbody>{rows}</tbody></table>'
 
 
-def remembered_png(render, name: str, matrix: list, class_names: list[str]) -> bytes:
-    """A confusion-matrix PNG, rendered once per content and kept in the cache: a rerun served from the
-    cache would otherwise spend most of its time drawing the same pictures again."""
+def remembered_png(kind: str, data: Any, draw: Callable[[], bytes]) -> bytes:
+    """A PNG drawn once per content (`kind` and the JSON-able `data` it shows) and kept in the cache: a rerun served
+    from the cache would otherwise spend most of its time importing matplotlib and drawing the same pictures."""
     import hashlib
     import json
 
     from core.storage import cache_root
 
-    key = hashlib.blake2b(json.dumps([RENDER_VERSION, name, matrix, class_names]).encode(), digest_size=16).hexdigest()
+    key = hashlib.blake2b(json.dumps([RENDER_VERSION, kind, data]).encode(), digest_size=16).hexdigest()
     path = cache_root() / "work" / "report-png" / f"{key}.png"
     if path.is_file():
         return path.read_bytes()
-    png = render({"model": name, "confusion_matrix": matrix}, class_names)
+    png = draw()
     atomic_write_bytes(path, png)
     return png
+
+
+def confusion_matrix_image(name: str, matrix: list, class_names: list[str]) -> bytes:
+    model = {"model": name, "confusion_matrix": matrix}
+    return remembered_png(
+        "confusion-matrix", [name, matrix, class_names], lambda: confusion_matrix_png(model, class_names)
+    )
+
+
+def accuracy_size_chart_image(results: dict) -> bytes:
+    shown = [
+        results["recommendation"].get("chosen"),
+        [[m["model"], m["file_size_bytes"], m["top_1_accuracy"]] for m in results["models"]],
+    ]
+    return remembered_png("accuracy-size", shown, lambda: accuracy_size_chart_png(results))
+
+
+def layer_loss_chart_image(analysis: dict) -> bytes:
+    return remembered_png("layer-loss", analysis, lambda: layer_loss_chart_png(analysis))
 
 
 def _png(fig) -> bytes:
@@ -280,11 +301,14 @@ def markdown_figures(results: dict, max_confusion_matrices: int = MARKDOWN_CONFU
     (the recommended model's always, then the others in the table's order, up to `max_confusion_matrices`).
     The Prefect UI shows them; it cannot open report.html, a file on the machine that ran the flow."""
     class_names = list(results["class_names"])
-    parts = ["## Accuracy vs size", _markdown_img(accuracy_size_chart_png(results), "Top-1 accuracy against file size")]
+    parts = [
+        "## Accuracy vs size",
+        _markdown_img(accuracy_size_chart_image(results), "Top-1 accuracy against file size"),
+    ]
     analyses = results.get("layer_analysis") or {}
     if analyses:
         parts.append("## Loss per layer")
-        parts += [_markdown_img(layer_loss_chart_png(a), f"Loss per layer of {name}") for name, a in analyses.items()]
+        parts += [_markdown_img(layer_loss_chart_image(a), f"Loss per layer of {name}") for name, a in analyses.items()]
     models = results["models"]
     chosen = results["recommendation"].get("chosen")
     ordered = [m for m in models if m["model"] == chosen] + [m for m in models if m["model"] != chosen]
@@ -292,7 +316,7 @@ def markdown_figures(results: dict, max_confusion_matrices: int = MARKDOWN_CONFU
     parts += ["## Confusion matrices", "Rows: the true class; columns: the predicted class."]
     parts += [
         _markdown_img(
-            remembered_png(confusion_matrix_png, m["model"], m["confusion_matrix"], class_names),
+            confusion_matrix_image(m["model"], m["confusion_matrix"], class_names),
             f"Confusion matrix of {m['model']}",
         )
         for m in sorted(shown, key=models.index)
@@ -362,7 +386,7 @@ def _analysis_html(results: dict) -> str:
         )
         parts += [
             f"<h3>Why {_e(name)} lost accuracy</h3><p>{_e(analysis['summary'])}</p>",
-            _img(layer_loss_chart_png(analysis), f"Loss per layer of {name}"),
+            _img(layer_loss_chart_image(analysis), f"Loss per layer of {name}"),
             f"<ol>{causes}</ol>",
         ]
     return "<h2>Where the accuracy went</h2>" + "".join(parts) if parts else ""

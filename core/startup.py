@@ -1,41 +1,170 @@
 """Starting a command quickly.
 
-Without PREFECT_API_URL, a command runs on Prefect's ephemeral API: a server Prefect starts in a process of its
-own, which takes seconds (it imports the whole server and prepares its database) while this process only waits
-for it. The first step needs TensorFlow, which also takes seconds to import: the command imports it meanwhile.
-Before anything starts, a watchdog is set up, so that neither that server nor any other process the command starts
-outlives it (`core/watchdog.py`).
+Without PREFECT_API_URL, a command runs on an ephemeral Prefect API: a Prefect server in a process of its own,
+which takes seconds to start (it imports the whole server and prepares its database). Prefect would start it at
+the first flow run, after importing its server module into this process too (about 2 s of this process's time,
+for one class); the command instead starts the same server itself, the moment Prefect's settings are read, on a
+free loopback port, points this process at it, and imports TensorFlow (what the first step needs) meanwhile.
+
+The command calls `begin_command` before its own imports (a second and more), so the server starts while they run,
+and `end_command` last. Before anything starts, a watchdog is set up, so that neither that server nor any other
+process the command starts outlives it (`core/watchdog.py`). At a normal exit the server is stopped as Prefect stops
+its own.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
-import threading
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import NoReturn
 
 from core.watchdog import watch_this_process
 
+PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 
-def start_prefect_api_while_importing(*modules: str) -> None:
-    """Import `modules` while Prefect's ephemeral API starts (when no PREFECT_API_URL is set); return when both are
-    done. A failure to start the API is left to the flow run, which reports it."""
+_api: EphemeralAPI | None = None
+
+
+@dataclass
+class EphemeralAPI:
+    """Prefect's server, started as Prefect starts its ephemeral one (the same command and environment)."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    @classmethod
+    def start(cls) -> EphemeralAPI:
+        import prefect
+
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(prefect.__module_path__.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            # What Prefect's SubprocessASGIServer sets: no UI, services for an ephemeral server.
+            env={
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+            },
+        )
+        return cls(process=process, port=port)
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = self.process.poll()
+            if status == PORT_IN_USE:  # taken between choosing it and binding it: start again elsewhere
+                restarted = EphemeralAPI.start()
+                self.process, self.port = restarted.process, restarted.port
+                point_prefect_at(self.url)
+                continue
+            if status is not None:
+                raise RuntimeError(f"Prefect's ephemeral API server exited with status {status} while starting")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(
+            f"Prefect's ephemeral API server did not answer within {timeout_s:.0f} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); start one with `make server` and set PREFECT_API_URL"
+        )
+
+    def stop(self) -> None:
+        """Stop the server once Prefect has sent it what it holds (else logging's own shutdown, later, would wait
+        5 s for a server that is gone)."""
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        if self.process.poll() is None:
+            for worker in (APILogWorker, EventsWorker):
+                worker.drain_all(timeout=5)
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def point_prefect_at(api_url: str) -> None:
+    """Make this process's Prefect (and any process it starts) use `api_url`."""
+    import prefect.context
+
+    os.environ["PREFECT_API_URL"] = api_url
+    os.environ.setdefault("PREFECT_UI_URL", "")  # an ephemeral API serves no UI: no links to one
+    prefect.context.refresh_global_settings_context()
+
+
+def begin_command() -> None:
+    """Set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without waiting for it."""
+    global _api
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     watch_this_process()
-    starter = None
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        # Imported here, so that the thread below imports nothing while `modules` are imported.
-        import prefect.server.api.server  # noqa: F401
-        from prefect.client.orchestration import get_client
+    if _api is None and not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        _api = EphemeralAPI.start()
+        atexit.register(_api.stop)
+        point_prefect_at(_api.url)
 
-        def start() -> None:
-            try:
-                get_client(sync_client=True)  # starts the ephemeral API and waits until it answers
-            except Exception:
-                pass
 
-        starter = threading.Thread(target=start, name="prefect-api-start", daemon=True)
-        starter.start()
+def start_prefect_api_while_importing(*modules: str) -> None:
+    """Start the ephemeral API unless `begin_command` has, import `modules` meanwhile, and return when the API
+    answers."""
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    begin_command()
     for module in modules:
         importlib.import_module(module)
-    if starter is not None:
-        starter.join()
+    if _api is not None:
+        _api.wait_until_ready(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+
+
+def end_command(status: int) -> NoReturn:
+    """Exit with `status` once the output is flushed and the exit handlers have run (the API server stops, the
+    logs are flushed), without the interpreter's teardown: with TensorFlow loaded it takes a second or more and
+    does nothing for the user. Anything still running in a thread (the idle conversion workers' timer) is daemonic,
+    and the watchdog stops any process left."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -9,6 +9,11 @@ batch run ends Failed when any configuration failed, so a schedule's failures sh
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: Prefect's API starts now, while the imports below take their seconds
+    from core.startup import begin_command
+
+    begin_command()
+
 import argparse
 import json
 import logging
@@ -21,7 +26,7 @@ import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.batch import outcome, outcome_of
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
-from core.startup import start_prefect_api_while_importing
+from core.startup import end_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
@@ -128,4 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_command(main())

@@ -13,6 +13,11 @@ validate config -> load evaluation set, export a SavedModel -> convert the float
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: Prefect's API starts now, while the imports below take their seconds
+    from core.startup import begin_command
+
+    begin_command()
+
 import argparse
 import json
 import logging
@@ -31,7 +36,7 @@ from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel
 from core.repair import models_to_analyse
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import start_prefect_api_while_importing
+from core.startup import end_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
 from tasks.analyse_layers import analyse_layers_task
@@ -311,4 +316,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_command(main())

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from core.errors import InputError
 
@@ -159,3 +161,44 @@ class TFLitePredictor:
         # Output details are read again: resizing the input can reallocate the output tensor.
         out = self.interpreter.get_output_details()[0]
         return self._from_output(self.interpreter.get_tensor(out["index"]))
+
+
+class ModelSignature(BaseModel):
+    """What validation needs to know of a Keras model: its inputs' and outputs' shapes (None: any size)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    input_shapes: list[list[int | None]]
+    output_shapes: list[list[int | None]]
+
+
+SIGNATURE_VERSION = 1  # bump when ModelSignature or how it is read changes, to read the models again
+
+
+def model_signature(path: str | Path, allow_unsafe_code: bool = False) -> ModelSignature:
+    """The model's signature, read by loading it once per content: a rerun (the cache serves every other step)
+    would otherwise spend seconds loading the same model again only to check its shapes. A model that fails to
+    load is not remembered, so its error is raised every time."""
+    import json
+
+    from core.files import atomic_write_text, hash_path
+    from core.storage import cache_root
+
+    path = Path(path)
+    key = json.dumps([SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code])
+    remembered = (
+        cache_root() / "work" / "model-signatures" / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json"
+    )
+    if remembered.is_file():
+        try:
+            return ModelSignature.model_validate_json(remembered.read_text())
+        except ValueError:
+            pass  # unreadable (a different version wrote it): read the model again
+    model = load_keras_model(path, allow_unsafe_code)
+
+    def shapes(tensors) -> list[list[int | None]]:
+        return [[None if d is None else int(d) for d in tensor.shape] for tensor in tensors]
+
+    signature = ModelSignature(input_shapes=shapes(model.inputs), output_shapes=shapes(model.outputs))
+    atomic_write_text(remembered, signature.model_dump_json())
+    return signature

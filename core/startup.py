@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import os
 import socket
 import subprocess
@@ -24,6 +25,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NoReturn
 
 from core.watchdog import watch_this_process
@@ -31,6 +33,7 @@ from core.watchdog import watch_this_process
 PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
 
 _api: EphemeralAPI | None = None
+_begun = False
 
 
 @dataclass
@@ -46,8 +49,6 @@ class EphemeralAPI:
 
     @classmethod
     def start(cls) -> EphemeralAPI:
-        import prefect
-
         port = free_port()
         process = subprocess.Popen(
             [
@@ -55,7 +56,7 @@ class EphemeralAPI:
                 "-m",
                 "uvicorn",
                 "--app-dir",
-                str(prefect.__module_path__.parent),
+                str(_site_packages_of("prefect")),
                 "--factory",
                 "prefect.server.api.server:create_app",
                 "--host",
@@ -118,6 +119,14 @@ class EphemeralAPI:
                 self.process.wait()
 
 
+def _site_packages_of(package: str) -> Path:
+    """The folder `package` is installed in, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{package} is not installed")
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -134,15 +143,47 @@ def point_prefect_at(api_url: str) -> None:
 
 
 def begin_command() -> None:
-    """Set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without waiting for it."""
-    global _api
+    """Set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without waiting for it.
+
+    Reading Prefect's settings means importing Prefect (a second); unless a Prefect setting is visibly given (in
+    the environment or a settings file), the server is started before that, and stopped again in the rare case
+    the settings then name a server after all."""
+    global _api, _begun
+    if _begun:
+        return
+    _begun = True
+    watch_this_process()
+    if not _prefect_settings_given():
+        _api = EphemeralAPI.start()
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    watch_this_process()
-    if _api is None and not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    wanted = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
+    if _api is not None and not wanted:
+        _api.stop()
+        _api = None
+    elif _api is None and wanted:
         _api = EphemeralAPI.start()
+    if _api is not None:
         atexit.register(_api.stop)
         point_prefect_at(_api.url)
+
+
+def _prefect_settings_given() -> bool:
+    """Whether Prefect's API URL or its ephemeral mode may be set anywhere Prefect reads its settings (the
+    environment, the profiles, its settings files, which are searched for the words)."""
+    if any(("API_URL" in name or "EPHEMERAL" in name) and name.startswith("PREFECT_") for name in os.environ):
+        return True
+    if "PREFECT_PROFILE" in os.environ or "PREFECT_PROFILES_PATH" in os.environ:
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    for file in [home / "profiles.toml", Path("prefect.toml"), Path(".env"), Path("pyproject.toml")]:
+        try:
+            text = file.read_text(errors="replace").lower()
+        except OSError:
+            continue
+        if "api_url" in text or "ephemeral" in text or ("[api]" in text and "url" in text):
+            return True
+    return False
 
 
 def start_prefect_api_while_importing(*modules: str) -> None:

@@ -17,7 +17,7 @@ from prefect import task
 from core.config import MAX_FREE_INPUT_SIZE, PATH_KEYS, QuantizeConfig, load_config_file, loads_json, parse_config
 from core.errors import ConfigError, InputError
 from core.images import class_key, find_jpegs, has_extension, is_junk, symlinks_below
-from core.models import keras_model_format, load_keras_model
+from core.models import keras_model_format, model_signature
 from core.records import ValidatedConfig
 from core.variants import WRITTEN_IN
 
@@ -323,19 +323,18 @@ def _check_evaluation_dir(
 
 def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems: list[str]) -> list[int | None]:
     try:
-        model = load_keras_model(path, config.allow_unsafe_model_code)
+        signature = model_signature(path, config.allow_unsafe_model_code)
     except InputError as exc:
         problems.append(f"key 'source_keras_model' = {config.source_keras_model!r}: {exc}")
         return []
-    inputs, outputs = model.inputs, model.outputs
+    inputs, outputs = signature.input_shapes, signature.output_shapes
     if len(inputs) != 1 or len(outputs) != 1:
         problems.append(
             f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an "
             "image classifier with one of each"
         )
         return []
-    in_shape = [None if d is None else int(d) for d in inputs[0].shape]
-    out_shape = [None if d is None else int(d) for d in outputs[0].shape]
+    in_shape, out_shape = inputs[0], outputs[0]
     if len(in_shape) != 4 or in_shape[3] != 3:
         problems.append(
             f"key 'source_keras_model': the model's input shape is {in_shape}; expected [batch, height, width, 3] (an "

@@ -271,3 +271,28 @@ def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
         "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
         in message
     )
+
+
+def test_a_models_signature_is_read_once_per_content_and_read_again_when_the_file_changes(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import core.models
+    from core.models import model_signature
+
+    def classifier(classes: int) -> tf.keras.Model:
+        inputs = tf.keras.Input((8, 8, 3))
+        return tf.keras.Model(inputs, tf.keras.layers.Dense(classes)(tf.keras.layers.Flatten()(inputs)))
+
+    path = tmp_path / "model.keras"
+    classifier(10).save(path)
+    assert model_signature(path).output_shapes == [[None, 10]]
+
+    loads = []
+    real_load = core.models.load_keras_model
+    monkeypatch.setattr(core.models, "load_keras_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    assert model_signature(path) == model_signature(path)
+    assert loads == []  # the same content: served from the remembered signature
+
+    classifier(4).save(path)  # new content at the same path
+    assert model_signature(path).output_shapes == [[None, 4]]
+    assert len(loads) == 1

@@ -181,7 +181,7 @@ def _prefect_settings_given() -> bool:
             text = file.read_text(errors="replace").lower()
         except OSError:
             continue
-        if "api_url" in text or "ephemeral" in text or ("[api]" in text and "url" in text):
+        if "api_url" in text or "ephemeral" in text or ("url" in text and ("[api]" in text or "prefect.api" in text)):
             return True
     return False
 

@@ -27,6 +27,7 @@ from prefect import task
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.files import atomic_write_bytes
+from core.keras_conversion import keras_model_converter
 from core.records import BuiltModel, SavedModelExport, UnsupportedVariant
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
@@ -58,21 +59,6 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
         ]
 
 
-def keras_model_converter(saved_model: SavedModelExport):
-    """TensorFlow's converter on the exported SavedModel, as `from_keras_model` would have made it.
-
-    `from_keras_model` converts the SavedModel it writes (see tasks/export_saved_model.py); the one
-    difference left is the model type the converter records in the model's conversion metadata. The
-    model converted is the user's Keras model, so that is what it records here too, and the bytes are
-    the same."""
-    import tensorflow as tf
-    from tensorflow.lite.python.conversion_metadata_schema_py_generated import ModelType
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model.path, signature_keys=[saved_model.signature_key])
-    converter._metadata.environment.modelType = ModelType.KERAS_MODEL
-    return converter
-
-
 def convert_and_check(
     *, saved_model: SavedModelExport, variant: str, path: Path, calibration_path: str | None
 ) -> BuiltModel | Exception:
@@ -83,7 +69,7 @@ def convert_and_check(
     spec = VARIANTS[variant]
     calibration = np.load(calibration_path, mmap_mode="r") if calibration_path and spec.calibrated else None
     try:
-        converter = keras_model_converter(saved_model)
+        converter = keras_model_converter(saved_model.path, saved_model.signature_key)
         configure(converter, variant, calibration)
         flatbuffer = converter.convert()
     except Exception as exc:

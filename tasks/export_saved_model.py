@@ -1,14 +1,8 @@
 """Step 4a, once per model: export the float Keras model as the SavedModel from which TensorFlow's
 converter makes every converter variant (tasks/convert_to_tflite.py).
 
-`TFLiteConverter.from_keras_model` saves the model to a SavedModel inside every call (TF 2.15,
-tensorflow/lite/python/lite.py: `tf.saved_model.save(model, tmp, SaveOptions(save_debug_info=True))`,
-then `from_saved_model`'s import of its `serving_default` signature). That full Keras SavedModel also
-serializes every layer's call functions, which makes it slow to write and slow to load again (on a
-MobileNetV2, tens of seconds per conversion). The converter only reads the signature, so this step writes
-just that: Keras's own default signature (the function `tf.saved_model.save` would export for the model)
-and the variables it reads, with the same options. Converting it gives the same bytes as
-`from_keras_model` (tests/test_export_saved_model.py), once per model instead of once per variant.
+Every variant converts it (`from_saved_model`), which gives the bytes `from_keras_model` gives, once per model
+instead of once per variant: see core/keras_conversion.py for why that is much faster.
 """
 
 from __future__ import annotations
@@ -20,32 +14,20 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.errors import StepError
+from core.keras_conversion import SIGNATURE_KEY, save_serving_signature
 from core.models import load_keras_model
 from core.records import SavedModelExport
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
-SIGNATURE_KEY = "serving_default"  # what from_keras_model converts, and from_saved_model's default
-
-
 def export_saved_model(*, model_path: str, out_dir: Path, allow_unsafe_code: bool = False) -> SavedModelExport:
     """The Keras model's serving signature and variables as a SavedModel folder in `out_dir`."""
     import tensorflow as tf
-    from keras.src.saving.legacy.saved_model.save_impl import default_save_signature
 
     model = load_keras_model(model_path, allow_unsafe_code)
     path = Path(out_dir) / "saved_model"
     try:
-        # The function Keras exports as the model's default signature when the model is saved whole.
-        signature = default_save_signature(model)
-        module = tf.Module()
-        module.variables_read = model.variables  # tracked, so the SavedModel holds their values
-        tf.saved_model.save(
-            module,
-            str(path),
-            signatures={SIGNATURE_KEY: signature},
-            options=tf.saved_model.SaveOptions(save_debug_info=True),
-        )
+        save_serving_signature(model, path)
     except Exception as exc:
         raise StepError("export-saved-model", model_path, exc) from exc
     return SavedModelExport(path=str(path), signature_key=SIGNATURE_KEY, tensorflow_version=tf.__version__)

@@ -51,8 +51,8 @@ def conversion_figures(model_path: str, work: Path) -> dict:
     a SavedModel exported once (tasks/export_saved_model.py) and converted."""
     import tensorflow as tf
 
+    from core.keras_conversion import keras_model_converter
     from core.models import load_keras_model
-    from tasks.convert_to_tflite import keras_model_converter
     from tasks.export_saved_model import export_saved_model
 
     model = load_keras_model(model_path)
@@ -63,7 +63,7 @@ def conversion_figures(model_path: str, work: Path) -> dict:
     saved_model = export_saved_model(model_path=model_path, out_dir=work)
     export_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    from_saved = keras_model_converter(saved_model).convert()
+    from_saved = keras_model_converter(saved_model.path, saved_model.signature_key).convert()
     convert_seconds = time.perf_counter() - started
     return {
         "from_keras_model_seconds": round(keras_seconds, 2),

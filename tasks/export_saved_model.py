@@ -20,6 +20,7 @@ from core.records import SavedModelExport
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
+
 def export_saved_model(*, model_path: str, out_dir: Path, allow_unsafe_code: bool = False) -> SavedModelExport:
     """The Keras model's serving signature and variables as a SavedModel folder in `out_dir`."""
     import tensorflow as tf

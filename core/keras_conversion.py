@@ -7,7 +7,7 @@ layer's call functions, which makes it slow to write and slow to load again (on 
 conversion). The converter only reads the signature, so `save_serving_signature` writes just that: Keras's own
 default signature (the function `tf.saved_model.save` would export for the model) and the variables it reads, with
 the same options; `keras_model_converter` converts it as `from_keras_model` would have. The bytes are the same
-(tests/test_export_saved_model.py, tests/test_export_quantized_tflite.py).
+(tests/test_export_saved_model.py); MCT's export gives the same model (tests/test_export_quantized_tflite.py).
 """
 
 from __future__ import annotations

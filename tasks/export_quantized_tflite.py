@@ -7,7 +7,8 @@ MCT 2.x ("'tfl.transpose' op has mismatched quantized axes"); MCT's exporter doe
 MCT's INT8 exporter prepares the model (each quantized Dense becomes a pointwise convolution, for per-channel
 quantization) and converts it with `from_keras_model`, which saves the whole model to a SavedModel first: most of
 the export's time. `FasterINT8TFLiteExporter` is that exporter with the conversion made as the converter variants
-make theirs (core/keras_conversion.py); the bytes are the same (tests/test_export_quantized_tflite.py).
+make theirs (core/keras_conversion.py): the same operators, tensor types, quantization and outputs, bit for bit
+(tests/test_export_quantized_tflite.py; MCT's own export is not byte-for-byte repeatable, so bytes cannot be compared).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def export_quantized_tflite(*, quantized_model: QuantizedModel, out_dir: Path) -
     variant = quantized_model.variant
     model = load_quantized_keras_model(quantized_model.path)
     path = Path(out_dir) / built_file_name(variant)
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
         faster_int8_exporter(model, str(path)).export()
     except Exception as exc:

@@ -9,7 +9,10 @@ batch run ends Failed when any configuration failed, so a schedule's failures sh
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # the command: Prefect's API starts now, while the imports below take their seconds
+import sys
+
+# The command: Prefect's API starts now, while the imports below take their seconds (not for --help).
+if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
     from core.startup import begin_command
 
     begin_command()
@@ -17,7 +20,6 @@ if __name__ == "__main__":  # the command: Prefect's API starts now, while the i
 import argparse
 import json
 import logging
-import sys
 
 from prefect import flow
 from prefect.states import Completed, Failed

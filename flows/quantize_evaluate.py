@@ -13,7 +13,10 @@ validate config -> load evaluation set, export a SavedModel -> convert the float
 
 from __future__ import annotations
 
-if __name__ == "__main__":  # the command: Prefect's API starts now, while the imports below take their seconds
+import sys
+
+# The command: Prefect's API starts now, while the imports below take their seconds (not for --help).
+if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
     from core.startup import begin_command
 
     begin_command()
@@ -21,7 +24,6 @@ if __name__ == "__main__":  # the command: Prefect's API starts now, while the i
 import argparse
 import json
 import logging
-import sys
 from contextlib import ExitStack
 from typing import Any
 

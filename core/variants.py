@@ -136,7 +136,7 @@ MCT_METHODS: dict[str, MctMethod] = {v: s.mct_method for v, s in VARIANTS.items(
 # The devices a model can be compiled for. The IMX500 converter takes the MCT PTQ model; an Ethos-U
 # NPU runs a full-integer model whole (Vela maps only integer operators to the NPU).
 EthosU = Literal["ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]
-TargetDevice = Literal["imx500", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256", "ethos-u85-256"]
+TargetDevice = Literal["imx500", EthosU]
 ETHOS_U_ACCELERATORS: tuple[str, ...] = get_args(EthosU)
 IMX500_VARIANT = "mct_ptq"
 

@@ -27,15 +27,10 @@ from core.records import Imx500Report, QuantizedModel
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
-CONVERTER_ENV = IMX500_CONVERTER_ENV
 HOW_TO_INSTALL = (
     "run `make imx500` (installs imx500-converter[tf] from requirements-imx500.txt into .venv-imx500), "
-    f"or install it in an environment of its own and set {CONVERTER_ENV} to its imxconv-tf"
+    f"or install it in an environment of its own and set {IMX500_CONVERTER_ENV} to its imxconv-tf"
 )
-
-
-def find_converter() -> str | None:
-    return find_imx500_converter()
 
 
 def find_java() -> str | None:
@@ -44,7 +39,7 @@ def find_java() -> str | None:
 
 def converter_and_java() -> tuple[str | None, str | None]:
     """What this step runs; part of its cache key, so installing either redoes a skipped run."""
-    return find_converter(), find_java()
+    return find_imx500_converter(), find_java()
 
 
 def skipped(reason: str) -> Imx500Report:
@@ -88,12 +83,12 @@ def parse_input_tensor(dnn_params: Path) -> dict:
 def compile_for_imx500(
     *, quantized_keras_path: str, out_dir: Path, converter: str | None = None, java: str | None = "java"
 ) -> Imx500Report:
-    """`converter` and `java` as found by find_converter() and find_java(); None when missing."""
+    """`converter` and `java` as found by find_imx500_converter() and find_java(); None when missing."""
     if converter is None:
         return skipped(f"Sony's IMX500 converter (imxconv-tf) is not installed: {HOW_TO_INSTALL}")
     if not Path(converter).is_file() and shutil.which(converter) is None:
         return skipped(
-            f"{CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, "
+            f"{IMX500_CONVERTER_ENV} names {converter}, which does not exist: point it at an imxconv-tf, "
             f"or unset it and {HOW_TO_INSTALL.removeprefix('run ')}"
         )
     if java is None:

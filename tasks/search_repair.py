@@ -31,8 +31,8 @@ from core.records import (
 from core.repair import TUNING_SHARE, ladder, repair_due
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
+from core.variants import REPAIRED_MODEL
 from tasks.evaluate_model import evaluate_model
-from tasks.try_repair import REPAIRED_NAME
 
 RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
 
@@ -142,7 +142,7 @@ def search_repair(
         model = trials[chosen].model
         assert model is not None
         reporting = evaluate_model(
-            model_name=REPAIRED_NAME,
+            model_name=REPAIRED_MODEL,
             model_path=model.path,
             images_path=split["reporting_images"],
             labels_path=split["reporting_labels"],

@@ -39,8 +39,6 @@ from tasks.export_saved_model import export_saved_model
 from tasks.load_calibration_set import load_calibration_set
 from tasks.quantize_with_mct import quantize_with_mct
 
-REPAIRED_NAME = REPAIRED_MODEL
-
 
 def _equalized_model(model_path: str, images_path: str, out_dir: Path, allow_unsafe_code: bool) -> tuple[str, float]:
     """The float model after cross-layer equalization, saved; and its agreement with the original's predictions."""
@@ -125,7 +123,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
     except StepError as exc:
         return failed(f"the recipe failed: {exc}")
     evaluation = evaluate_model(
-        model_name=REPAIRED_NAME,
+        model_name=REPAIRED_MODEL,
         model_path=built.path,
         images_path=p.tuning_images_path,
         labels_path=p.tuning_labels_path,

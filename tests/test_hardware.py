@@ -6,14 +6,15 @@ import json
 import pytest
 
 from core.errors import InputError
+from core.platforms import find_imx500_converter
 from core.recommend import recommend
 from tasks.compile_for_ethos_u import compile_for_ethos_u
-from tasks.compile_for_imx500 import compile_for_imx500, find_converter, parse_memory_report
+from tasks.compile_for_imx500 import compile_for_imx500, parse_memory_report
 from tasks.record_results import require_imx500_fit
 from tests.helpers import run, sdk_config, task_states, write_config
 
 pytestmark = pytest.mark.skipif(
-    find_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500"
+    find_imx500_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500"
 )
 
 

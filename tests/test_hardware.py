@@ -125,3 +125,35 @@ def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_p
         require_imx500_fit(Config, too_big)
     Config.imx500_require_fit = False
     require_imx500_fit(Config, too_big)  # only reported
+
+
+@pytest.mark.hardware
+def test_a_failing_run_is_marked_failed_only_once_its_compiles_have_finished(
+    prefect_harness, sample_dir, tmp_path, monkeypatch
+):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tasks.evaluate_model import FAULT_ENV
+
+    # An iteration count of its own: nothing of this run is cached, so the compiles are still running when the
+    # Keras evaluation, which fails at once, has failed.
+    config = sdk_config(sample_dir, tmp_path, variants=["mct_ptq", "full_int8"], iteration_count=23)
+    config_path = write_config(tmp_path / "configuration.json", config)
+    monkeypatch.setenv(FAULT_ENV, "keras")
+    state = run(config_path)
+    assert state.is_failed()
+
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    compiles = [r for r in task_runs if r.name.startswith("compile-for-")]
+    assert {r.name.rsplit("-", 1)[0] if r.name.startswith("compile-for-imx500") else r.name for r in compiles} == {
+        "compile-for-imx500",
+        "compile-for-ethos-u-full_int8",
+    }
+    for compile_run in compiles:
+        assert compile_run.state is not None and compile_run.state.is_completed(), compile_run.name
+        assert compile_run.end_time is not None and flow_run.end_time is not None
+        assert compile_run.end_time <= flow_run.end_time, f"{compile_run.name} ended after the run was marked Failed"

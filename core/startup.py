@@ -15,15 +15,19 @@ its own.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import importlib.util
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -192,10 +196,37 @@ def start_prefect_api_while_importing(*modules: str) -> None:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
     begin_command()
-    for module in modules:
-        importlib.import_module(module)
+    with native_stderr_without(TENSORFLOW_IMPORT_NOISE):
+        for module in modules:
+            importlib.import_module(module)
     if _api is not None:
         _api.wait_until_ready(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+
+
+# TensorFlow 2.15 (the standard package, built with CUDA) registers its CUDA plugins twice at import and says so
+# as errors on every machine, with or without a GPU (tensorflow/tensorflow#62075): harmless, and alarming.
+TENSORFLOW_IMPORT_NOISE = re.compile(r"Unable to register (cuDNN|cuFFT|cuBLAS) factory")
+
+
+@contextlib.contextmanager
+def native_stderr_without(noise: re.Pattern[str]) -> Iterator[None]:
+    """What native code writes to stderr meanwhile, less the lines matching `noise`: the file descriptor itself is
+    redirected (a C++ library does not write through sys.stderr). Only for a stretch when no other thread writes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not noise.search(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 def end_command(status: int) -> NoReturn:

@@ -9,13 +9,17 @@ batch run ends Failed when any configuration failed, so a schedule's failures sh
 
 from __future__ import annotations
 
+import os
 import sys
 
-# The command: Prefect's API starts now, while the imports below take their seconds (not for --help).
-if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
-    from core.startup import begin_command
+if __name__ == "__main__":  # the command
+    # A batch shows no progress bars, nor do the libraries (MCT's): set before anything imports tqdm, which
+    # reads it once.
+    os.environ["TQDM_DISABLE"] = "1"
+    if not {"-h", "--help"} & set(sys.argv[1:]):  # Prefect's API starts now, while the imports below run
+        from core.startup import begin_command
 
-    begin_command()
+        begin_command()
 
 import argparse
 import json

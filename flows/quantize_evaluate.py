@@ -13,13 +13,17 @@ validate config -> load evaluation set, export a SavedModel -> convert the float
 
 from __future__ import annotations
 
+import os
 import sys
 
-# The command: Prefect's API starts now, while the imports below take their seconds (not for --help).
-if __name__ == "__main__" and not {"-h", "--help"} & set(sys.argv[1:]):
-    from core.startup import begin_command
+if __name__ == "__main__":  # the command
+    if "--no-progress" in sys.argv[1:]:
+        # Before anything imports tqdm, which reads it once: no bars from the libraries either (MCT's).
+        os.environ["TQDM_DISABLE"] = "1"
+    if not {"-h", "--help"} & set(sys.argv[1:]):  # Prefect's API starts now, while the imports below run
+        from core.startup import begin_command
 
-    begin_command()
+        begin_command()
 
 import argparse
 import json
@@ -291,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CONFIGURATION_JSON",
         help="SDK-format configuration.json; relative paths in it resolve against its folder",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (also those of MCT and the other libraries)"
+    )
     parser.add_argument("--json", action="store_true", help="print results.json's content instead of the table")
     add_runner_arguments(parser)
     args = parser.parse_args(argv)

@@ -30,7 +30,7 @@ from core.files import atomic_write_bytes
 from core.keras_conversion import keras_model_converter
 from core.records import BuiltModel, SavedModelExport, UnsupportedVariant
 from core.retry import RETRY_OPTIONS
-from core.storage import new_work_dir
+from core.storage import cache_root, new_work_dir
 from core.variants import VARIANTS, built_file_name, check_variant
 
 T = TypeVar("T")
@@ -119,7 +119,10 @@ class ConversionWorkers:
                 self._idle_timer = None
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
-                    max_workers=os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")
+                    max_workers=os.cpu_count() or 1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=write_native_output_to,
+                    initargs=(str(cache_root() / "work" / "logs"),),
                 )
             pool = self._pool
             self._busy += 1
@@ -150,6 +153,18 @@ class ConversionWorkers:
 CONVERSION_WORKERS = ConversionWorkers()
 
 
+def write_native_output_to(log_dir: str) -> None:
+    """In a conversion worker: what the converter's native code prints (a summary of the operators it did not
+    convert, for every model; TensorFlow's messages at import) goes to a log file of the worker's own instead of the
+    command's output, where it buried the run's log. What the converter raises still reaches the step."""
+    folder = Path(log_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = os.open(folder / f"conversion-worker-{os.getpid()}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+
+
 def convert_to_tflite(
     *,
     model_path: str,
@@ -177,7 +192,8 @@ def convert_to_tflite(
             calibration_path=calibration_path,
         )
     except BrokenProcessPool as exc:
-        raise StepError(step, model_path, exc) from exc
+        died = RuntimeError(f"{exc} (its output is in {cache_root() / 'work' / 'logs'}/conversion-worker-*.log)")
+        raise StepError(step, model_path, died) from exc
     if isinstance(outcome, BuiltModel):
         return outcome
     if spec.optional and "not yet supported" in str(outcome):

@@ -79,3 +79,38 @@ def test_a_command_runs_a_flow_on_the_api_it_started_and_leaves_no_server_behind
     port = int(api_url.split(":")[2].split("/")[0])
     with pytest.raises(ConnectionRefusedError):  # the server has stopped
         socket.create_connection(("127.0.0.1", port), timeout=5)
+
+
+def test_tensorflows_import_noise_is_dropped_from_native_stderr_and_everything_else_kept(capfd):
+    from core.startup import TENSORFLOW_IMPORT_NOISE, native_stderr_without
+
+    with native_stderr_without(TENSORFLOW_IMPORT_NOISE):
+        os.write(2, b"E cuda_dnn.cc:9261] Unable to register cuDNN factory: Attempting to register factory\n")
+        os.write(2, b"a real problem, written by native code\n")
+        os.write(2, b"E cuda_blas.cc:1515] Unable to register cuBLAS factory: Attempting to register factory\n")
+    err = capfd.readouterr().err
+    assert err == "a real problem, written by native code\n"
+
+
+@pytest.mark.slow
+def test_a_conversion_workers_native_output_goes_to_its_log_not_to_the_command(tmp_path):
+    script = textwrap.dedent(
+        """
+        import subprocess
+        from tasks.convert_to_tflite import CONVERSION_WORKERS
+        # A program the worker starts writes to the worker's own standard error, as the converter's code does.
+        CONVERSION_WORKERS.run(subprocess.run, args=["sh", "-c", "echo said in the worker >&2"], check=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env={**os.environ, "QUANTIZE_CACHE_DIR": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "said in the worker" not in done.stderr + done.stdout
+    logs = list((tmp_path / "cache" / "work" / "logs").glob("conversion-worker-*.log"))
+    assert any("said in the worker" in log.read_text() for log in logs), logs

@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import importlib
 import importlib.util
+import logging
 import os
 import re
 import socket
@@ -79,6 +80,9 @@ class EphemeralAPI:
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",
             },
+            # Ctrl-C at the terminal reaches the command, which stops the server once Prefect has sent it what it
+            # holds; a server in the terminal's process group would die first. The watchdog covers a killed command.
+            start_new_session=True,
         )
         return cls(process=process, port=port)
 
@@ -227,6 +231,14 @@ def native_stderr_without(noise: re.Pattern[str]) -> Iterator[None]:
                 if not noise.search(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def keep_the_outcome_last() -> None:
+    """After the command's outcome is printed, only errors: the ephemeral API logs its shutdown, and Prefect's
+    event and log workers (loggers outside "prefect") say how many items they still send while they drain."""
+    logging.getLogger("prefect").setLevel(logging.WARNING)
+    for service in ("EventsWorker", "APILogWorker"):
+        logging.getLogger(service).setLevel(logging.ERROR)
 
 
 def end_command(status: int) -> NoReturn:

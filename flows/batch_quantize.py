@@ -23,7 +23,6 @@ if __name__ == "__main__":  # the command
 
 import argparse
 import json
-import logging
 
 from prefect import flow
 from prefect.states import Completed, Failed
@@ -32,7 +31,7 @@ import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.batch import outcome, outcome_of
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
-from core.startup import end_command, start_prefect_api_while_importing
+from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
@@ -125,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        logging.getLogger("prefect").setLevel(logging.WARNING)
+        keep_the_outcome_last()
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -27,7 +27,6 @@ if __name__ == "__main__":  # the command
 
 import argparse
 import json
-import logging
 from contextlib import ExitStack
 from typing import Any
 
@@ -42,7 +41,7 @@ from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel
 from core.repair import models_to_analyse
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import end_command, start_prefect_api_while_importing
+from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
 from tasks.analyse_layers import analyse_layers_task
@@ -317,8 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: the steps that finished are cached; run the same command again to resume", file=sys.stderr)
         return 130
     finally:
-        # The ephemeral API logs its shutdown at exit; keep the outcome as the last line instead.
-        logging.getLogger("prefect").setLevel(logging.WARNING)
+        keep_the_outcome_last()
     print(json.dumps(results, indent=2) if args.json else "\n" + format_table(results))
     return 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,16 +178,12 @@ def model_signature(path: str | Path, allow_unsafe_code: bool = False) -> ModelS
     """The model's signature, read by loading it once per content: a rerun (the cache serves every other step)
     would otherwise spend seconds loading the same model again only to check its shapes. A model that fails to
     load is not remembered, so its error is raised every time."""
-    import json
-
     from core.files import atomic_write_text, hash_path
-    from core.storage import cache_root
+    from core.storage import remembered_file
 
     path = Path(path)
-    key = json.dumps([SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code])
-    remembered = (
-        cache_root() / "work" / "model-signatures" / f"{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}.json"
-    )
+    parts = [SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code]
+    remembered = remembered_file("model-signatures", parts, ".json")
     if remembered.is_file():
         try:
             return ModelSignature.model_validate_json(remembered.read_text())

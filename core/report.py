@@ -241,13 +241,9 @@ def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
 def remembered_png(kind: str, data: Any, draw: Callable[[], bytes]) -> bytes:
     """A PNG drawn once per content (`kind` and the JSON-able `data` it shows) and kept in the cache: a rerun served
     from the cache would otherwise spend most of its time importing matplotlib and drawing the same pictures."""
-    import hashlib
-    import json
+    from core.storage import remembered_file
 
-    from core.storage import cache_root
-
-    key = hashlib.blake2b(json.dumps([RENDER_VERSION, kind, data]).encode(), digest_size=16).hexdigest()
-    path = cache_root() / "work" / "report-png" / f"{key}.png"
+    path = remembered_file("report-png", [RENDER_VERSION, kind, data], ".png")
     if path.is_file():
         return path.read_bytes()
     png = draw()

@@ -3,8 +3,9 @@
 Without PREFECT_API_URL, a command runs on an ephemeral Prefect API: a Prefect server in a process of its own,
 which takes seconds to start (it imports the whole server and prepares its database). Prefect would start it at
 the first flow run, after importing its server module into this process too (about 2 s of this process's time,
-for one class); the command instead starts the same server itself, the moment Prefect's settings are read, on a
-free loopback port, points this process at it, and imports TensorFlow (what the first step needs) meanwhile.
+for one class); the command instead starts the same server itself, before it imports Prefect (unless a setting may
+name a server), on a free loopback port, points this process at it, and imports TensorFlow (what the first step
+needs) meanwhile.
 
 The command calls `begin_command` before its own imports (a second and more), so the server starts while they run,
 and `end_command` last. Before anything starts, a watchdog is set up, so that neither that server nor any other

@@ -8,9 +8,12 @@ at a shared filesystem). Inside it:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR_ENV = "QUANTIZE_CACHE_DIR"
@@ -46,6 +49,13 @@ def work_generation() -> str:
         except FileExistsError:
             pass
         return marker.read_text().strip()
+
+
+def remembered_file(folder: str, parts: Any, suffix: str) -> Path:
+    """Where something computed once per content is kept: `work/<folder>/`, named by the digest of the JSON-able
+    `parts` it was computed from (a version among them, so that a change of how it is computed starts afresh)."""
+    key = hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+    return cache_root() / "work" / folder / f"{key}{suffix}"
 
 
 def new_work_dir(step: str) -> Path:

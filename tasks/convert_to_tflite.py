@@ -122,7 +122,7 @@ class ConversionWorkers:
                     max_workers=os.cpu_count() or 1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=write_native_output_to,
-                    initargs=(str(cache_root() / "work" / "logs"),),
+                    initargs=(str(worker_log_dir()),),
                 )
             pool = self._pool
             self._busy += 1
@@ -151,6 +151,10 @@ class ConversionWorkers:
 
 
 CONVERSION_WORKERS = ConversionWorkers()
+
+
+def worker_log_dir() -> Path:
+    return cache_root() / "work" / "logs"
 
 
 def write_native_output_to(log_dir: str) -> None:
@@ -192,7 +196,7 @@ def convert_to_tflite(
             calibration_path=calibration_path,
         )
     except BrokenProcessPool as exc:
-        died = RuntimeError(f"{exc} (its output is in {cache_root() / 'work' / 'logs'}/conversion-worker-*.log)")
+        died = RuntimeError(f"{exc} (its output is in {worker_log_dir()}/conversion-worker-*.log)")
         raise StepError(step, model_path, died) from exc
     if isinstance(outcome, BuiltModel):
         return outcome

@@ -8,14 +8,19 @@ name a server), on a free loopback port, points this process at it, and imports 
 needs) meanwhile.
 
 The command calls `begin_command` before its own imports (a second and more), so the server starts while they run,
-and `end_command` last. Before anything starts, a watchdog is set up, so that neither that server nor any other
-process the command starts outlives it (`core/watchdog.py`). At a normal exit the server is stopped as Prefect stops
-its own.
+and `end_command` last. Before anything starts, Prefect's home folder is made (Prefect makes only its last folder,
+and its server cannot open its database in a folder that does not exist) and a watchdog is set up, so that neither
+that server nor any other process the command starts outlives it (`core/watchdog.py`). At a normal exit the server
+is stopped as Prefect stops its own.
+
+The wait for the server is bounded by its own work, not by the clock: a busy machine slows it down, and it is waited
+for as long as it works (see `EphemeralAPI.wait_until_ready`).
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import importlib
 import importlib.util
@@ -26,37 +31,49 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import psutil
+
+from core.errors import InputError
 from core.watchdog import watch_this_process
 
-PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port
+STARTUP_FAILED = 3  # uvicorn's exit status when its port is taken, or the application fails to start
+PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
+STARTUP_TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+WORK_ALLOWANCE = 10  # a server that works this many times the startup timeout without answering is stuck
 
 _api: EphemeralAPI | None = None
 _begun = False
 
 
-@dataclass
 class EphemeralAPI:
-    """Prefect's server, started as Prefect starts its ephemeral one (the same command and environment)."""
+    """Prefect's server, started as Prefect starts its ephemeral one (the same command and environment).
 
-    process: subprocess.Popen[bytes]
-    port: int
+    What it writes to stderr is read here: kept (its last lines) while it starts, so that a server that dies says
+    why in the command's error, and passed on to the command's stderr once it answers."""
+
+    def __init__(self) -> None:
+        self.answering = threading.Event()
+        self._launch()
+
+    @classmethod
+    def start(cls) -> EphemeralAPI:
+        return cls()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    @classmethod
-    def start(cls) -> EphemeralAPI:
-        port = free_port()
-        process = subprocess.Popen(
+    def _launch(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
@@ -68,7 +85,7 @@ class EphemeralAPI:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(port),
+                str(self.port),
                 "--log-level",
                 "error",
                 "--lifespan",
@@ -81,35 +98,81 @@ class EphemeralAPI:
                 "PREFECT__SERVER_EPHEMERAL": "1",
                 "PREFECT__SERVER_FINAL": "1",
             },
+            stderr=subprocess.PIPE,
             # Ctrl-C at the terminal reaches the command, which stops the server once Prefect has sent it what it
             # holds; a server in the terminal's process group would die first. The watchdog covers a killed command.
             start_new_session=True,
         )
-        return cls(process=process, port=port)
+        self.said: collections.deque[str] = collections.deque(maxlen=200)
+        self.relay = threading.Thread(
+            target=self._relay_stderr, args=(self.process, self.said), name="ephemeral-api-stderr", daemon=True
+        )
+        self.relay.start()
+
+    def _relay_stderr(self, process: subprocess.Popen[bytes], said: collections.deque[str]) -> None:
+        assert process.stderr is not None
+        for raw in iter(process.stderr.readline, b""):
+            line = raw.decode(errors="replace")
+            if self.answering.is_set():
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            else:
+                said.append(line)
 
     def wait_until_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Return once the server answers. A busy machine slows its start (a new database alone takes it 15 s of
+        processor time here), so the clock does not bound the wait, the server's progress does: it fails when the
+        server has done no work for `timeout_s`, or has worked `WORK_ALLOWANCE` times as long without answering;
+        and at once, with the server's own error, when the server has died."""
+        last_cpu, last_progress = 0.0, time.monotonic()
+        while True:
             status = self.process.poll()
-            if status == PORT_IN_USE:  # taken between choosing it and binding it: start again elsewhere
-                restarted = EphemeralAPI.start()
-                self.process, self.port = restarted.process, restarted.port
-                point_prefect_at(self.url)
-                continue
             if status is not None:
-                raise RuntimeError(f"Prefect's ephemeral API server exited with status {status} while starting")
+                self._stopped_while_starting(status)
+                continue  # its port was taken between choosing it and binding it: it was started again elsewhere
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
                     if response.status == 200:
+                        self.answering.set()
+                        for line in list(self.said):  # what it said while starting (a warning) is not lost
+                            sys.stderr.write(line)
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
+            cpu = self._cpu_seconds()
+            if cpu > last_cpu:
+                last_cpu, last_progress = cpu, time.monotonic()
+            stalled = time.monotonic() - last_progress
+            if cpu > WORK_ALLOWANCE * timeout_s or stalled > timeout_s:
+                self.stop()
+                what = f"did nothing for {stalled:.0f} s" if stalled > timeout_s else f"worked {cpu:.0f} s"
+                raise RuntimeError(
+                    f"Prefect's ephemeral API server {what} without answering (the bound is {STARTUP_TIMEOUT_SETTING}"
+                    f"={timeout_s:g}: raise it, or start a server with `make server` and set PREFECT_API_URL)"
+                    + self._cause()
+                )
             time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(
-            f"Prefect's ephemeral API server did not answer within {timeout_s:.0f} s "
-            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); start one with `make server` and set PREFECT_API_URL"
-        )
+
+    def _stopped_while_starting(self, status: int) -> None:
+        """Start again on another port when the server's was taken; else fail with the server's own error."""
+        self.relay.join(timeout=5)  # what it wrote, read to the end
+        if status == STARTUP_FAILED and any(PORT_TAKEN.search(line) for line in self.said):
+            self._launch()
+            point_prefect_at(self.url)
+            return
+        raise RuntimeError(f"Prefect's ephemeral API server exited with status {status} while starting" + self._cause())
+
+    def _cause(self) -> str:
+        """The last error the server wrote (an exception's last line), if any."""
+        errors = [line.strip() for line in list(self.said) if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
+        return f": {errors[-1]}" if errors else ""
+
+    def _cpu_seconds(self) -> float:
+        try:
+            times = psutil.Process(self.process.pid).cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(times.user + times.system)
 
     def stop(self) -> None:
         """Stop the server once Prefect has sent it what it holds (else logging's own shutdown, later, would wait
@@ -152,7 +215,8 @@ def point_prefect_at(api_url: str) -> None:
 
 
 def begin_command() -> None:
-    """Set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without waiting for it.
+    """Make Prefect's home, set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without
+    waiting for it. An unusable PREFECT_HOME ends the command here: status 2, one line naming it.
 
     Reading Prefect's settings means importing Prefect (a second); unless a Prefect setting is visibly given (in
     the environment or a settings file), the server is started before that, and stopped again in the rare case
@@ -161,11 +225,21 @@ def begin_command() -> None:
     if _begun:
         return
     _begun = True
-    watch_this_process()
-    if not _prefect_settings_given():
-        _api = EphemeralAPI.start()
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    try:
+        speculate = not _prefect_settings_given()
+        if speculate or "PREFECT_HOME" in os.environ:  # where the server will look, known before Prefect is read
+            prepare_prefect_home(Path(os.environ.get("PREFECT_HOME") or DEFAULT_PREFECT_HOME).expanduser())
+        watch_this_process()
+        if speculate:
+            _api = EphemeralAPI.start()
+        from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
 
+        prepare_prefect_home(PREFECT_HOME.value())
+    except InputError as exc:
+        if _api is not None:
+            _api.process.kill()
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     wanted = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
     if _api is not None and not wanted:
         _api.stop()
@@ -177,20 +251,45 @@ def begin_command() -> None:
         point_prefect_at(_api.url)
 
 
+DEFAULT_PREFECT_HOME = "~/.prefect"  # Prefect's own default (prefect.settings.constants), named without importing it
+
+
+def prepare_prefect_home(home: Path) -> None:
+    """Make Prefect's home folder, parents included, before anything uses it: Prefect itself makes only the last
+    folder (and only warns when it cannot), and its server then fails to open its database there."""
+    try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as exc:
+        if isinstance(exc, FileExistsError):
+            why = "it is a file, not a folder"
+        elif isinstance(exc, NotADirectoryError):
+            why = "a path above it is a file, not a folder"
+        else:
+            why = f"{exc.strerror or exc}{f': {exc.filename}' if exc.filename else ''}"
+        raise InputError(
+            f"PREFECT_HOME={home} cannot be Prefect's home folder ({why}): set PREFECT_HOME to a folder this user "
+            "can write (it is created if missing), or unset it to use ~/.prefect"
+        ) from exc
+
+
 def _prefect_settings_given() -> bool:
-    """Whether Prefect's API URL or its ephemeral mode may be set anywhere Prefect reads its settings (the
+    """Whether Prefect's API URL, its ephemeral mode or its home may be set anywhere Prefect reads its settings (the
     environment, the profiles, its settings files, which are searched for the words)."""
     if any(("API_URL" in name or "EPHEMERAL" in name) and name.startswith("PREFECT_") for name in os.environ):
         return True
     if "PREFECT_PROFILE" in os.environ or "PREFECT_PROFILES_PATH" in os.environ:
         return True
-    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+    home = Path(os.environ.get("PREFECT_HOME") or DEFAULT_PREFECT_HOME).expanduser()
     for file in [home / "profiles.toml", Path("prefect.toml"), Path(".env"), Path("pyproject.toml")]:
         try:
             text = file.read_text(errors="replace").lower()
         except OSError:
             continue
         if "api_url" in text or "ephemeral" in text or ("url" in text and ("[api]" in text or "prefect.api" in text)):
+            return True
+        if "prefect_home" in text or re.search(r"^\s*home\s*=", text, re.M):
             return True
     return False
 
@@ -232,6 +331,20 @@ def native_stderr_without(noise: re.Pattern[str]) -> Iterator[None]:
                 if not noise.search(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+# A log record's `extra`: what the command prints itself as its outcome (the results table), which its terminal shows
+# once, while the Prefect UI keeps the record among the run's logs.
+PRINTED_AS_THE_OUTCOME = {"printed_as_the_outcome": True}
+
+
+def print_the_outcome_once() -> None:
+    """Log records marked PRINTED_AS_THE_OUTCOME reach the API, not the terminal: the command prints them."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(lambda record: not getattr(record, "printed_as_the_outcome", False))
 
 
 def keep_the_outcome_last() -> None:

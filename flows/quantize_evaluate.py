@@ -41,7 +41,12 @@ from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel
 from core.repair import models_to_analyse
 from core.results_text import format_table
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
+from core.startup import (
+    end_command,
+    keep_the_outcome_last,
+    print_the_outcome_once,
+    start_prefect_api_while_importing,
+)
 from core.storage import results_storage_dir
 from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
 from tasks.analyse_layers import analyse_layers_task
@@ -303,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_config_file(args.config_path)  # structural problems are reported before Prefect starts
         start_prefect_api_while_importing("tensorflow")  # what the first step needs
+        print_the_outcome_once()
         results = quantize_evaluate(
             config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args)
         )

@@ -10,6 +10,7 @@ Each conversion runs in a worker process (ConversionWorkers), so conversions run
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import pickle
@@ -107,6 +108,7 @@ class ConversionWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._busy = 0
         self._idle_timer: threading.Timer | None = None
+        self._closed_at_exit = False
 
     def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """`fn(**kwargs)` in a worker process (fn and its arguments must pickle): its result, or what it raised."""
@@ -118,6 +120,11 @@ class ConversionWorkers:
                 self._idle_timer.cancel()
                 self._idle_timer = None
             if self._pool is None:
+                if not self._closed_at_exit:
+                    # Registered after multiprocessing's own exit handler, so it runs first: that one waits for
+                    # every worker to end, but first closes the queue that would have told them to.
+                    atexit.register(self.close)
+                    self._closed_at_exit = True
                 self._pool = ProcessPoolExecutor(
                     max_workers=os.cpu_count() or 1,
                     mp_context=multiprocessing.get_context("spawn"),
@@ -148,6 +155,22 @@ class ConversionWorkers:
                 return
             pool, self._pool = self._pool, None
         pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        """Stop the workers now, idle or busy: at the command's exit, where nobody waits for a result."""
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        workers = list((pool._processes or {}).values())  # the executor's own record of them (no public one)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:  # a worker writes only to temporary names: nothing is lost
+            worker.kill()
+        for worker in workers:
+            worker.join()
 
 
 CONVERSION_WORKERS = ConversionWorkers()

@@ -30,6 +30,7 @@ from core.report import html_report, markdown_figures
 from core.results import PublicationPlan, build_results
 from core.results_text import artifact_key, format_table, repair_rows, report_link, results_table, summary_markdown
 from core.retry import RETRY_OPTIONS
+from core.startup import PRINTED_AS_THE_OUTCOME
 from core.variants import own_output_file_names
 
 
@@ -124,7 +125,10 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
     summary_url = f"{ui_url.rstrip('/')}/artifacts/artifact/{summary_id}" if ui_url else None
     create_link_artifact(key=f"{key}-report", **report_link(results, key, summary_url, socket.gethostname()))
     get_run_logger().info(
-        "Results written to %s\n%s", Path(validated.config.evaluate_result_dir) / "results.json", format_table(results)
+        "Results written to %s\n%s",
+        Path(validated.config.evaluate_result_dir) / "results.json",
+        format_table(results),
+        extra=PRINTED_AS_THE_OUTCOME,  # the command prints the table as its outcome: its terminal shows it once
     )
     require_imx500_fit(validated.config, results)
     return results

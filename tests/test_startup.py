@@ -2,15 +2,18 @@
 setting may name a server, and the command ends without the interpreter's teardown."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
 
+import psutil
 import pytest
 
 from core.startup import _prefect_settings_given
 from core.storage import REPO_ROOT
+from tests.helpers import sdk_config, write_config
 
 
 @pytest.fixture
@@ -114,3 +117,144 @@ def test_a_conversion_workers_native_output_goes_to_its_log_not_to_the_command(t
     assert "said in the worker" not in done.stderr + done.stdout
     logs = list((tmp_path / "cache" / "work" / "logs").glob("conversion-worker-*.log"))
     assert any("said in the worker" in log.read_text() for log in logs), logs
+
+
+def run_command(config_path, environment: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_a_prefect_home_whose_folders_do_not_exist_yet_is_made_and_the_command_prints_its_outcome_once(
+    sample_dir, tmp_path
+):
+    # A fresh clone's `make demo`: PREFECT_HOME is .cache/prefect-home, and .cache/ does not exist yet.
+    home = tmp_path / "fresh-clone" / ".cache" / "prefect-home"
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment["PREFECT_HOME"] = str(home)
+    done = run_command(config_path, environment)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (home / "prefect.db").is_file()
+    terminal = done.stdout + done.stderr
+    assert terminal.count("Recommended:") == 1, terminal[-5000:]
+    assert len(re.findall(r"^\s*model\s+file\s+size_kib", terminal, re.M)) == 1, terminal[-5000:]
+    assert done.stdout.rstrip().splitlines()[-1].startswith("Recommended:")
+    assert "Failed to create the Prefect home directory" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("home", "why"), [("a-file", "it is a file, not a folder"), ("a-file/home", "a path above it is a file")]
+)
+def test_a_prefect_home_that_cannot_be_a_folder_is_an_input_error_naming_the_setting(tmp_path, home, why):
+    (tmp_path / "a-file").write_text("not a folder")
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment["PREFECT_HOME"] = str(tmp_path / home)
+    done = run_command(tmp_path / "configuration.json", environment, timeout=120)
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: PREFECT_HOME={tmp_path / home} cannot be Prefect's home folder"), last
+    assert why in last and "set PREFECT_HOME to a folder" in last
+    assert "Traceback" not in done.stderr
+    assert (tmp_path / "a-file").read_text() == "not a folder"  # nothing of the user's is touched
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_while_starting_fails_the_command_at_once_with_the_servers_own_error(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment["PREFECT_HOME"] = str(tmp_path / "home")
+    # A database the server cannot open: it exits during its start.
+    environment["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{tmp_path}/missing/folder/prefect.db"
+    script = textwrap.dedent(
+        """
+        from core.startup import begin_command, start_prefect_api_while_importing
+        begin_command()
+        try:
+            start_prefect_api_while_importing()
+        except RuntimeError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout.strip()
+    assert said.startswith("Prefect's ephemeral API server exited with status 3 while starting"), said
+    assert "unable to open database file" in said  # the server's own error, not a timeout
+
+
+def test_the_wait_for_the_server_is_bounded_by_its_progress_and_names_the_setting(monkeypatch):
+    """A server that does nothing (here: one that sleeps) is given up after the timeout on the clock, with the
+    setting named; one that works is waited for (the sample's servers, in every other test)."""
+    from core import startup
+
+    class Sleeper(startup.EphemeralAPI):
+        def _launch(self) -> None:
+            self.port = startup.free_port()
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(60)"], stderr=subprocess.PIPE
+            )
+            self.said = startup.collections.deque(maxlen=200)
+            self.relay = startup.threading.Thread(
+                target=self._relay_stderr, args=(self.process, self.said), daemon=True
+            )
+            self.relay.start()
+
+        def stop(self) -> None:
+            self.process.kill()
+            self.process.wait()
+
+    api = Sleeper()
+    with pytest.raises(RuntimeError) as raised:
+        api.wait_until_ready(timeout_s=2)
+    assert "did nothing for" in str(raised.value)
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=2" in str(raised.value)
+    assert api.process.poll() is not None  # stopped, not left behind
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["idle", "busy"])
+def test_a_command_ends_at_once_whatever_its_conversion_workers_are_doing(tmp_path, workers):
+    # Python's multiprocessing waits at exit for every worker process, after closing the queue that would tell them
+    # to stop: a command whose last conversion ran less than the workers' idle time ago never ended.
+    script = textwrap.dedent(
+        f"""
+        import functools, os, sys, threading, time
+        from core.startup import end_command
+        from tasks.convert_to_tflite import CONVERSION_WORKERS
+        CONVERSION_WORKERS.run(os.getpid)
+        if {workers == "busy"!r}:
+            sleeping = functools.partial(time.sleep, 600)
+            threading.Thread(target=CONVERSION_WORKERS.run, args=(sleeping,), daemon=True).start()
+            while CONVERSION_WORKERS._busy == 0:  # the worker has its job
+                time.sleep(0.01)
+        print("outcome", flush=True)
+        sys.stdin.readline()
+        end_command(0)
+        """
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env={**os.environ, "QUANTIZE_CACHE_DIR": str(tmp_path / "cache")},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline() == "outcome\n"
+        children = psutil.Process(process.pid).children(recursive=True)
+        assert any("multiprocessing" in " ".join(child.cmdline()) for child in children), children
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+    assert not [child for child in children if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]

@@ -3,12 +3,19 @@ tuning images and reported on images it never saw; when it cannot, it says so; w
 run. The broken model is the trained digits sample given a function-preserving channel-range imbalance."""
 
 import json
+import os
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
+import psutil
 import pytest
 
 from core.repair import ladder, stratified_split
 from core.sample_data import make_imbalanced
+from core.storage import REPO_ROOT
 from tests.helpers import run, sdk_config, task_states, write_config
 
 BUDGET = 0.05  # 60 reporting images: one image is 1.7 points
@@ -117,6 +124,74 @@ def test_the_search_repairs_a_full_integer_model_for_an_ethos_u(prefect_harness,
     assert repair["chosen_drop_reporting"] <= BUDGET
     assert (tmp_path / "models" / "model_repaired_vela.tflite").stat().st_size > 0
     assert results["recommendation"]["chosen"] == "tflite_repaired"
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_the_command_ends_as_soon_as_it_has_printed_the_outcome_of_an_ethos_u_repair(
+    sample_dir, broken_model, tmp_path
+):
+    # The repair's trials convert in worker processes, and Python's multiprocessing waited for them at exit for
+    # ever: the command printed its outcome and never ended.
+    config_path = broken_config(
+        sample_dir, broken_model, tmp_path, target_device="ethos-u55-128", variants=["full_int8"]
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment["QUANTIZE_CACHE_DIR"] = str(tmp_path / "cache")  # nothing cached: every trial runs in the command
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    started: dict[int, psutil.Process] = {}  # every process the command started, as seen while it ran
+
+    def watch() -> None:
+        command = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                started.update({child.pid: child for child in command.children(recursive=True)})
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        assert process.stdout is not None
+        outcome = next((line for line in process.stdout if line.startswith("Recommended:")), None)
+        printed = time.monotonic()
+        assert outcome is not None, (tmp_path / "stderr.txt").read_text()[-3000:]
+        status = process.wait(timeout=60)
+        ended = time.monotonic()
+        left = [p for p in started.values() if _alive(p) and "core/watchdog.py" not in " ".join(_cmdline(p))]
+    finally:
+        process.kill()
+    assert status == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert ended - printed < 30, f"the command ended {ended - printed:.0f} s after printing its outcome"
+    assert not left, [(p.pid, _cmdline(p)) for p in left]
+    watcher.join()
+    psutil.wait_procs(list(started.values()), timeout=30)  # the watchdog ends once it sees the command gone
+    assert not [p for p in started.values() if _alive(p)]
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    assert results["repair"]["chosen"] == "converter_cle" and "tflite_repaired" in outcome
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ locks and removes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import filelock
 from core.errors import InputError
 
 LOCK_NAME = ".quantize-evaluate.lock"
+log = logging.getLogger(__name__)
 
 
 class FolderLock(filelock.UnixFileLock):
@@ -62,7 +64,16 @@ def locked_folders(folders: list[Path], timeout: float = 120.0, poll: float = 0.
 def _locked(folder: Path, timeout: float, poll: float) -> Iterator[None]:
     lock = FolderLock(folder / LOCK_NAME)
     try:
-        lock.acquire(timeout=timeout, poll_interval=poll)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            log.warning(
+                "folder %s is in use by another run: waiting up to %.0f s for it (`fuser -v %s` names the process)",
+                folder,
+                timeout,
+                folder / LOCK_NAME,
+            )
+            lock.acquire(timeout=timeout, poll_interval=poll)
     except filelock.Timeout:
         raise InputError(
             f"folder {folder} is in use by another run (it holds {folder / LOCK_NAME}); waited {timeout:.0f} s. "

@@ -1,5 +1,6 @@
-"""Input errors are the user's to fix, not a bug: Prefect's run logs show them as one line, without the
-traceback Prefect attaches to every failure (it would bury the message that says what to change)."""
+"""How the run's logs show. Input errors are the user's to fix, not a bug: Prefect's run logs show them as one line,
+without the traceback Prefect attaches to every failure (it would bury the message that says what to change). What
+the command prints as its outcome is not also shown among the logs on its terminal."""
 
 from __future__ import annotations
 
@@ -24,3 +25,18 @@ def quieten_input_errors() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, InputErrorsWithoutTraceback) for f in logger.filters):
             logger.addFilter(InputErrorsWithoutTraceback())
+
+
+# A log record's `extra`: what the command prints itself as its outcome (the results table), which its terminal shows
+# once, while the Prefect UI keeps the record among the run's logs.
+PRINTED_AS_THE_OUTCOME = {"printed_as_the_outcome": True}
+
+
+def print_the_outcome_once() -> None:
+    """Log records marked PRINTED_AS_THE_OUTCOME reach the API, not the terminal: the command prints them."""
+    # Deferred: `core` is imported by the command before Prefect, whose server starts meanwhile (core.startup).
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.addFilter(lambda record: not getattr(record, "printed_as_the_outcome", False))

@@ -333,20 +333,6 @@ def native_stderr_without(noise: re.Pattern[str]) -> Iterator[None]:
             sys.stderr.flush()
 
 
-# A log record's `extra`: what the command prints itself as its outcome (the results table), which its terminal shows
-# once, while the Prefect UI keeps the record among the run's logs.
-PRINTED_AS_THE_OUTCOME = {"printed_as_the_outcome": True}
-
-
-def print_the_outcome_once() -> None:
-    """Log records marked PRINTED_AS_THE_OUTCOME reach the API, not the terminal: the command prints them."""
-    from prefect.logging.handlers import PrefectConsoleHandler
-
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(lambda record: not getattr(record, "printed_as_the_outcome", False))
-
-
 def keep_the_outcome_last() -> None:
     """After the command's outcome is printed, only errors: the ephemeral API logs its shutdown, and Prefect's
     event and log workers (loggers outside "prefect") say how many items they still send while they drain."""

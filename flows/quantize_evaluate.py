@@ -40,13 +40,9 @@ from core.errors import InputError
 from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel, RunRecords, UnsupportedVariant
 from core.repair import models_to_analyse
 from core.results_text import format_table
+from core.run_logging import print_the_outcome_once
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import (
-    end_command,
-    keep_the_outcome_last,
-    print_the_outcome_once,
-    start_prefect_api_while_importing,
-)
+from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
 from tasks.analyse_layers import analyse_layers_task

@@ -30,7 +30,7 @@ from core.report import html_report, markdown_figures
 from core.results import PublicationPlan, build_results
 from core.results_text import artifact_key, format_table, repair_rows, report_link, results_table, summary_markdown
 from core.retry import RETRY_OPTIONS
-from core.startup import PRINTED_AS_THE_OUTCOME
+from core.run_logging import PRINTED_AS_THE_OUTCOME
 from core.variants import own_output_file_names
 
 

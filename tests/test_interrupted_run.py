@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from core.locking import locked_folders
 from core.storage import REPO_ROOT, cache_root
 from tests.helpers import run, sdk_config, task_states, write_config
 
@@ -89,23 +90,31 @@ def test_a_deleted_work_folder_makes_the_next_run_recompute_instead_of_failing(p
     assert json.loads((tmp_path / "results" / "results.json").read_text())["top_1_accuracy_tflite_quantized"] > 0.8
 
 
-def test_ctrl_c_ends_the_command_with_status_130_and_one_line(sample_dir, tmp_path):
-    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, iteration_count=31))
-    before = quantize_work_dirs()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 240
-    while not quantize_work_dirs() - before:
-        assert process.poll() is None, process.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "the quantize step never started"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=240)
+def test_ctrl_c_ends_the_command_with_status_130_and_one_line_and_publishes_nothing(sample_dir, tmp_path):
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
+    outputs = [tmp_path / "models", tmp_path / "results"]
+    # The test holds the output folders' locks: the run waits for them, a point the test knows, and is
+    # interrupted there, however fast or slow the machine is.
+    with locked_folders(outputs):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
+            cwd=REPO_ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stderr is not None
+        said = []
+        for line in process.stderr:
+            said.append(line)
+            if "is in use by another run: waiting" in line:
+                break
+        else:
+            pytest.fail(f"the run never waited for its output folders: {''.join(said)[-3000:]}")
+        process.send_signal(signal.SIGINT)
+        _, rest = process.communicate(timeout=240)
+    stderr = "".join(said) + rest
     assert process.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
     assert "Traceback" not in stderr.strip().splitlines()[-1]
+    assert [p.name for folder in outputs for p in folder.iterdir()] == []  # nothing published, no lock left

@@ -4,6 +4,7 @@ killed with SIGKILL, not one that met a full disk.
 The lock is the operating system's (flock); these tests hold it from real processes.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -51,21 +52,33 @@ def test_the_lock_is_held_during_the_block_and_its_file_removed_after(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_a_second_run_waits_for_the_first(tmp_path):
+def test_a_second_run_waits_for_the_first_and_says_so(tmp_path):
     order = []
+    first_holds, second_waits = threading.Event(), threading.Event()
+
+    class Waiting(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "is in use by another run: waiting" in record.getMessage():
+                second_waits.set()
 
     def first():
         with locked_folders([tmp_path]):
             order.append("first in")
-            time.sleep(0.5)
+            first_holds.set()
+            second_waits.wait(timeout=60)  # it lets go only once the second has found the folder busy
             order.append("first out")
 
-    thread = threading.Thread(target=first)
-    thread.start()
-    time.sleep(0.1)
-    with locked_folders([tmp_path], timeout=10, poll=0.05):
-        order.append("second in")
-    thread.join()
+    logging.getLogger("core.locking").addHandler(handler := Waiting())
+    try:
+        thread = threading.Thread(target=first)
+        thread.start()
+        first_holds.wait(timeout=60)
+        with locked_folders([tmp_path], timeout=60, poll=0.05):
+            order.append("second in")
+        thread.join()
+    finally:
+        logging.getLogger("core.locking").removeHandler(handler)
+    assert second_waits.is_set()
     assert order == ["first in", "first out", "second in"]
 
 

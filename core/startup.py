@@ -188,7 +188,18 @@ class EphemeralAPI:
                 self.process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                self.process.wait()
+        self._ended()
+
+    def kill(self) -> None:
+        """Stop the server at once: nothing was sent to it yet."""
+        self.process.kill()
+        self._ended()
+
+    def _ended(self) -> None:
+        self.process.wait()
+        self.relay.join(timeout=5)  # it reads to the pipe's end, which the server's end closes
+        if self.process.stderr is not None:
+            self.process.stderr.close()
 
 
 def _site_packages_of(package: str) -> Path:
@@ -237,7 +248,7 @@ def begin_command() -> None:
         prepare_prefect_home(PREFECT_HOME.value())
     except InputError as exc:
         if _api is not None:
-            _api.process.kill()
+            _api.kill()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     wanted = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()

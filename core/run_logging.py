@@ -32,11 +32,18 @@ def quieten_input_errors() -> None:
 PRINTED_AS_THE_OUTCOME = {"printed_as_the_outcome": True}
 
 
+class WithoutTheOutcome(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "printed_as_the_outcome", False)
+
+
 def print_the_outcome_once() -> None:
     """Log records marked PRINTED_AS_THE_OUTCOME reach the API, not the terminal: the command prints them."""
     # Deferred: `core` is imported by the command before Prefect, whose server starts meanwhile (core.startup).
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, PrefectConsoleHandler):
-            handler.addFilter(lambda record: not getattr(record, "printed_as_the_outcome", False))
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, WithoutTheOutcome) for f in handler.filters
+        ):
+            handler.addFilter(WithoutTheOutcome())

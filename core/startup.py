@@ -61,6 +61,7 @@ class EphemeralAPI:
 
     def __init__(self) -> None:
         self.answering = threading.Event()
+        self._said_lock = threading.Lock()
         self._launch()
 
     @classmethod
@@ -113,11 +114,12 @@ class EphemeralAPI:
         assert process.stderr is not None
         for raw in iter(process.stderr.readline, b""):
             line = raw.decode(errors="replace")
-            if self.answering.is_set():
-                sys.stderr.write(line)
-                sys.stderr.flush()
-            else:
-                said.append(line)
+            with self._said_lock:
+                if self.answering.is_set():
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                else:
+                    said.append(line)
 
     def wait_until_ready(self, timeout_s: float) -> None:
         """Return once the server answers. A busy machine slows its start (a new database alone takes it 15 s of
@@ -129,13 +131,16 @@ class EphemeralAPI:
             status = self.process.poll()
             if status is not None:
                 self._stopped_while_starting(status)
-                continue  # its port was taken between choosing it and binding it: it was started again elsewhere
+                # Its port was taken between choosing it and binding it: it was started again elsewhere.
+                last_cpu, last_progress = 0.0, time.monotonic()
+                continue
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
                     if response.status == 200:
-                        self.answering.set()
-                        for line in list(self.said):  # what it said while starting (a warning) is not lost
-                            sys.stderr.write(line)
+                        with self._said_lock:
+                            self.answering.set()
+                            for line in self.said:  # what it said while starting (a warning) is not lost
+                                sys.stderr.write(line)
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
@@ -164,7 +169,9 @@ class EphemeralAPI:
 
     def _cause(self) -> str:
         """The last error the server wrote (an exception's last line), if any."""
-        errors = [line.strip() for line in list(self.said) if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
+        with self._said_lock:
+            said = list(self.said)
+        errors = [line.strip() for line in said if re.match(r"^[\w.]+(Error|Exception)\b.*:", line)]
         return f": {errors[-1]}" if errors else ""
 
     def _cpu_seconds(self) -> float:
@@ -225,9 +232,19 @@ def point_prefect_at(api_url: str) -> None:
     prefect.context.refresh_global_settings_context()
 
 
+def start_command() -> None:
+    """A command's first act (`begin_command`), before its imports: an input error (an unusable PREFECT_HOME) ends
+    the command here, with status 2 and one line naming it."""
+    try:
+        begin_command()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
 def begin_command() -> None:
     """Make Prefect's home, set up the watchdog and, when no PREFECT_API_URL is set, start the ephemeral API without
-    waiting for it. An unusable PREFECT_HOME ends the command here: status 2, one line naming it.
+    waiting for it. An unusable PREFECT_HOME is an InputError naming it.
 
     Reading Prefect's settings means importing Prefect (a second); unless a Prefect setting is visibly given (in
     the environment or a settings file), the server is started before that, and stopped again in the rare case
@@ -246,11 +263,11 @@ def begin_command() -> None:
         from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_ENABLED
 
         prepare_prefect_home(PREFECT_HOME.value())
-    except InputError as exc:
+    except InputError:
         if _api is not None:
             _api.kill()
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+            _api = None
+        raise
     wanted = not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value()
     if _api is not None and not wanted:
         _api.stop()
@@ -300,7 +317,8 @@ def _prefect_settings_given() -> bool:
             continue
         if "api_url" in text or "ephemeral" in text or ("url" in text and ("[api]" in text or "prefect.api" in text)):
             return True
-        if "prefect_home" in text or re.search(r"^\s*home\s*=", text, re.M):
+        home_key = re.search(r"^\s*home\s*=", text, re.M) and (file.name == "prefect.toml" or "[tool.prefect" in text)
+        if "prefect_home" in text or home_key:
             return True
     return False
 

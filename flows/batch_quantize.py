@@ -17,9 +17,9 @@ if __name__ == "__main__":  # the command
     # reads it once.
     os.environ["TQDM_DISABLE"] = "1"
     if not {"-h", "--help"} & set(sys.argv[1:]):  # Prefect's API starts now, while the imports below run
-        from core.startup import begin_command
+        from core.startup import start_command
 
-        begin_command()
+        start_command()
 
 import argparse
 import json

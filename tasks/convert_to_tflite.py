@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.util
 import os
 import pickle
 import threading
@@ -108,7 +109,8 @@ class ConversionWorkers:
         self._pool: ProcessPoolExecutor | None = None
         self._busy = 0
         self._idle_timer: threading.Timer | None = None
-        self._closed_at_exit = False
+        self._close_registered = False
+        self._closed = False  # at the command's exit: no worker starts again (a step's retry after Ctrl-C)
 
     def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """`fn(**kwargs)` in a worker process (fn and its arguments must pickle): its result, or what it raised."""
@@ -119,12 +121,16 @@ class ConversionWorkers:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None
+            if self._closed:
+                raise RuntimeError("the conversion workers are stopped: the command is ending")
             if self._pool is None:
-                if not self._closed_at_exit:
+                if not self._close_registered:
                     # Registered after multiprocessing's own exit handler, so it runs first: that one waits for
-                    # every worker to end, but first closes the queue that would have told them to.
+                    # every worker to end, but first closes the queue that would have told them to. Its logger's
+                    # first use registers that handler again, last: done here first, so it cannot overtake this.
+                    multiprocessing.util.get_logger()
                     atexit.register(self.close)
-                    self._closed_at_exit = True
+                    self._close_registered = True
                 self._pool = ProcessPoolExecutor(
                     max_workers=os.cpu_count() or 1,
                     mp_context=multiprocessing.get_context("spawn"),
@@ -157,8 +163,9 @@ class ConversionWorkers:
         pool.shutdown(wait=True)
 
     def close(self) -> None:
-        """Stop the workers now, idle or busy: at the command's exit, where nobody waits for a result."""
+        """Stop the workers now, idle or busy, for good: at the command's exit, where nobody waits for a result."""
         with self._lock:
+            self._closed = True
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
                 self._idle_timer = None

@@ -5,6 +5,7 @@ Nothing here imports Prefect or the project at import time: conftest.py imports 
 Prefect has read its settings."""
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -74,3 +75,27 @@ def run(config_path, **kwargs):
     from flows.quantize_evaluate import quantize_evaluate
 
     return quantize_evaluate(config_path=str(config_path), progress=False, return_state=True, **kwargs)
+
+
+def command_environment(**overrides: str) -> dict[str, str]:
+    """This environment for a command of the project's, without a PREFECT_API_URL (its own ephemeral API, then)."""
+    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    environment.update(overrides)
+    return environment
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def gone(pid: int) -> bool:
+    """Whether the process has ended (a zombie has: only its parent's wait is missing)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

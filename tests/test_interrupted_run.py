@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -105,12 +106,15 @@ def test_ctrl_c_ends_the_command_with_status_130_and_one_line_and_publishes_noth
         )
         assert process.stderr is not None
         said = []
+        deadline = threading.Timer(600, process.kill)  # a run that hangs before it waits ends the reading
+        deadline.start()
         for line in process.stderr:
             said.append(line)
             if "is in use by another run: waiting" in line:
                 break
         else:
             pytest.fail(f"the run never waited for its output folders: {''.join(said)[-3000:]}")
+        deadline.cancel()
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=240)
     stderr = "".join(said) + rest

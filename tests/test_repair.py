@@ -3,7 +3,6 @@ tuning images and reported on images it never saw; when it cannot, it says so; w
 run. The broken model is the trained digits sample given a function-preserving channel-range imbalance."""
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import pytest
 from core.repair import ladder, stratified_split
 from core.sample_data import make_imbalanced
 from core.storage import REPO_ROOT
-from tests.helpers import run, sdk_config, task_states, write_config
+from tests.helpers import command_environment, gone, run, sdk_config, task_states, write_config
 
 BUDGET = 0.05  # 60 reporting images: one image is 1.7 points
 
@@ -136,8 +135,8 @@ def test_the_command_ends_as_soon_as_it_has_printed_the_outcome_of_an_ethos_u_re
     config_path = broken_config(
         sample_dir, broken_model, tmp_path, target_device="ethos-u55-128", variants=["full_int8"]
     )
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    environment["QUANTIZE_CACHE_DIR"] = str(tmp_path / "cache")  # nothing cached: every trial runs in the command
+    # Nothing cached: every trial runs in the command.
+    environment = command_environment(QUANTIZE_CACHE_DIR=str(tmp_path / "cache"))
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
@@ -160,6 +159,8 @@ def test_the_command_ends_as_soon_as_it_has_printed_the_outcome_of_an_ethos_u_re
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    deadline = threading.Timer(600, process.kill)  # a command that hangs before its outcome ends the reading
+    deadline.start()
     try:
         assert process.stdout is not None
         outcome = next((line for line in process.stdout if line.startswith("Recommended:")), None)
@@ -172,25 +173,20 @@ def test_the_command_ends_as_soon_as_it_has_printed_the_outcome_of_an_ethos_u_re
         left = [
             p
             for p in started.values()
-            if _alive(p) and not any(helper in " ".join(_cmdline(p)) for helper in ("watchdog", "resource_tracker"))
+            if not gone(p.pid)
+            and not any(helper in " ".join(_cmdline(p)) for helper in ("watchdog", "resource_tracker"))
         ]
     finally:
+        deadline.cancel()
         process.kill()
     assert status == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
     assert ended - printed < 30, f"the command ended {ended - printed:.0f} s after printing its outcome"
     assert not left, [(p.pid, _cmdline(p)) for p in left]
     watcher.join()
     psutil.wait_procs(list(started.values()), timeout=30)  # the watchdog ends once it sees the command gone
-    assert not [p for p in started.values() if _alive(p)]
+    assert all(gone(p.pid) for p in started.values())
     results = json.loads((tmp_path / "results" / "results.json").read_text())
     assert results["repair"]["chosen"] == "converter_cle" and "tflite_repaired" in outcome
-
-
-def _alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _cmdline(process: psutil.Process) -> list[str]:

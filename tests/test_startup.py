@@ -13,7 +13,7 @@ import pytest
 
 from core.startup import _prefect_settings_given
 from core.storage import REPO_ROOT
-from tests.helpers import sdk_config, write_config
+from tests.helpers import command_environment, sdk_config, write_config
 
 
 @pytest.fixture
@@ -57,8 +57,7 @@ def test_a_settings_file_that_may_name_a_server_waits_for_prefects_own_reading(n
 
 @pytest.mark.slow
 def test_a_command_runs_a_flow_on_the_api_it_started_and_leaves_no_server_behind(tmp_path):
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    environment["PREFECT_HOME"] = str(tmp_path / "home")
+    environment = command_environment(PREFECT_HOME=str(tmp_path / "home"))
     script = textwrap.dedent(
         """
         from core.startup import begin_command, end_command, start_prefect_api_while_importing
@@ -137,8 +136,7 @@ def test_a_prefect_home_whose_folders_do_not_exist_yet_is_made_and_the_command_p
     # A fresh clone's `make demo`: PREFECT_HOME is .cache/prefect-home, and .cache/ does not exist yet.
     home = tmp_path / "fresh-clone" / ".cache" / "prefect-home"
     config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    environment["PREFECT_HOME"] = str(home)
+    environment = command_environment(PREFECT_HOME=str(home))
     done = run_command(config_path, environment)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (home / "prefect.db").is_file()
@@ -154,8 +152,7 @@ def test_a_prefect_home_whose_folders_do_not_exist_yet_is_made_and_the_command_p
 )
 def test_a_prefect_home_that_cannot_be_a_folder_is_an_input_error_naming_the_setting(tmp_path, home, why):
     (tmp_path / "a-file").write_text("not a folder")
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    environment["PREFECT_HOME"] = str(tmp_path / home)
+    environment = command_environment(PREFECT_HOME=str(tmp_path / home))
     done = run_command(tmp_path / "configuration.json", environment, timeout=120)
     assert done.returncode == 2, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
@@ -167,8 +164,7 @@ def test_a_prefect_home_that_cannot_be_a_folder_is_an_input_error_naming_the_set
 
 @pytest.mark.slow
 def test_a_server_that_dies_while_starting_fails_the_command_at_once_with_the_servers_own_error(tmp_path):
-    environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    environment["PREFECT_HOME"] = str(tmp_path / "home")
+    environment = command_environment(PREFECT_HOME=str(tmp_path / "home"))
     # A database the server cannot open: it exits during its start.
     environment["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{tmp_path}/missing/folder/prefect.db"
     script = textwrap.dedent(
@@ -188,6 +184,40 @@ def test_a_server_that_dies_while_starting_fails_the_command_at_once_with_the_se
     said = done.stdout.strip()
     assert said.startswith("Prefect's ephemeral API server exited with status 3 while starting"), said
     assert "unable to open database file" in said  # the server's own error, not a timeout
+
+
+@pytest.mark.slow
+def test_a_port_taken_before_the_server_binds_it_starts_the_server_again_on_another(tmp_path):
+    script = textwrap.dedent(
+        """
+        import os, socket
+        from pathlib import Path
+        from core import startup
+        startup.prepare_prefect_home(Path(os.environ["PREFECT_HOME"]))
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        chosen = [taken.getsockname()[1]]  # the first port chosen is taken by the time the server binds it
+        free_port = startup.free_port
+        startup.free_port = lambda: chosen.pop() if chosen else free_port()
+        api = startup.EphemeralAPI.start()
+        first = api.port
+        api.wait_until_ready(timeout_s=20)
+        print(first, api.port, flush=True)
+        api.stop()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=command_environment(PREFECT_HOME=str(tmp_path / "home")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, answered = map(int, done.stdout.split())
+    assert answered != first
 
 
 def test_the_wait_for_the_server_is_bounded_by_its_progress_and_names_the_setting(monkeypatch):

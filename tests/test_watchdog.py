@@ -11,21 +11,7 @@ import psutil
 import pytest
 
 from core.storage import REPO_ROOT
-from tests.helpers import sdk_config, write_config
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+from tests.helpers import gone, sdk_config, wait_until, write_config
 
 
 def test_a_killed_process_takes_its_children_and_its_watchdog_with_it(tmp_path):

@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -30,7 +30,8 @@ from pydantic import (
 )
 
 from core.errors import ConfigError
-from core.variants import FULL_INTEGER_VARIANTS, EthosU, TargetDevice, Variant
+from core.targets import ethos_u_accelerator_of, target_for
+from core.variants import EthosU, TargetDevice, Variant
 
 SDK_KEYS = (
     "source_keras_model",
@@ -273,30 +274,21 @@ class QuantizeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:
-        if self.target_device == "imx500" and self.target_platform != "imx500":
-            raise ValueError(
-                f"target_device 'imx500' needs target_platform 'imx500', got {self.target_platform!r}: the IMX500 "
-                "converter takes models quantized for it"
-            )
+        problems = target_for(self.target_device).configuration_problems(
+            target_platform=self.target_platform, variants=self.variants
+        )
+        if problems:
+            raise ValueError(problems[0])
         if self.imx500_require_fit and self.target_platform != "imx500":
             raise ValueError(
                 f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model "
                 "quantized for the IMX500 is converted for it"
             )
-        if (
-            self.target_device
-            and self.target_device.startswith("ethos-u")
-            and self.variants is not None
-            and not set(FULL_INTEGER_VARIANTS) & set(self.variants)
-        ):
-            choices = " or ".join(repr(v) for v in FULL_INTEGER_VARIANTS)
-            raise ValueError(
-                f"target_device {self.target_device!r} needs a full-integer model: add {choices} to variants"
-            )
-        if self.target_device and self.target_device.startswith("ethos-u"):
+        accelerator = ethos_u_accelerator_of(self.target_device)
+        if accelerator is not None:
             if "ethos_u_accelerator" not in self.model_fields_set:
-                self.ethos_u_accelerator = cast(EthosU, self.target_device)
-            elif self.ethos_u_accelerator != self.target_device:
+                self.ethos_u_accelerator = accelerator
+            elif self.ethos_u_accelerator != accelerator:
                 raise ValueError(
                     f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} "
                     "differ: give one, or the same in both"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from core.targets import target_for, within_budget
+
 
 def _measure(model: dict, objective: str) -> float:
     if objective == "size":
@@ -24,42 +26,24 @@ def _describe(model: dict, objective: str) -> str:
     return "no latency measured" if math.isinf(value) else f"{value:.3f} ms per image"
 
 
-def device_problem(model: dict, target_device: str | None) -> str | None:
-    """Why the device cannot take the model, or None."""
-    if target_device == "imx500":
-        imx500 = model.get("imx500")
-        if not imx500:
-            return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
-        if imx500.get("skipped"):
-            return imx500["reason"]
-        return (
-            None
-            if imx500["compiled"] and imx500["fits"]
-            else f"does not fit the IMX500 ({imx500['utilization_percent']:.0f}% of its memory)"
-        )
-    if target_device:
-        ethos_u = model.get("ethos_u") or {}
-        return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
-    return None
-
-
 def recommend(
     models: list[dict], max_accuracy_drop: float, objective: str = "size", target_device: str | None = None
 ) -> dict:
     if objective not in ("size", "latency"):
         raise ValueError(f"objective {objective!r}: expected 'size' or 'latency'")
+    target = target_for(target_device)
     baseline = next(m for m in models if m["model"] == "keras")["top_1_accuracy"]
     deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
     unfit = [
         {
             "model": m["model"],
             "top_1_drop": round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6),
-            "reason": device_problem(m, target_device),
+            "reason": target.problem(m),
         }
         for m in deployable
-        if device_problem(m, target_device)
+        if target.problem(m)
     ]
-    candidates = [m for m in deployable if not device_problem(m, target_device)]
+    candidates = [m for m in deployable if not target.problem(m)]
     if not candidates and unfit:
         reason = f"no TFLite model can go to {target_device}: {unfit[0]['model']}: {unfit[0]['reason']}"
         return {
@@ -75,7 +59,7 @@ def recommend(
     # A row measured on other images than the rest (the repaired model, on the images its search never saw)
     # carries the float model's Top-1 on those images as its own baseline.
     drop = {m["model"]: round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6) for m in candidates}
-    within = [m for m in candidates if drop[m["model"]] <= max_accuracy_drop + 1e-9]
+    within = [m for m in candidates if within_budget(drop[m["model"]], max_accuracy_drop)]
     summary = {
         "objective": objective,
         "max_accuracy_drop": max_accuracy_drop,
@@ -106,7 +90,7 @@ def recommend(
             "reason": reason,
             "rejected": rejected + unfit,
         }
-    npu_first = target_device is not None and target_device.startswith("ethos-u")
+    npu_first = target.npu_first
     chosen = min(
         within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"])
     )

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from core.config import Preprocessing, QuantizeConfig
+from core.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, model_id
 
 
 class Record(BaseModel):
@@ -248,8 +249,6 @@ class EthosUReport(Record):
     @classmethod
     def declined(cls, variant: str | None) -> EthosUReport:
         """Vela maps only integer operators to the NPU: a model that is not full-integer is not compiled."""
-        from core.variants import FULL_INTEGER_VARIANTS
-
         return cls(
             compiled=False,
             reason=f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; "
@@ -268,6 +267,16 @@ class HardwareReports(Record):
 
     imx500: Imx500Report | None = None
     ethos_u: dict[str, EthosUReport] = {}
+
+    def reports_of(self, model_name: str, float_tflite: str) -> dict[str, dict | None]:
+        """One model's reports as its results row holds them (the IMX500 converter's is the MCT PTQ model's): what
+        a target's `problem` reads."""
+        imx500 = self.imx500 if model_name == model_id(IMX500_VARIANT, float_tflite) else None
+        ethos_u = self.ethos_u.get(model_name)
+        return {
+            "imx500": imx500.as_results() if imx500 else None,
+            "ethos_u": ethos_u.as_results() if ethos_u else None,
+        }
 
 
 class RepairRecipe(Record):

@@ -13,6 +13,7 @@ from itertools import zip_longest
 import numpy as np
 
 from core.records import BuiltModel, Evaluation, HardwareReports, RepairRecipe
+from core.targets import target_for, within_budget
 from core.variants import VARIANTS, model_id
 
 TUNING_SHARE = 0.5  # of the evaluation images, per class; the rest reports the chosen model
@@ -46,7 +47,7 @@ def models_to_analyse(
     for model in built:
         name = model_id(model.variant, float_tflite)
         analysable = model.quantization is not None or model.variant in CONVERTER_ANALYSED_VARIANTS
-        if analysable and baseline - evaluations[name].top_1_accuracy > max_accuracy_drop + 1e-9:
+        if analysable and not within_budget(baseline - evaluations[name].top_1_accuracy, max_accuracy_drop):
             found[name] = model
     return found
 
@@ -65,23 +66,16 @@ def repair_due(
     if mode == "off":
         return False, "repair is off"
     baseline = evaluations["keras"].top_1_accuracy
+    target = target_for(target_device)
     fitting = []
     for name in integer_model_names(float_tflite, built):
-        if target_device == "imx500" and name != model_id("mct_ptq", float_tflite):
-            continue
-        if target_device == "imx500" and not (hardware.imx500 and hardware.imx500.compiled and hardware.imx500.fits):
-            continue
-        if (
-            target_device
-            and target_device.startswith("ethos-u")
-            and not (name in hardware.ethos_u and hardware.ethos_u[name].compiled)
-        ):
+        if not target.takes(name, float_tflite) or target.problem(hardware.reports_of(name, float_tflite)):
             continue
         drop = baseline - evaluations[name].top_1_accuracy
         fitting.append((drop, name))
     best = min(fitting) if fitting else None
     where = f" that {target_device} takes" if target_device else ""
-    if best is not None and best[0] <= max_accuracy_drop + 1e-9:
+    if best is not None and within_budget(best[0], max_accuracy_drop):
         state = f"{best[1]} stays within {max_accuracy_drop:.4f} of the float model (drop {best[0]:.4f})"
         if mode == "always":
             return True, f"repair is 'always' ({state})"
@@ -90,79 +84,72 @@ def repair_due(
     return True, f"{lost}; the budget is {max_accuracy_drop:.4f}"
 
 
-def ladder(*, target_device: str | None, target_platform: str, error_method: str) -> list[RepairRecipe]:
-    """The recipes, cheapest first, for the target: MCT models for the IMX500, full-integer converter models
-    for an Ethos-U, both for no particular device."""
-    mct = target_device == "imx500" or (target_device is None and target_platform == "imx500")
+def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe]:
+    """The recipes, cheapest first, for the target: with the builders it takes (MCT models for the IMX500,
+    full-integer converter models for an Ethos-U), taking turns when it takes both."""
+    builders = target_for(target_device).builders
     converter_variant = "full_int8"
     other_error = "noclipping" if error_method != "noclipping" else "mse"
-    rungs: list[RepairRecipe] = []
-    if mct or target_device is None:
-        rungs += [
-            RepairRecipe(
-                name="mct_cle",
-                description="cross-layer equalization of the float model, then MCT PTQ",
-                builder="mct",
-                equalize=True,
-            ),
-            RepairRecipe(
-                name="mct_cle_outliers",
-                description=f"equalization, MCT outlier removal (z-threshold {OUTLIER_Z_THRESHOLD:g}) "
-                "and a searched negative-activation shift",
-                builder="mct",
-                equalize=True,
-                z_threshold=OUTLIER_Z_THRESHOLD,
-                shift_negative_params_search=True,
-            ),
-            RepairRecipe(
-                name="mct_cle_error_method",
-                description=f"equalization and MCT's '{other_error}' threshold error method",
-                builder="mct",
-                equalize=True,
-                error_method=other_error,
-            ),
-            RepairRecipe(
-                name="mct_cle_more_calibration",
-                description=f"equalization and {MORE_CALIBRATION}x the calibration batches",
-                builder="mct",
-                equalize=True,
-                calibration_factor=MORE_CALIBRATION,
-            ),
-        ]
-    if not mct or target_device is None:
-        rungs += [
-            RepairRecipe(
-                name="converter_cle",
-                description=f"cross-layer equalization of the float model, then the converter's {converter_variant}",
-                builder="converter",
-                equalize=True,
-                converter_variant=converter_variant,
-            ),
-            RepairRecipe(
-                name="converter_cle_more_calibration",
-                description=f"equalization and {MORE_CALIBRATION}x the calibration images, the converter's "
-                f"{converter_variant}",
-                builder="converter",
-                equalize=True,
-                calibration_factor=MORE_CALIBRATION,
-                converter_variant=converter_variant,
-            ),
-        ]
-    if mct or target_device is None:
-        rungs.append(
-            RepairRecipe(
-                name="mct_cle_gptq",
-                description=f"equalization and MCT GPTQ ({REPAIR_GPTQ_EPOCHS} epochs)",
-                builder="mct",
-                equalize=True,
-                gptq_epochs=REPAIR_GPTQ_EPOCHS,
-            )
-        )
-    if target_device is None:  # interleave, cheapest first: one MCT and one converter rung at a time
-        mct_rungs = [r for r in rungs if r.builder == "mct"]
-        converter_rungs = [r for r in rungs if r.builder == "converter"]
-        rungs = [r for pair in zip_longest(mct_rungs, converter_rungs) for r in pair if r]
-    return rungs
+    mct_rungs = [
+        RepairRecipe(
+            name="mct_cle",
+            description="cross-layer equalization of the float model, then MCT PTQ",
+            builder="mct",
+            equalize=True,
+        ),
+        RepairRecipe(
+            name="mct_cle_outliers",
+            description=f"equalization, MCT outlier removal (z-threshold {OUTLIER_Z_THRESHOLD:g}) "
+            "and a searched negative-activation shift",
+            builder="mct",
+            equalize=True,
+            z_threshold=OUTLIER_Z_THRESHOLD,
+            shift_negative_params_search=True,
+        ),
+        RepairRecipe(
+            name="mct_cle_error_method",
+            description=f"equalization and MCT's '{other_error}' threshold error method",
+            builder="mct",
+            equalize=True,
+            error_method=other_error,
+        ),
+        RepairRecipe(
+            name="mct_cle_more_calibration",
+            description=f"equalization and {MORE_CALIBRATION}x the calibration batches",
+            builder="mct",
+            equalize=True,
+            calibration_factor=MORE_CALIBRATION,
+        ),
+        RepairRecipe(
+            name="mct_cle_gptq",
+            description=f"equalization and MCT GPTQ ({REPAIR_GPTQ_EPOCHS} epochs)",
+            builder="mct",
+            equalize=True,
+            gptq_epochs=REPAIR_GPTQ_EPOCHS,
+        ),
+    ]
+    converter_rungs = [
+        RepairRecipe(
+            name="converter_cle",
+            description=f"cross-layer equalization of the float model, then the converter's {converter_variant}",
+            builder="converter",
+            equalize=True,
+            converter_variant=converter_variant,
+        ),
+        RepairRecipe(
+            name="converter_cle_more_calibration",
+            description=f"equalization and {MORE_CALIBRATION}x the calibration images, the converter's "
+            f"{converter_variant}",
+            builder="converter",
+            equalize=True,
+            calibration_factor=MORE_CALIBRATION,
+            converter_variant=converter_variant,
+        ),
+    ]
+    by_builder = {"mct": mct_rungs, "converter": converter_rungs}
+    # Cheapest first within each builder; the builders take turns, one rung each.
+    taking_turns = zip_longest(*(by_builder[builder] for builder in builders))
+    return [rung for turn in taking_turns for rung in turn if rung]
 
 
 def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

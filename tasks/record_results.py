@@ -31,6 +31,7 @@ from core.results import PublicationPlan, build_results
 from core.results_text import artifact_key, format_table, repair_rows, report_link, results_table, summary_markdown
 from core.retry import RETRY_OPTIONS
 from core.run_logging import PRINTED_AS_THE_OUTCOME
+from core.targets import imx500_problem
 from core.variants import own_output_file_names
 
 
@@ -87,7 +88,7 @@ def require_imx500_fit(config: QuantizeConfig, results: dict[str, Any]) -> None:
     if not imx500 or imx500["skipped"]:
         reason = (imx500 or {}).get("reason", "the IMX500 converter did not run")
         raise InputError(f"imx500_require_fit is set but the fit could not be checked: {reason}")
-    if not (imx500["compiled"] and imx500["fits"]):
+    if imx500_problem(imx500):
         raise InputError(
             f"the model does not fit the IMX500: {imx500['memory_usage_bytes']:,} bytes needed, "
             f"{imx500['memory_available_bytes']:,} available ({imx500['utilization_percent']:.0f}%); "

@@ -117,9 +117,7 @@ def search_repair(
     trials: list[RepairTrial] = []
     spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
     stopped = "the ladder is exhausted"
-    recipes = ladder(
-        target_device=config.target_device, target_platform=config.target_platform, error_method=config.mct_error_method
-    )
+    recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
     for recipe in recipes:
         if len(trials) >= config.repair_max_trials:
             stopped = f"repair_max_trials ({config.repair_max_trials}) reached"

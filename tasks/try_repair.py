@@ -29,6 +29,7 @@ from core.records import (
 from core.repair import MIN_EQUALIZATION_AGREEMENT, TRIAL_FILE_INPUTS
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
+from core.targets import target_for, within_budget
 from core.variants import REPAIRED_MODEL
 from tasks.compile_for_ethos_u import compile_for_ethos_u
 from tasks.compile_for_imx500 import compile_for_imx500, converter_and_java
@@ -132,7 +133,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         class_count=p.class_count,
     )
     drop = p.baseline_top_1 - evaluation.top_1_accuracy
-    within = drop <= p.max_accuracy_drop + 1e-9
+    within = within_budget(drop, p.max_accuracy_drop)
     common = dict(
         tuning_top_1=evaluation.top_1_accuracy,
         tuning_drop=drop,
@@ -157,7 +158,8 @@ def _deployable(
     quantized: QuantizedModel | None, built: BuiltModel, target_device: str | None, accelerator: str, out_dir: Path
 ) -> tuple[bool, str, dict[str, Imx500Report | EthosUReport]]:
     """(the target takes it, why, the compiler's report) for a model within the budget."""
-    if target_device == "imx500":
+    target = target_for(target_device)
+    if target.compiler == "imx500_converter":
         if quantized is None:
             return False, "the IMX500 takes MCT models only", {}
         converter, java = converter_and_java()
@@ -170,18 +172,24 @@ def _deployable(
                 f"within the budget, but the IMX500 fit cannot be checked: {report.reason}",
                 {"imx500": report},
             )
-        fits = bool(report.compiled and report.fits)
+        fits = target.problem({"imx500": report.as_results()}) is None
         why = "within the budget and fits the IMX500" if fits else "within the budget but does not fit the IMX500"
         return fits, why, {"imx500": report}
-    if target_device and target_device.startswith("ethos-u"):
+    if target.compiler == "vela":
         vela = compile_for_ethos_u(
             model_path=built.path, variant=built.variant, accelerator=accelerator, out_dir=out_dir
         )
-        if not vela.compiled:
+        if target.problem({"ethos_u": vela.as_results()}):
             return False, f"within the budget, but not for Ethos-U: {vela.reason}", {"ethos_u": vela}
         share = f"{100 * (vela.npu_share or 0):.0f}% of operators on the NPU"
         return True, f"within the budget; Vela compiled it for {accelerator} ({share})", {"ethos_u": vela}
     return True, "within the budget (an integer TFLite model)", {}
+
+
+def _verdict_environment(inputs: dict) -> tuple[str | None, str | None] | None:
+    """What a trial's verdict depends on besides its inputs: the IMX500 converter and Java installed."""
+    needs_converter = target_for(inputs["inputs"].target_device).compiler == "imx500_converter"
+    return converter_and_java() if needs_converter else None
 
 
 def _run_name() -> str:
@@ -196,7 +204,7 @@ def _run_name() -> str:
     cache_policy=ContentCachePolicy(
         file_inputs=TRIAL_FILE_INPUTS,
         # The IMX500 verdict depends on the converter installed.
-        environment=lambda inputs: converter_and_java() if inputs["inputs"].target_device == "imx500" else None,
+        environment=_verdict_environment,
     ),
     persist_result=True,
     **RETRY_OPTIONS,

@@ -1,0 +1,131 @@
+"""The devices a model is made for, one object each: which models a device takes, which builders its repair uses,
+whether a model deploys there and why not, how the recommendation orders what it takes, and what its compiler's
+verdict depends on. No other module compares device names: it asks `target_for(config.target_device)`.
+
+- `NoDevice` (no `target_device`): any integer model; the repair tries MCT and the converter in turn.
+- `Imx500`: the MCT PTQ model, converted by Sony's IMX500 converter and fitting the sensor's memory.
+- `EthosUTarget` (one per accelerator): a full-integer model that Vela compiled; the most operators on the NPU
+  first.
+
+The verdicts read the compilers' reports as results.json holds them (`Imx500Report.as_results()`,
+`EthosUReport.as_results()`), so that a record and a results row are judged by the same code.
+
+A model's accuracy drop is held against the budget in one place too: `within_budget`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from core.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, EthosU, TargetDevice, model_id
+
+Builder = Literal["mct", "converter"]
+Compiler = Literal["imx500_converter", "vela"]
+
+# A drop equal to the budget is within it; the slack absorbs float rounding of accuracies computed on the same images.
+BUDGET_SLACK = 1e-9
+
+
+def within_budget(drop: float, budget: float) -> bool:
+    """Whether an accuracy drop (float model's minus the model's) stays within the budget (`max_accuracy_drop`)."""
+    return drop <= budget + BUDGET_SLACK
+
+
+@dataclass(frozen=True)
+class Target:
+    """No particular device: every integer TFLite model deploys."""
+
+    device: TargetDevice | None = None
+    # The builders the repair's recipes use, in the order they take turns.
+    builders: tuple[Builder, ...] = ("mct", "converter")
+    # The compiler whose verdict a repaired model needs (None: none does).
+    compiler: Compiler | None = None
+    # The recommendation prefers, among the models within budget, the one with the most operators on the NPU.
+    npu_first: bool = False
+
+    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
+        """What in a configuration contradicts this target (none for no device)."""
+        return []
+
+    def takes(self, model_name: str, float_tflite: str) -> bool:
+        """Whether the device takes the model of that name at all (before its compiler has a say)."""
+        return True
+
+    def problem(self, row: Mapping[str, Any]) -> str | None:
+        """Why the device cannot take a results row (a model with its compilers' reports), or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class Imx500(Target):
+    device: TargetDevice | None = "imx500"
+    builders: tuple[Builder, ...] = ("mct",)
+    compiler: Compiler | None = "imx500_converter"
+
+    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
+        if target_platform != "imx500":
+            return [
+                f"target_device 'imx500' needs target_platform 'imx500', got {target_platform!r}: the IMX500 "
+                "converter takes models quantized for it"
+            ]
+        return []
+
+    def takes(self, model_name: str, float_tflite: str) -> bool:
+        return model_name == model_id(IMX500_VARIANT, float_tflite)
+
+    def problem(self, row: Mapping[str, Any]) -> str | None:
+        return imx500_problem(row.get("imx500"))
+
+
+@dataclass(frozen=True)
+class EthosUTarget(Target):
+    device: TargetDevice | None = "ethos-u55-128"
+    builders: tuple[Builder, ...] = ("converter",)
+    compiler: Compiler | None = "vela"
+    npu_first: bool = True
+
+    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
+        if variants is not None and not set(FULL_INTEGER_VARIANTS) & set(variants):
+            choices = " or ".join(repr(v) for v in FULL_INTEGER_VARIANTS)
+            return [f"target_device {self.device!r} needs a full-integer model: add {choices} to variants"]
+        return []
+
+    def problem(self, row: Mapping[str, Any]) -> str | None:
+        ethos_u = row.get("ethos_u") or {}
+        return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
+
+
+TARGETS: dict[TargetDevice | None, Target] = {
+    None: Target(),
+    "imx500": Imx500(),
+    **{accelerator: EthosUTarget(device=accelerator) for accelerator in get_args(EthosU)},
+}
+
+
+def target_for(device: str | None) -> Target:
+    """The target a configuration's `target_device` names (None: no particular device)."""
+    try:
+        return TARGETS[device]  # type: ignore[index]
+    except KeyError:
+        raise ValueError(f"unknown target_device {device!r}: expected one of {', '.join(map(str, TARGETS))}") from None
+
+
+def ethos_u_accelerator_of(device: str | None) -> EthosU | None:
+    """The Ethos-U accelerator a target device is, or None for any other target."""
+    target = target_for(device)
+    return target.device if isinstance(target, EthosUTarget) else None  # type: ignore[return-value]
+
+
+def imx500_problem(report: Mapping[str, Any] | None) -> str | None:
+    """Why the IMX500 does not take the model Sony's converter reported on, or None when it fits."""
+    if not report:
+        return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
+    if report.get("skipped"):
+        return str(report.get("reason"))
+    if not report.get("compiled"):
+        return f"Sony's converter did not compile it: {report.get('reason')}"
+    if report.get("fits"):
+        return None
+    return f"does not fit the IMX500 ({report.get('utilization_percent') or 0:.0f}% of its memory)"

@@ -12,6 +12,7 @@ from itertools import zip_longest
 
 import numpy as np
 
+from core.layer_tools import CONVERTER_ANALYSED_VARIANTS
 from core.records import BuiltModel, Evaluation, HardwareReports, RepairRecipe
 from core.targets import target_for, within_budget
 from core.variants import VARIANTS, model_id
@@ -40,7 +41,6 @@ def models_to_analyse(
     *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
 ) -> dict[str, BuiltModel]:
     """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
-    from core.layer_tools import CONVERTER_ANALYSED_VARIANTS
 
     baseline = evaluations["keras"].top_1_accuracy
     found = {}

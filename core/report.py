@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from core.files import atomic_write_bytes, atomic_write_text
+from core.results_text import repair_rows, repair_text
+from core.storage import remembered_file
 
 RENDER_VERSION = 2  # bump when a drawing changes, to redraw the remembered PNGs
 
@@ -241,7 +243,6 @@ def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
 def remembered_png(kind: str, data: Any, draw: Callable[[], bytes]) -> bytes:
     """A PNG drawn once per content (`kind` and the JSON-able `data` it shows) and kept in the cache: a rerun served
     from the cache would otherwise spend most of its time importing matplotlib and drawing the same pictures."""
-    from core.storage import remembered_file
 
     path = remembered_file("report-png", [RENDER_VERSION, kind, data], ".png")
     if path.is_file():
@@ -390,7 +391,6 @@ def _analysis_html(results: dict) -> str:
 
 def _repair_html(results: dict) -> str:
     """The repair search's trials, when it ran: what each changed, its Top-1 on the tuning images, and the verdict."""
-    from core.results_text import repair_rows, repair_text
 
     repair = results.get("repair") or {}
     if not repair.get("ran"):

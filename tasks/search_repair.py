@@ -28,18 +28,18 @@ from core.records import (
     RepairTrial,
     TrialInputs,
 )
-from core.repair import TUNING_SHARE, ladder, repair_due
+from core.repair import TUNING_SHARE, ladder, repair_due, stratified_split
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 from core.variants import REPAIRED_MODEL
 from tasks.evaluate_model import evaluate_model
+from tasks.try_repair import try_repair_task
 
 RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
 
 
 def split_evaluation_set(evaluation_set: EvaluationSet, seed: int, out_dir: Path) -> dict[str, str]:
     """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set)."""
-    from core.repair import stratified_split
 
     images = np.load(evaluation_set.images_path, mmap_mode="r")
     labels = np.load(evaluation_set.labels_path)
@@ -167,7 +167,6 @@ def search_repair(
 
 
 def _trial_in_its_own_task(recipe: RepairRecipe, inputs: TrialInputs) -> tuple[RepairTrial, bool]:
-    from tasks.try_repair import try_repair_task
 
     state = try_repair_task(recipe=recipe, inputs=inputs, return_state=True)
     return state.result(), state.name == "Cached"

@@ -14,6 +14,7 @@ import numpy as np
 from prefect import task
 
 from core.caching import ContentCachePolicy
+from core.equalization import equalize, prediction_agreement
 from core.errors import StepError
 from core.models import load_keras_model
 from core.records import (
@@ -43,7 +44,6 @@ from tasks.quantize_with_mct import quantize_with_mct
 
 def _equalized_model(model_path: str, images_path: str, out_dir: Path, allow_unsafe_code: bool) -> tuple[str, float]:
     """The float model after cross-layer equalization, saved; and its agreement with the original's predictions."""
-    from core.equalization import equalize, prediction_agreement
 
     original = load_keras_model(model_path, allow_unsafe_code)
     equalized, _ = equalize(original)

@@ -219,7 +219,7 @@ def inspect_tflite(path: str | Path) -> TFLiteFacts:
     """What a .tflite model actually is: input/output dtypes and quantization, tensor and op types."""
     import tensorflow as tf
 
-    from core.records import TFLiteFacts
+    from core.records import TFLiteFacts  # deferred: the records import this registry
 
     interpreter = tf.lite.Interpreter(model_path=str(path))
     tensor_in, tensor_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]

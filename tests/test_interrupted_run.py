@@ -1,5 +1,6 @@
 """A run killed in the middle of quantization loses nothing, and the next run finishes from the cache."""
 
+import contextlib
 import json
 import os
 import signal
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -91,12 +93,25 @@ def test_a_deleted_work_folder_makes_the_next_run_recompute_instead_of_failing(p
     assert json.loads((tmp_path / "results" / "results.json").read_text())["top_1_accuracy_tflite_quantized"] > 0.8
 
 
+@contextlib.contextmanager
+def sigint_as_at_a_terminal() -> Iterator[None]:
+    """Commands started meanwhile get SIGINT as a terminal's foreground command does. A command started in the
+    background of a shell without job control (as a test run may be: `make test &`, some CI runners) inherits
+    SIGINT ignored, and Python then never raises KeyboardInterrupt: Ctrl-C cannot reach it. An ignored signal
+    stays ignored across exec; a handled one is reset to its default, which Python turns into KeyboardInterrupt."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_ends_the_command_with_status_130_and_one_line_and_publishes_nothing(sample_dir, tmp_path):
     config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path))
     outputs = [tmp_path / "models", tmp_path / "results"]
     # The test holds the output folders' locks: the run waits for them, a point the test knows, and is
     # interrupted there, however fast or slow the machine is.
-    with locked_folders(outputs):
+    with locked_folders(outputs), sigint_as_at_a_terminal():
         process = subprocess.Popen(
             [sys.executable, "-m", "flows.quantize_evaluate", str(config_path), "--no-progress"],
             cwd=REPO_ROOT,

@@ -180,7 +180,6 @@ def model_signature(path: str | Path, allow_unsafe_code: bool = False) -> ModelS
     """The model's signature, read by loading it once per content: a rerun (the cache serves every other step)
     would otherwise spend seconds loading the same model again only to check its shapes. A model that fails to
     load is not remembered, so its error is raised every time."""
-
     path = Path(path)
     parts = [SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code]
     remembered = remembered_file("model-signatures", parts, ".json")

@@ -41,7 +41,6 @@ def models_to_analyse(
     *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
 ) -> dict[str, BuiltModel]:
     """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
-
     baseline = evaluations["keras"].top_1_accuracy
     found = {}
     for model in built:

@@ -243,7 +243,6 @@ def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
 def remembered_png(kind: str, data: Any, draw: Callable[[], bytes]) -> bytes:
     """A PNG drawn once per content (`kind` and the JSON-able `data` it shows) and kept in the cache: a rerun served
     from the cache would otherwise spend most of its time importing matplotlib and drawing the same pictures."""
-
     path = remembered_file("report-png", [RENDER_VERSION, kind, data], ".png")
     if path.is_file():
         return path.read_bytes()
@@ -391,7 +390,6 @@ def _analysis_html(results: dict) -> str:
 
 def _repair_html(results: dict) -> str:
     """The repair search's trials, when it ran: what each changed, its Top-1 on the tuning images, and the verdict."""
-
     repair = results.get("repair") or {}
     if not repair.get("ran"):
         return ""

@@ -40,7 +40,6 @@ RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # th
 
 def split_evaluation_set(evaluation_set: EvaluationSet, seed: int, out_dir: Path) -> dict[str, str]:
     """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set)."""
-
     images = np.load(evaluation_set.images_path, mmap_mode="r")
     labels = np.load(evaluation_set.labels_path)
     tuning, reporting = stratified_split(labels, TUNING_SHARE, seed)
@@ -167,7 +166,6 @@ def search_repair(
 
 
 def _trial_in_its_own_task(recipe: RepairRecipe, inputs: TrialInputs) -> tuple[RepairTrial, bool]:
-
     state = try_repair_task(recipe=recipe, inputs=inputs, return_state=True)
     return state.result(), state.name == "Cached"
 

@@ -44,7 +44,6 @@ from tasks.quantize_with_mct import quantize_with_mct
 
 def _equalized_model(model_path: str, images_path: str, out_dir: Path, allow_unsafe_code: bool) -> tuple[str, float]:
     """The float model after cross-layer equalization, saved; and its agreement with the original's predictions."""
-
     original = load_keras_model(model_path, allow_unsafe_code)
     equalized, _ = equalize(original)
     images = np.load(images_path, mmap_mode="r")

@@ -274,11 +274,11 @@ class QuantizeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:
-        problems = target_for(self.target_device).configuration_problems(
+        problem = target_for(self.target_device).configuration_problem(
             target_platform=self.target_platform, variants=self.variants
         )
-        if problems:
-            raise ValueError(problems[0])
+        if problem:
+            raise ValueError(problem)
         if self.imx500_require_fit and self.target_platform != "imx500":
             raise ValueError(
                 f"imx500_require_fit needs target_platform 'imx500', got {self.target_platform!r}: only a model "

@@ -45,9 +45,9 @@ class Target:
     # The recommendation prefers, among the models within budget, the one with the most operators on the NPU.
     npu_first: bool = False
 
-    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
-        """What in a configuration contradicts this target (none for no device)."""
-        return []
+    def configuration_problem(self, *, target_platform: str, variants: Sequence[str] | None) -> str | None:
+        """What in a configuration contradicts this target (nothing for no device)."""
+        return None
 
     def takes(self, model_name: str, float_tflite: str) -> bool:
         """Whether the device takes the model of that name at all (before its compiler has a say)."""
@@ -64,13 +64,13 @@ class Imx500(Target):
     builders: tuple[Builder, ...] = ("mct",)
     compiler: Compiler | None = "imx500_converter"
 
-    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
+    def configuration_problem(self, *, target_platform: str, variants: Sequence[str] | None) -> str | None:
         if target_platform != "imx500":
-            return [
+            return (
                 f"target_device 'imx500' needs target_platform 'imx500', got {target_platform!r}: the IMX500 "
                 "converter takes models quantized for it"
-            ]
-        return []
+            )
+        return None
 
     def takes(self, model_name: str, float_tflite: str) -> bool:
         return model_name == model_id(IMX500_VARIANT, float_tflite)
@@ -86,11 +86,11 @@ class EthosUTarget(Target):
     compiler: Compiler | None = "vela"
     npu_first: bool = True
 
-    def configuration_problems(self, *, target_platform: str, variants: Sequence[str] | None) -> list[str]:
+    def configuration_problem(self, *, target_platform: str, variants: Sequence[str] | None) -> str | None:
         if variants is not None and not set(FULL_INTEGER_VARIANTS) & set(variants):
             choices = " or ".join(repr(v) for v in FULL_INTEGER_VARIANTS)
-            return [f"target_device {self.device!r} needs a full-integer model: add {choices} to variants"]
-        return []
+            return f"target_device {self.device!r} needs a full-integer model: add {choices} to variants"
+        return None
 
     def problem(self, row: Mapping[str, Any]) -> str | None:
         ethos_u = row.get("ethos_u") or {}

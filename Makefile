@@ -41,7 +41,7 @@ $(IMX500_VENV)/.installed: requirements-imx500.txt
 imx500: $(IMX500_VENV)/.installed
 
 sample: setup
-	$(BIN)/python -m core.sample_data
+	$(BIN)/python -m core.data.sample_data
 
 demo: sample imx500
 	$(BIN)/python -m flows.quantize_evaluate configs/digits/configuration.json

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Preprocessing
+from core.data.images import decode_rgb, find_jpegs
+from core.data.preprocessing import preprocess
 from core.files import atomic_write_json
-from core.images import decode_rgb, find_jpegs
-from core.preprocessing import preprocess
 
 SIZE = 64
 TRAINING = 1_400  # calibration images; the other 397 of the 1,797 digits are the evaluation set

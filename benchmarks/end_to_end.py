@@ -51,9 +51,9 @@ def conversion_figures(model_path: str, work: Path) -> dict:
     a SavedModel exported once (tasks/export_saved_model.py) and converted."""
     import tensorflow as tf
 
-    from core.keras_conversion import keras_model_converter
-    from core.models import load_keras_model
-    from tasks.export_saved_model import export_saved_model
+    from core.build.export_saved_model import export_saved_model
+    from core.build.keras_conversion import keras_model_converter
+    from core.evaluate.models import load_keras_model
 
     model = load_keras_model(model_path)
     started = time.perf_counter()

@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core.build.quantize_with_mct import quantize_with_mct
 from core.config import Preprocessing
+from core.data.load_calibration_set import load_calibration_set
+from core.evaluate.models import load_keras_model, load_quantized_keras_model
 from core.files import atomic_write_bytes
-from core.models import load_keras_model, load_quantized_keras_model
-from tasks.load_calibration_set import load_calibration_set
-from tasks.quantize_with_mct import quantize_with_mct
 
 
 def notebook_way(config: dict, work: Path) -> dict[str, float]:

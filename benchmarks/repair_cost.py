@@ -1,5 +1,5 @@
 """The repair search's cost on a model PTQ breaks: the digits sample given a function-preserving channel-range
-imbalance (core.sample_data.make_imbalanced). For the IMX500 and for an Ethos-U55: the Top-1 PTQ lost, the
+imbalance (core.data.sample_data.make_imbalanced). For the IMX500 and for an Ethos-U55: the Top-1 PTQ lost, the
 trials and seconds until a trial met the budget, the repaired model's Top-1 on the images the search never saw
 against the float model's on the same images, and a cached rerun's search time.
 
@@ -30,7 +30,7 @@ def main() -> int:
         }
     )
     os.environ.pop("PREFECT_API_URL", None)
-    from core.sample_data import make_imbalanced, make_sample
+    from core.data.sample_data import make_imbalanced, make_sample
     from flows.quantize_evaluate import quantize_evaluate
 
     sample = make_sample()

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.pop("PREFECT_API_URL", None)
     from benchmarks.augment import augmented_set
     from benchmarks.throughput import notebook_evaluation, project_evaluation
-    from core.sample_data import make_sample
+    from core.data.sample_data import make_sample
 
     machine = describe_machine()
     print(f"machine: {machine}\nscratch: {scratch}", flush=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Preprocessing
-from core.images import decode_rgb
-from core.models import TFLitePredictor, load_keras_by_name
-from core.preprocessing import preprocess
-from tasks.evaluate_model import evaluate_model
-from tasks.load_evaluation_set import list_evaluation_images, load_evaluation_set
+from core.data.images import decode_rgb
+from core.data.load_evaluation_set import list_evaluation_images, load_evaluation_set
+from core.data.preprocessing import preprocess
+from core.evaluate.evaluate_model import evaluate_model
+from core.evaluate.models import TFLitePredictor, load_keras_by_name
 
 CLASSES = [str(d) for d in range(10)]
 SIZE = 32

@@ -28,12 +28,12 @@ from core.storage import work_generation
 
 @functools.cache
 def core_source_digest() -> str:
-    """The steps' logic also lives in core/ (metrics, image store, model running, variants): a change
+    """The steps' logic lives in core/ and its packages (tasks/ holds only their task wrappers): a change
     there must not leave results computed by the old code in use."""
     core_dir = Path(__file__).resolve().parent
     digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(core_dir.glob("*.py")):
-        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    for file in sorted(core_dir.rglob("*.py")):
+        digest.update(file.relative_to(core_dir).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 

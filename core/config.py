@@ -29,9 +29,10 @@ from pydantic import (
     model_validator,
 )
 
+from core.build.variants import EthosU, TargetDevice, Variant
 from core.errors import ConfigError
-from core.targets import ethos_u_accelerator_of, target_for
-from core.variants import EthosU, TargetDevice, Variant
+from core.records import Record
+from core.targets.devices import ethos_u_accelerator_of, target_for
 
 SDK_KEYS = (
     "source_keras_model",
@@ -525,3 +526,16 @@ def _json_type(value: Any) -> str:
 def _lowercase_first(text: str) -> str:
     """'Folder of ...' -> 'folder of ...', but 'JSON file ...' stays as it is."""
     return text if text[1:2].isupper() else text[:1].lower() + text[1:]
+
+
+class ValidatedConfig(Record):
+    """A configuration whose paths are absolute and checked, with what we learnt about its files."""
+
+    config: QuantizeConfig
+    source: str
+    model_format: str
+    model_input_shape: list[int | None]
+    class_names: list[str]  # index is the class id
+    calibration_image_count: int
+    evaluation_image_count: int
+    labels_without_folder: list[str]

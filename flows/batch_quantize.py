@@ -28,7 +28,7 @@ from prefect import flow
 from prefect.states import Completed, Failed
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
-from core.batch import outcome, outcome_of
+from core.batch.summary import outcome, outcome_of
 from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
 from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing

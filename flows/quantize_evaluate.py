@@ -35,16 +35,19 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
+from core.build.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
 from core.config import QuantizeConfig, load_config_file
 from core.errors import InputError
-from core.records import BuiltModel, Evaluation, HardwareReports, QuantizedModel, RunRecords, UnsupportedVariant
-from core.repair import models_to_analyse
-from core.results_text import format_table
+from core.evaluate.records import Evaluation
+from core.repair.ladder import models_to_analyse
+from core.results.records import RunRecords
+from core.results.results_text import format_table
 from core.run_logging import print_the_outcome_once
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
 from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
 from core.storage import results_storage_dir
-from core.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
+from core.targets.records import HardwareReports
 from tasks.analyse_layers import analyse_layers_task
 from tasks.compile_for_ethos_u import compile_for_ethos_u_task
 from tasks.compile_for_imx500 import compile_for_imx500_task

@@ -1,57 +1,23 @@
 """Step: for a model that lost more Top-1 than `max_accuracy_drop`, find which layers lost it and why
-(core/layer_analysis.py): MCT's XQuant for an MCT model, TensorFlow's QuantizationDebugger for an integer model
+(core/analysis/layer_analysis.py): MCT's XQuant for an MCT model, TensorFlow's QuantizationDebugger for an integer model
 of the converter; per Keras layer the loss, the output range, the channels' range spread, and the causes in
 words, worst layer first.
+
+The step's logic: core/analysis/analyse_layers.py.
 """
 
 from __future__ import annotations
 
-import threading
 import time
-from pathlib import Path
 
 from prefect import task
 
+from core.analysis.analyse_layers import analyse_layers
+from core.analysis.records import LayerAnalysis
+from core.build.records import BuiltModel
 from core.caching import ContentCachePolicy
-from core.layer_analysis import analyse_converter_model, analyse_mct_model
-from core.records import BuiltModel, LayerAnalysis
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-
-# The debugger runs TensorFlow's converter in this process (conversions for the models run in worker
-# processes); its bindings are not documented as thread-safe, so analyses take turns.
-DEBUGGER_LOCK = threading.Lock()
-
-
-def analyse_layers(
-    *,
-    model_name: str,
-    model: BuiltModel,
-    float_model_path: str,
-    calibration_path: str,
-    evaluation_images_path: str,
-    out_dir: Path,
-    allow_unsafe_code: bool = False,
-) -> LayerAnalysis:
-    if model.quantization is not None:
-        return analyse_mct_model(
-            float_model_path=float_model_path,
-            quantized_model_path=model.quantization.path,
-            calibration_path=calibration_path,
-            evaluation_images_path=evaluation_images_path,
-            model_name=model_name,
-            report_dir=out_dir,
-            allow_unsafe_code=allow_unsafe_code,
-        )
-    return analyse_converter_model(
-        float_model_path=float_model_path,
-        calibration_path=calibration_path,
-        variant=model.variant,
-        evaluation_images_path=evaluation_images_path,
-        model_name=model_name,
-        allow_unsafe_code=allow_unsafe_code,
-        converter_lock=DEBUGGER_LOCK,
-    )
 
 
 @task(

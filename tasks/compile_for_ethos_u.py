@@ -1,99 +1,22 @@
 """Step 8b: compile each full-integer TFLite model for an Arm Ethos-U NPU with Vela, and read back how
 much of it runs on the NPU, the memory it needs and its estimated speed.
 
-Vela only maps int8/int16 operators to the NPU: a float model would run entirely on the CPU, so it is
-declined with a message instead of compiled. The Vela-optimised model is published beside the model
-(`model_full_int8_vela.tflite`).
+The step's logic: core/targets/compile_for_ethos_u.py.
 """
 
 from __future__ import annotations
 
-import csv
-import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from prefect import task
 
+from core.build.records import BuiltModel
 from core.caching import ContentCachePolicy
-from core.errors import StepError
-from core.records import BuiltModel, EthosUReport
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-from core.variants import ETHOS_U_ACCELERATORS, VARIANTS, vela_file_name
-
-
-def vela_executable() -> str:
-    beside = Path(sys.executable).with_name("vela")
-    found = str(beside) if beside.exists() else shutil.which("vela")
-    if not found:
-        raise StepError(
-            "compile-for-ethos-u",
-            "-",
-            FileNotFoundError("vela is not installed: pip install -r requirements.txt (ethos-u-vela)"),
-        )
-    return found
-
-
-def parse_summary(stdout: str, summary_csv: Path) -> dict:
-    """Operator counts and memory from Vela's printed summary; cycles and speed from its CSV."""
-
-    def number(pattern: str) -> float:
-        match = re.search(pattern, stdout)
-        if not match:
-            raise ValueError(f"Vela's summary has no line matching {pattern!r}")
-        return float(match.group(1))
-
-    with open(summary_csv, newline="") as f:
-        row = next(csv.DictReader(f))
-    npu, cpu = int(number(r"NPU operators = (\d+)")), int(number(r"CPU operators = (\d+)"))
-    per_second = float(row["inferences_per_second"])
-    return {
-        "npu_operators": npu,
-        "cpu_operators": cpu,
-        "npu_share": npu / (npu + cpu) if npu + cpu else 0.0,
-        "sram_kib": number(r"Total SRAM used\s+([\d.]+) KiB"),
-        "off_chip_flash_kib": number(r"Total Off-chip Flash used\s+([\d.]+) KiB"),
-        "cycles_total": int(float(row["cycles_total"])),
-        "cycles_npu": int(float(row["cycles_npu"])),
-        "inferences_per_second": None
-        if per_second != per_second
-        else round(per_second, 1),  # NaN when nothing runs on the NPU
-        "system_config": row["system_config"],
-    }
-
-
-def compile_for_ethos_u(*, model_path: str, variant: str | None, accelerator: str, out_dir: Path) -> EthosUReport:
-    if accelerator not in ETHOS_U_ACCELERATORS:
-        raise ValueError(f"accelerator {accelerator!r}: expected one of {', '.join(ETHOS_U_ACCELERATORS)}")
-    if variant is None or not VARIANTS[variant].full_integer:
-        return EthosUReport.declined(variant)
-    try:
-        return _compile(Path(model_path), accelerator, Path(out_dir))
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration) as exc:
-        raise StepError(f"compile-for-ethos-u ({variant})", model_path, exc) from exc
-
-
-def _compile(model_path: Path, accelerator: str, out_dir: Path) -> EthosUReport:
-    command = [vela_executable(), str(model_path), "--accelerator-config", accelerator, "--output-dir", str(out_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-    if result.returncode != 0:
-        raise RuntimeError(f"vela exited with {result.returncode}: {(result.stderr or result.stdout)[-2000:]}")
-    summary_csv = next(out_dir.glob(f"{model_path.stem}_summary_*.csv"), None)
-    if summary_csv is None:
-        raise RuntimeError(f"vela wrote no summary CSV to {out_dir}: {result.stdout[-1000:]}")
-    summary = parse_summary(result.stdout, summary_csv)
-    version = subprocess.run([command[0], "--version"], capture_output=True, text=True).stdout.strip()
-    return EthosUReport(
-        compiled=True,
-        accelerator=accelerator,
-        vela_model=str(out_dir / vela_file_name(model_path)),
-        vela_version=version,
-        **summary,
-    )
+from core.targets.compile_for_ethos_u import compile_for_ethos_u
+from core.targets.records import EthosUReport
 
 
 def _run_name() -> str:

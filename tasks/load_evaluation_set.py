@@ -1,105 +1,22 @@
 """Step 5: load the evaluation set once for every model: the `*.<evaluate_image_extension>`
 files of each class folder of `evaluate_image_dir`, labelled through the label file, decoded
 (in parallel, streamed to disk in chunks) and preprocessed exactly as the calibration images were.
+
+The step's logic: core/data/load_evaluation_set.py.
 """
 
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import numpy as np
 from prefect import task
-from tqdm import tqdm
 
 from core.caching import ContentCachePolicy
 from core.config import Preprocessing
-from core.errors import InputError
-from core.files import atomic_save_numpy, atomic_write_json
-from core.image_store import NpyBatchWriter
-from core.images import class_key, decode_rgb, has_extension, is_junk
-from core.preprocessing import preprocess
-from core.records import EvaluationSet, SkippedImage
+from core.data.load_evaluation_set import load_evaluation_set
+from core.data.records import EvaluationSet
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-
-DECODE_CHUNK = 256  # images decoded (in parallel) and appended per step
-
-
-def list_evaluation_images(evaluate_image_dir: str, extension: str, class_names: list[str]) -> list[tuple[Path, int]]:
-    """(file, class id) pairs, sorted by class folder then file name."""
-    ids = {class_key(name): i for i, name in enumerate(class_names)}
-    root = Path(evaluate_image_dir)
-    pairs = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not is_junk(Path(p.name))):
-        for file in sorted(folder.iterdir()):
-            if file.is_file() and has_extension(file, extension) and not is_junk(Path(file.name)):
-                pairs.append((file, ids[class_key(folder.name)]))
-    return pairs
-
-
-def decode_one(file: Path, input_tensor_size: int, preprocessing: Preprocessing) -> np.ndarray | str:
-    """The preprocessed image, or the reason it was skipped."""
-    try:
-        return preprocess(decode_rgb(file), input_tensor_size, preprocessing)
-    except InputError as exc:  # skipped and counted, not fatal: see README, "Bad images"
-        return str(exc)
-
-
-def load_evaluation_set(
-    *,
-    evaluate_image_dir: str,
-    extension: str,
-    class_names: list[str],
-    input_tensor_size: int,
-    preprocessing: Preprocessing,
-    out_dir: Path,
-    progress: bool = True,
-    chunk_size: int = DECODE_CHUNK,
-) -> EvaluationSet:
-    """Decode every image once, in parallel, chunk by chunk, appending to images.npy: memory stays
-    bounded by one chunk whatever the number of images."""
-    listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
-    out_dir = Path(out_dir)
-    files: list[str] = []
-    labels: list[int] = []
-    skipped: list[SkippedImage] = []
-    with (
-        NpyBatchWriter(out_dir / "images.npy", (input_tensor_size, input_tensor_size, 3)) as writer,
-        ThreadPoolExecutor(os.cpu_count()) as pool,
-    ):
-        with tqdm(total=len(listed), desc="evaluation images", unit="img", disable=not progress) as bar:
-            for first in range(0, len(listed), chunk_size):
-                chunk = listed[first : first + chunk_size]
-                decoded = list(pool.map(lambda pair: decode_one(pair[0], input_tensor_size, preprocessing), chunk))
-                kept = [(pair, image) for pair, image in zip(chunk, decoded, strict=True) if not isinstance(image, str)]
-                skipped += [
-                    SkippedImage(file=str(pair[0]), reason=image)
-                    for pair, image in zip(chunk, decoded, strict=True)
-                    if isinstance(image, str)
-                ]
-                if kept:
-                    writer.append(np.stack([image for _, image in kept]))
-                files += [str(file) for (file, _), _ in kept]
-                labels += [label for (_, label), _ in kept]
-                bar.update(len(chunk))
-        if not files:
-            raise InputError(
-                f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; "
-                f"first problem: {skipped[0].reason}"
-            )
-    atomic_save_numpy(out_dir / "labels.npy", np.array(labels, np.int64))
-    atomic_write_json(out_dir / "files.json", files)
-    return EvaluationSet(
-        images_path=str(out_dir / "images.npy"),
-        labels_path=str(out_dir / "labels.npy"),
-        files_path=str(out_dir / "files.json"),
-        image_count=len(files),
-        class_names=class_names,
-        skipped=skipped,
-    )
 
 
 @task(

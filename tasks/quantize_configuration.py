@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prefect import task
 
-from core.batch import outcome
+from core.batch.summary import outcome
 
 
 def quantize_configuration(*, config_path: str, progress: bool = False) -> dict:

@@ -3,141 +3,21 @@ PTQ (GPTQ, `gptq_epochs` epochs) or mixed precision under a weights-memory budge
 all-8-bit weights memory), with the threshold error method selectable (MSE by default; NOCLIPPING is
 min/max, KL is KLD).
 
-The calibration batches come from the calibration set's array; MCT sees `iteration_count`
-batches of `batch_size` (MCT 2.x has no n_iter: the generator yields that many batches).
-The result is saved with MCT's Keras exporter, which the evaluation and the TFLite export load.
+The step's logic: core/build/quantize_with_mct.py.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 from prefect import task
-from tqdm import tqdm
 
+from core.build.platforms import choose_platform
+from core.build.quantize_with_mct import quantize_with_mct
+from core.build.records import QuantizedModel
 from core.caching import ContentCachePolicy
-from core.errors import StepError
-from core.models import load_keras_model
-from core.platforms import choose_platform, target_platform_capabilities
-from core.records import QuantizedModel
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-from core.variants import MCT_METHODS, mct_keras_file_name
-
-
-def representative_data(calibration: np.ndarray, batch_size: int, progress: bool):
-    """MCT's zero-argument generator factory: each call yields the batches anew, with a progress bar."""
-    batch_count = len(calibration) // batch_size
-
-    def generator():
-        for i in tqdm(range(batch_count), desc="MCT calibration", unit="batch", disable=not progress):
-            yield [calibration[i * batch_size : (i + 1) * batch_size]]
-
-    return generator
-
-
-ERROR_METHODS = ("noclipping", "mse", "mae", "kl", "lp", "hmse")
-METHODS = tuple(MCT_METHODS.values())
-
-
-def quantize_with_mct(
-    *,
-    model_path: str,
-    calibration_path: str,
-    batch_size: int,
-    target_platform: str,
-    out_dir: Path,
-    progress: bool = True,
-    allow_unsafe_code: bool = False,
-    method: str = "ptq",
-    error_method: str = "mse",
-    gptq_epochs: int | None = None,
-    weights_memory_ratio: float | None = None,
-    z_threshold: float | None = None,
-    shift_negative_params_search: bool = False,
-) -> QuantizedModel:
-    """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision.
-    `z_threshold` removes activation outliers beyond that many standard deviations before thresholds are chosen;
-    `shift_negative_params_search` searches the shift of negative activations (the repair search's knobs)."""
-    import model_compression_toolkit as mct
-
-    if method not in METHODS or error_method not in ERROR_METHODS:
-        raise ValueError(
-            f"method {method!r} / error method {error_method!r}: expected one of {METHODS} / {ERROR_METHODS}"
-        )
-    if method == "gptq" and gptq_epochs is None:
-        raise ValueError("method 'gptq' needs gptq_epochs")
-    if method == "mixed_precision" and weights_memory_ratio is None:
-        raise ValueError("method 'mixed_precision' needs weights_memory_ratio")
-    platform = choose_platform(target_platform)
-    model = load_keras_model(model_path, allow_unsafe_code)
-    calibration = np.load(calibration_path, mmap_mode="r")
-    data = representative_data(calibration, batch_size, progress)
-    try:
-        tpc = target_platform_capabilities(platform)
-        error = mct.core.QuantizationErrorMethod[error_method.upper()]
-        knobs: dict = {"z_threshold": z_threshold} if z_threshold is not None else {}
-        if shift_negative_params_search:
-            knobs["shift_negative_params_search"] = True
-        quantization_config = mct.core.QuantizationConfig(
-            activation_error_method=error, weights_error_method=error, **knobs
-        )
-        mixed = (
-            mct.core.MixedPrecisionQuantizationConfig(num_of_images=min(32, len(calibration)))
-            if method == "mixed_precision"
-            else None
-        )
-        core_config = mct.core.CoreConfig(
-            quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {})
-        )
-        details: dict = {
-            "z_threshold": z_threshold,
-            "shift_negative_params_search": shift_negative_params_search or None,
-        }
-        if method == "gptq":
-            gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)
-            quantized, _ = mct.gptq.keras_gradient_post_training_quantization(
-                model, data, gptq_config=gptq_config, core_config=core_config, target_platform_capabilities=tpc
-            )
-            details["gptq_epochs"] = gptq_epochs
-        elif method == "mixed_precision":
-            assert weights_memory_ratio is not None
-            full = mct.core.keras_resource_utilization_data(model, data, core_config, target_platform_capabilities=tpc)
-            budget = full.weights_memory * weights_memory_ratio
-            quantized, _ = mct.ptq.keras_post_training_quantization(
-                model,
-                data,
-                target_resource_utilization=mct.core.ResourceUtilization(weights_memory=budget),
-                core_config=core_config,
-                target_platform_capabilities=tpc,
-            )
-            details.update(
-                weights_memory_ratio=weights_memory_ratio,
-                weights_memory_budget_bytes=float(budget),
-                weights_memory_8bit_bytes=float(full.weights_memory),
-            )
-        else:
-            quantized, _ = mct.ptq.keras_post_training_quantization(
-                model, data, core_config=core_config, target_platform_capabilities=tpc
-            )
-        path = Path(out_dir) / mct_keras_file_name(method)
-        mct.exporter.keras_export_model(model=quantized, save_model_path=str(path))
-    except Exception as exc:
-        raise StepError(f"quantize-with-mct ({method})", model_path, exc) from exc
-    return QuantizedModel(
-        variant=f"mct_{method}",
-        path=str(path),
-        method=method,
-        error_method=error_method,
-        target_platform=target_platform,
-        tpc_version=platform.tpc_version,
-        tpc_reason=platform.reason,
-        imx500_converter_version=platform.imx500_converter_version,
-        mct_version=mct.__version__,
-        **details,
-    )
 
 
 @task(

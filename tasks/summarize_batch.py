@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from core.batch import SUMMARY_ARTIFACT_KEY, summarize_batch, summary_markdown
+from core.batch.summary import SUMMARY_ARTIFACT_KEY, summarize_batch, summary_markdown
 
 
 @task(name="summarize-batch", retries=0, persist_result=False)

@@ -1,188 +1,22 @@
-"""Repair step, one trial: quantize the model again with one recipe of the repair ladder (core/repair.py),
+"""Repair step, one trial: quantize the model again with one recipe of the repair ladder (core/repair/ladder.py),
 evaluate the result on the tuning images, and, when it stays within the budget, check that the target takes
 it (the IMX500 converter's fit, or Vela's compile for an Ethos-U).
 
-Each trial is its own cached task: a rerun of the search reuses every trial that finished.
+The step's logic: core/repair/try_repair.py.
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
 from prefect import task
 
 from core.caching import ContentCachePolicy
-from core.equalization import equalize, prediction_agreement
-from core.errors import StepError
-from core.models import load_keras_model
-from core.records import (
-    BuiltModel,
-    EthosUReport,
-    Imx500Report,
-    QuantizedModel,
-    RepairRecipe,
-    RepairTrial,
-    TrialInputs,
-    UnsupportedVariant,
-)
-from core.repair import MIN_EQUALIZATION_AGREEMENT, TRIAL_FILE_INPUTS
+from core.repair.ladder import TRIAL_FILE_INPUTS
+from core.repair.records import RepairRecipe, RepairTrial, TrialInputs
+from core.repair.try_repair import try_repair
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
-from core.targets import target_for, within_budget
-from core.variants import REPAIRED_MODEL
-from tasks.compile_for_ethos_u import compile_for_ethos_u
-from tasks.compile_for_imx500 import compile_for_imx500, converter_and_java
-from tasks.convert_to_tflite import convert_to_tflite
-from tasks.evaluate_model import evaluate_model
-from tasks.export_quantized_tflite import export_quantized_tflite
-from tasks.export_saved_model import export_saved_model
-from tasks.load_calibration_set import load_calibration_set
-from tasks.quantize_with_mct import quantize_with_mct
-
-
-def _equalized_model(model_path: str, images_path: str, out_dir: Path, allow_unsafe_code: bool) -> tuple[str, float]:
-    """The float model after cross-layer equalization, saved; and its agreement with the original's predictions."""
-    original = load_keras_model(model_path, allow_unsafe_code)
-    equalized, _ = equalize(original)
-    images = np.load(images_path, mmap_mode="r")
-    agreement = prediction_agreement(original, equalized, np.asarray(images)).agreement
-    path = out_dir / "model_equalized.keras"
-    equalized.save(path)
-    return str(path), agreement
-
-
-def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> RepairTrial:
-    """The recipe's model, its Top-1 on the tuning images and, within the budget, the target's verdict."""
-    p = inputs
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-
-    def trial(**found) -> RepairTrial:
-        return RepairTrial(recipe=recipe, seconds=time.perf_counter() - started, **found)
-
-    def failed(reason: str) -> RepairTrial:
-        return trial(
-            tuning_top_1=None,
-            tuning_drop=None,
-            within_budget=False,
-            deployable=False,
-            qualifies=False,
-            equalization_agreement=agreement,
-            reason=reason,
-        )
-
-    agreement = None
-    source = p.model_path
-    calibration_path = p.calibration_path
-    if recipe.equalize:
-        source, agreement = _equalized_model(p.model_path, p.tuning_images_path, out_dir, p.allow_unsafe_code)
-        if agreement < MIN_EQUALIZATION_AGREEMENT:
-            changed = f"{100 * (1 - agreement):.1f}%"
-            return failed(f"equalization changed the float predictions on {changed} of the tuning images: not used")
-    if recipe.calibration_factor > 1:
-        calibration_path = load_calibration_set(
-            dataset_image_dir=p.dataset_image_dir,
-            input_tensor_size=p.input_tensor_size,
-            batch_size=p.batch_size,
-            iteration_count=p.iteration_count * recipe.calibration_factor,
-            preprocessing=p.preprocessing,
-            seed=p.seed,
-            out_dir=out_dir,
-            progress=False,
-        ).path
-    quantized = None
-    try:
-        if recipe.builder == "mct":
-            quantized = quantize_with_mct(
-                model_path=source,
-                calibration_path=calibration_path,
-                batch_size=p.batch_size,
-                target_platform=p.target_platform,
-                out_dir=out_dir,
-                progress=False,
-                method="gptq" if recipe.gptq_epochs else "ptq",
-                error_method=recipe.error_method or p.error_method,
-                gptq_epochs=recipe.gptq_epochs,
-                z_threshold=recipe.z_threshold,
-                shift_negative_params_search=recipe.shift_negative_params_search,
-            )
-            built = export_quantized_tflite(quantized_model=quantized, out_dir=out_dir)
-        else:
-            converted = convert_to_tflite(
-                model_path=source,
-                saved_model=export_saved_model(model_path=source, out_dir=out_dir),
-                variant=recipe.converter_variant or "full_int8",
-                out_dir=out_dir,
-                calibration_path=calibration_path,
-            )
-            if isinstance(converted, UnsupportedVariant):
-                raise StepError("try-repair", source, RuntimeError(converted.reason))
-            built = converted
-    except StepError as exc:
-        return failed(f"the recipe failed: {exc}")
-    evaluation = evaluate_model(
-        model_name=REPAIRED_MODEL,
-        model_path=built.path,
-        images_path=p.tuning_images_path,
-        labels_path=p.tuning_labels_path,
-        batch_size=p.evaluation_batch_size,
-        progress=False,
-        class_count=p.class_count,
-    )
-    drop = p.baseline_top_1 - evaluation.top_1_accuracy
-    within = within_budget(drop, p.max_accuracy_drop)
-    common = dict(
-        tuning_top_1=evaluation.top_1_accuracy,
-        tuning_drop=drop,
-        within_budget=within,
-        equalization_agreement=agreement,
-        model=built,
-        quantized=quantized,
-        size_bytes=Path(built.path).stat().st_size,
-    )
-    if not within:
-        return trial(
-            **common,
-            deployable=False,
-            qualifies=False,
-            reason=f"Top-1 drop {drop:.4f} on the tuning images exceeds the budget {p.max_accuracy_drop:.4f}",
-        )
-    deployable, why, hardware = _deployable(quantized, built, p.target_device, p.ethos_u_accelerator, out_dir)
-    return trial(**common, **hardware, deployable=deployable, qualifies=deployable, reason=why)
-
-
-def _deployable(
-    quantized: QuantizedModel | None, built: BuiltModel, target_device: str | None, accelerator: str, out_dir: Path
-) -> tuple[bool, str, dict[str, Imx500Report | EthosUReport]]:
-    """(the target takes it, why, the compiler's report) for a model within the budget."""
-    target = target_for(target_device)
-    if target.compiler == "imx500_converter":
-        if quantized is None:
-            return False, "the IMX500 takes MCT models only", {}
-        converter, java = converter_and_java()
-        report = compile_for_imx500(
-            quantized_keras_path=quantized.path, out_dir=out_dir, converter=converter, java=java
-        )
-        if report.skipped:
-            return (
-                False,
-                f"within the budget, but the IMX500 fit cannot be checked: {report.reason}",
-                {"imx500": report},
-            )
-        fits = target.problem({"imx500": report.as_results()}) is None
-        why = "within the budget and fits the IMX500" if fits else "within the budget but does not fit the IMX500"
-        return fits, why, {"imx500": report}
-    if target.compiler == "vela":
-        vela = compile_for_ethos_u(
-            model_path=built.path, variant=built.variant, accelerator=accelerator, out_dir=out_dir
-        )
-        if target.problem({"ethos_u": vela.as_results()}):
-            return False, f"within the budget, but not for Ethos-U: {vela.reason}", {"ethos_u": vela}
-        share = f"{100 * (vela.npu_share or 0):.0f}% of operators on the NPU"
-        return True, f"within the budget; Vela compiled it for {accelerator} ({share})", {"ethos_u": vela}
-    return True, "within the budget (an integer TFLite model)", {}
+from core.targets.compile_for_imx500 import converter_and_java
+from core.targets.devices import target_for
 
 
 def _verdict_environment(inputs: dict) -> tuple[str | None, str | None] | None:

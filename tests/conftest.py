@@ -31,7 +31,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The digits sample, small: a real CNN trained here on real images."""
-    from core.sample_data import make_sample
+    from core.data.sample_data import make_sample
 
     return make_sample(_SESSION_DIR / "sample", train_count=SAMPLE_TRAIN, validation_count=SAMPLE_VALIDATION, epochs=30)
 

@@ -8,8 +8,8 @@ import re
 import pytest
 from PIL import Image
 
-from core.report import MARKDOWN_CONFUSION_MATRICES, compact_png, markdown_figures
-from core.results_text import report_link, summary_markdown
+from core.results.report import MARKDOWN_CONFUSION_MATRICES, compact_png, markdown_figures
+from core.results.results_text import report_link, summary_markdown
 
 CLASSES = [str(digit) for digit in range(10)]
 IMAGE = re.compile(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")

@@ -5,10 +5,10 @@ import pytest
 from PIL import Image
 
 from core.config import Preprocessing
+from core.data.images import decode_rgb
+from core.data.load_calibration_set import load_calibration_set
+from core.data.load_evaluation_set import load_evaluation_set
 from core.errors import InputError
-from core.images import decode_rgb
-from tasks.load_calibration_set import load_calibration_set
-from tasks.load_evaluation_set import load_evaluation_set
 
 CLASSES = [str(d) for d in range(10)]
 
@@ -85,9 +85,9 @@ def test_a_folder_of_only_bad_files_is_an_input_error(tmp_path):
 
 
 def test_an_oversized_image_is_refused_before_decoding(tmp_path, monkeypatch):
-    import core.images
+    import core.data.images
 
-    monkeypatch.setattr(core.images, "MAX_PIXELS", 100)
+    monkeypatch.setattr(core.data.images, "MAX_PIXELS", 100)
     Image.new("RGB", (20, 20)).save(tmp_path / "big.jpg")
     with pytest.raises(InputError, match=r"20 x 20 pixels, over the limit of 100"):
         decode_rgb(tmp_path / "big.jpg")

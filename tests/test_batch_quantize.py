@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from core.batch.list_configurations import list_configurations
 from core.errors import InputError
 from flows.batch_quantize import batch_quantize, main
-from tasks.list_configurations import list_configurations
 from tests.helpers import sdk_config, write_config
 
 

@@ -1,4 +1,4 @@
-"""Cross-layer equalization (core/equalization.py) on small real Keras models: a CNN trained for seconds on
+"""Cross-layer equalization (core/build/equalization.py) on small real Keras models: a CNN trained for seconds on
 scikit-learn's 8x8 digits, given a function-preserving channel-range imbalance, and hand-set models for
 what breaks a chain (ReLU6, sigmoid, branches), batch-norm folding and depthwise convolutions."""
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from core.equalization import equalize, fold_batch_norm, prediction_agreement
+from core.build.convert_to_tflite import convert_to_tflite
+from core.build.equalization import equalize, fold_batch_norm, prediction_agreement
+from core.build.export_saved_model import export_saved_model
+from core.build.quantize_with_mct import quantize_with_mct
+from core.build.records import BuiltModel
 from core.errors import InputError
-from core.models import TFLitePredictor, keras_predictor, load_quantized_keras_model
-from core.records import BuiltModel
-from tasks.convert_to_tflite import convert_to_tflite
-from tasks.export_saved_model import export_saved_model
-from tasks.quantize_with_mct import quantize_with_mct
+from core.evaluate.models import TFLitePredictor, keras_predictor, load_quantized_keras_model
 
 layers = tf.keras.layers
 WIDE_CHANNELS, WIDE_FACTOR = [1, 4], 500.0  # of conv1's 8 channels

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.models import load_quantized_keras_model
-from core.variants import inspect_tflite
-from tasks.export_quantized_tflite import export_quantized_tflite
-from tasks.quantize_with_mct import quantize_with_mct
+from core.build.export_quantized_tflite import export_quantized_tflite
+from core.build.quantize_with_mct import quantize_with_mct
+from core.build.variants import inspect_tflite
+from core.evaluate.models import load_quantized_keras_model
 
 pytestmark = pytest.mark.slow  # MCT quantizes a small model, then two exports
 

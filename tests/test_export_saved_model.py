@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.build.convert_to_tflite import CONVERSION_WORKERS, configure, convert_to_tflite
+from core.build.export_saved_model import export_saved_model
+from core.build.records import BuiltModel, SavedModelExport
+from core.build.variants import CONVERTER_VARIANTS
 from core.errors import StepError
-from core.records import BuiltModel, SavedModelExport
-from core.variants import CONVERTER_VARIANTS
-from tasks.convert_to_tflite import CONVERSION_WORKERS, configure, convert_to_tflite
-from tasks.export_saved_model import export_saved_model
 
 pytestmark = pytest.mark.slow  # every converter variant, converted three times
 
@@ -39,7 +39,7 @@ def from_keras_model(model_path, variant: str, calibration: np.ndarray) -> bytes
     """What the converter made before this step existed: one SavedModel saved inside every conversion."""
     import tensorflow as tf
 
-    from core.models import load_keras_model
+    from core.evaluate.models import load_keras_model
 
     converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(model_path))
     configure(converter, variant, calibration)

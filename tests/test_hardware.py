@@ -5,12 +5,12 @@ import json
 
 import pytest
 
+from core.build.platforms import find_imx500_converter
 from core.errors import InputError
-from core.platforms import find_imx500_converter
-from core.recommend import recommend
-from tasks.compile_for_ethos_u import compile_for_ethos_u
-from tasks.compile_for_imx500 import compile_for_imx500, parse_memory_report
-from tasks.record_results import require_imx500_fit
+from core.results.recommend import recommend
+from core.results.record_results import require_imx500_fit
+from core.targets.compile_for_ethos_u import compile_for_ethos_u
+from core.targets.compile_for_imx500 import compile_for_imx500, parse_memory_report
 from tests.helpers import run, sdk_config, task_states, write_config
 
 pytestmark = pytest.mark.skipif(
@@ -134,7 +134,7 @@ def test_a_failing_run_is_marked_failed_only_once_its_compiles_have_finished(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tasks.evaluate_model import FAULT_ENV
+    from core.evaluate.evaluate_model import FAULT_ENV
 
     # An iteration count of its own: nothing of this run is cached, so the compiles are still running when the
     # Keras evaluation, which fails at once, has failed.

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from core.config import Preprocessing
-from core.image_store import NpyBatchWriter, image_count, iter_batches
-from tasks.load_evaluation_set import load_evaluation_set
+from core.data.image_store import NpyBatchWriter, image_count, iter_batches
+from core.data.load_evaluation_set import load_evaluation_set
 
 RNG = np.random.default_rng(0)
 

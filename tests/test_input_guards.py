@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from core.config import GIB, calibration_memory_limit, parse_config
+from core.data.images import find_jpegs
+from core.data.load_evaluation_set import list_evaluation_images
 from core.errors import ConfigError
-from core.images import find_jpegs
 from core.storage import REPO_ROOT
-from tasks.load_evaluation_set import list_evaluation_images
-from tasks.validate_config import validate_config
+from core.validate_config import validate_config
 from tests.test_locking import in_private_mount_namespace, skip_unless_private_mounts_work
 
 CLASSES = {"cat": 0, "dog": 1}

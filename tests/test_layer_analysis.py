@@ -1,4 +1,4 @@
-"""The per-layer analysis (core.layer_analysis) on small CNNs built here so that PTQ fails for a known reason:
+"""The per-layer analysis (core.analysis.layer_analysis) on small CNNs built here so that PTQ fails for a known reason:
 each must rank the layer at fault first and name the cause, with XQuant (MCT) and with TensorFlow's
 QuantizationDebugger (the converter). Real TensorFlow and MCT; 8 x 8 digits, models trained for seconds.
 """
@@ -13,9 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.layer_analysis import SIGNIFICANT_LOSS_DB, LayerAnalysis, analyse_converter_model, analyse_mct_model, loss_db
-from core.layer_causes import ActivationStats, range_causes
-from core.layer_tools import layer_for_tensor, sqnr_db
+from core.analysis.layer_analysis import (
+    SIGNIFICANT_LOSS_DB,
+    LayerAnalysis,
+    analyse_converter_model,
+    analyse_mct_model,
+    loss_db,
+)
+from core.analysis.layer_causes import ActivationStats, range_causes
+from core.analysis.layer_tools import layer_for_tensor, sqnr_db
 
 RESCALED_CHANNELS, RESCALE = [0, 1, 2], 300.0  # conv_a's channels made 300x larger, conv_b's inputs 300x smaller
 OUTLIER_GAIN = 100.0  # the outlier channel's peak over every other channel's
@@ -99,7 +105,7 @@ def saved(model, digits, name: str) -> str:
 
 def mct_quantized(model_path: str, digits) -> str:
     """MCT PTQ (IMX500, MSE thresholds) as the workflow's step makes it, in MCT's Keras format."""
-    from tasks.quantize_with_mct import quantize_with_mct
+    from core.build.quantize_with_mct import quantize_with_mct
 
     out = Path(model_path).with_suffix("")
     out.mkdir(exist_ok=True)
@@ -114,7 +120,7 @@ def mct_quantized(model_path: str, digits) -> str:
 
 
 def mct_top_1(quantized_path: str, digits) -> float:
-    from core.models import load_quantized_keras_model
+    from core.evaluate.models import load_quantized_keras_model
 
     return top_1(load_quantized_keras_model(quantized_path), digits)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.config import Preprocessing
-from tasks.load_calibration_set import load_calibration_set, sample_indices
+from core.data.load_calibration_set import load_calibration_set, sample_indices
 from tests.helpers import SAMPLE_TRAIN
 
 

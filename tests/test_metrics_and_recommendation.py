@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.metrics import agreement, confusion_matrix, per_class_accuracy, top_k_correct
-from core.recommend import recommend
+from core.evaluate.metrics import agreement, confusion_matrix, per_class_accuracy, top_k_correct
+from core.results.recommend import recommend
 
 LABELS = np.array([0, 1, 2, 2, 1, 0, 2])
 TOP_3 = np.array([[0, 1, 2], [2, 1, 0], [2, 0, 1], [1, 0, 2], [1, 2, 0], [0, 2, 1], [0, 1, 2]])

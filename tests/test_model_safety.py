@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 
 from core.errors import InputError
-from core.models import load_keras_model
-from tasks.validate_config import validate_config
+from core.evaluate.models import load_keras_model
+from core.validate_config import validate_config
 from tests.helpers import sdk_config
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.platforms import choose_platform
-from tasks.quantize_with_mct import quantize_with_mct
+from core.build.platforms import choose_platform
+from core.build.quantize_with_mct import quantize_with_mct
 
 
 def fake_converter(root: Path, sdspconv_version: str) -> str:

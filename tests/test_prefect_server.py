@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from core.evaluate.evaluate_model import FAULT_ENV
 from core.storage import REPO_ROOT
 from deployments import local_stack
-from tasks.evaluate_model import FAULT_ENV
 from tests.helpers import EVALUATIONS, HEAVY_STEPS, sdk_config, write_config
 
 pytestmark = pytest.mark.server  # each test talks to the `prefect server` the module starts

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 from core.config import Preprocessing
+from core.data.images import decode_rgb, find_jpegs
+from core.data.preprocessing import normalize, preprocess, resize
 from core.errors import InputError
-from core.images import decode_rgb, find_jpegs
-from core.preprocessing import normalize, preprocess, resize
 
 
 def test_the_default_preprocessing_stretches_and_scales_to_zero_one():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from core.publishing import KILL_AFTER_ENV, Put, publish_files, recover_interrupted_publish
+from core.results.publishing import KILL_AFTER_ENV, Put, publish_files, recover_interrupted_publish
 from core.storage import REPO_ROOT
 from tests.test_locking import in_private_mount_namespace, skip_unless_private_mounts_work
 
@@ -50,7 +50,7 @@ USERS = "out/notes.txt"
 PUBLISH = """
     import json, os, sys
     from pathlib import Path
-    from core.publishing import Put, operations, publish_files
+    from core.results.publishing import Put, operations, publish_files
 
     spec = json.loads(sys.argv[1])
     if len(sys.argv) > 2:
@@ -67,7 +67,7 @@ PUBLISH = """
 
 RECOVER = """
     import json, sys
-    from core.publishing import operations, recover_interrupted_publish
+    from core.results.publishing import operations, recover_interrupted_publish
 
     print(json.dumps({"done": recover_interrupted_publish(sys.argv[1:]), "operations": operations()}))
 """
@@ -193,9 +193,9 @@ ROW = {
 
 
 def test_record_results_publishes_the_same_files_as_before_and_lists_the_stale_outputs_it_removed(tmp_path):
-    from core.results import PublicationPlan
-    from core.results_text import results_table
-    from tasks.record_results import publish
+    from core.results.build_results import PublicationPlan
+    from core.results.record_results import publish
+    from core.results.results_text import results_table
 
     sources = make_sources(tmp_path / "sources", NEW)
     case = previous_run(tmp_path / "case")

@@ -9,12 +9,12 @@ import pytest
 from PIL import Image
 
 from core.config import Preprocessing
-from core.images import decode_rgb, find_jpegs
-from core.preprocessing import preprocess
+from core.data.images import decode_rgb, find_jpegs
+from core.data.load_calibration_set import sample_indices
+from core.data.load_evaluation_set import list_evaluation_images
+from core.data.preprocessing import preprocess
+from core.evaluate.evaluate_model import FAULT_ENV
 from core.storage import REPO_ROOT
-from tasks.evaluate_model import FAULT_ENV
-from tasks.load_calibration_set import sample_indices
-from tasks.load_evaluation_set import list_evaluation_images
 from tests.helpers import EVALUATIONS, HEAVY_STEPS, SAMPLE_TRAIN, run, sdk_config, task_states, write_config
 
 SDK_KEYS = [

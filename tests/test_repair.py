@@ -12,8 +12,8 @@ import numpy as np
 import psutil
 import pytest
 
-from core.repair import ladder, stratified_split
-from core.sample_data import make_imbalanced
+from core.data.sample_data import make_imbalanced
+from core.repair.ladder import ladder, stratified_split
 from core.storage import REPO_ROOT
 from tests.helpers import command_environment, gone, run, sdk_config, task_states, write_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.report import accuracy_size_chart_png, confusion_matrix_png, write_html_report
+from core.results.report import accuracy_size_chart_png, confusion_matrix_png, write_html_report
 
 PNG_SIGNATURE = b"\x89PNG"
 DATA_URI = "data:image/png;base64,"
@@ -122,6 +122,6 @@ def test_a_confusion_matrix_with_many_classes_is_drawn_without_counts(results):
 
 
 def test_importing_the_module_does_not_import_matplotlib():
-    code = "import sys, core.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
+    code = "import sys, core.results.report; assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
 
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -1,6 +1,6 @@
 """A successful run leaves in output_dir only what it made, and never a file it did not make itself."""
 
-from tasks.record_results import remove_stale_outputs
+from core.results.record_results import remove_stale_outputs
 
 
 def test_outputs_of_an_earlier_run_that_this_run_did_not_make_are_removed_and_listed(tmp_path):

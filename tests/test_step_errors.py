@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from core.build.quantize_with_mct import quantize_with_mct
 from core.errors import StepError
-from tasks.quantize_with_mct import quantize_with_mct
 
 pytestmark = pytest.mark.slow  # MCT on the trained sample model
 

@@ -5,9 +5,9 @@ from typing import get_args
 
 import pytest
 
-from core.records import EthosUReport, HardwareReports, Imx500Report
-from core.targets import TARGETS, EthosUTarget, Imx500, Target, target_for, within_budget
-from core.variants import TargetDevice
+from core.build.variants import TargetDevice
+from core.targets.devices import TARGETS, EthosUTarget, Imx500, Target, target_for, within_budget
+from core.targets.records import EthosUReport, HardwareReports, Imx500Report
 
 FITS = Imx500Report(compiled=True, skipped=False, fits=True, utilization_percent=40.0)
 TOO_LARGE = Imx500Report(compiled=True, skipped=False, fits=False, utilization_percent=130.0)

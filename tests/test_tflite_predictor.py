@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from core.models import TFLitePredictor
+from core.evaluate.models import TFLitePredictor
 
 
 def full_integer_model(path, keras_model, calibration):

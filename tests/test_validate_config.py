@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import ConfigError
-from tasks.validate_config import validate_config
+from core.validate_config import validate_config
 from tests.helpers import SAMPLE_TRAIN, sdk_config, write_config
 
 
@@ -276,8 +276,8 @@ def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
 def test_a_models_signature_is_read_once_per_content_and_read_again_when_the_file_changes(tmp_path, monkeypatch):
     import tensorflow as tf
 
-    import core.models
-    from core.models import model_signature
+    import core.evaluate.models
+    from core.evaluate.models import model_signature
 
     def classifier(classes: int) -> tf.keras.Model:
         inputs = tf.keras.Input((8, 8, 3))
@@ -288,8 +288,8 @@ def test_a_models_signature_is_read_once_per_content_and_read_again_when_the_fil
     assert model_signature(path).output_shapes == [[None, 10]]
 
     loads = []
-    real_load = core.models.load_keras_model
-    monkeypatch.setattr(core.models, "load_keras_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = core.evaluate.models.load_keras_model
+    monkeypatch.setattr(core.evaluate.models, "load_keras_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     assert model_signature(path) == model_signature(path)
     assert loads == []  # the same content: served from the remembered signature
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.records import BuiltModel, UnsupportedVariant
-from core.variants import PROMISES, Promise, VariantMismatch, check_variant
-from tasks.convert_to_tflite import convert_to_tflite
-from tasks.export_saved_model import export_saved_model
+from core.build.convert_to_tflite import convert_to_tflite
+from core.build.export_saved_model import export_saved_model
+from core.build.records import BuiltModel, UnsupportedVariant
+from core.build.variants import PROMISES, Promise, VariantMismatch, check_variant
 from tests.helpers import run, sdk_config, task_states, write_config
 
 DEFAULT_FILES = [

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.files import atomic_write_bytes, atomic_write_text
-from core.results_text import repair_rows, repair_text
+from core.results.results_text import repair_rows, repair_text
 from core.storage import remembered_file
 
 RENDER_VERSION = 2  # bump when a drawing changes, to redraw the remembered PNGs

@@ -1,7 +1,7 @@
 """The sample: scikit-learn's handwritten digits (shipped inside the package, no download)
 written as JPEG class folders, and a small Keras CNN trained on them here.
 
-    python -m core.sample_data [--dest sample_data/digits]
+    python -m core.data.sample_data [--dest sample_data/digits]
 
 Writes DEST/training/<digit>/*.jpg (calibration), DEST/validation/<digit>/*.jpg (evaluation),
 DEST/labels.json and DEST/model.h5. Nothing is rewritten when DEST/model.h5 already exists.
@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Preprocessing
+from core.data.images import decode_rgb, find_jpegs
+from core.data.preprocessing import preprocess
 from core.files import atomic_write_json
-from core.images import decode_rgb, find_jpegs
-from core.preprocessing import preprocess
 from core.storage import REPO_ROOT
 
 IMAGE_SIZE = 32
@@ -114,7 +114,9 @@ def make_imbalanced(
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m core.sample_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m core.data.sample_data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--dest",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.variants import VARIANTS
+from core.build.variants import VARIANTS
 
 INPUT = "model input"
 # int8 inside in all three (full_uint8 differs only at its input and output, which the debugger feeds int8).

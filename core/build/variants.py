@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from core.records import TFLiteFacts
+from core.build.records import TFLiteFacts
 
 Variant = Literal[
     "float32",
@@ -218,8 +217,6 @@ class VariantMismatch(Exception):
 def inspect_tflite(path: str | Path) -> TFLiteFacts:
     """What a .tflite model actually is: input/output dtypes and quantization, tensor and op types."""
     import tensorflow as tf
-
-    from core.records import TFLiteFacts  # deferred: the records import this registry
 
     interpreter = tf.lite.Interpreter(model_path=str(path))
     tensor_in, tensor_out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]

@@ -12,10 +12,13 @@ from itertools import zip_longest
 
 import numpy as np
 
-from core.layer_tools import CONVERTER_ANALYSED_VARIANTS
-from core.records import BuiltModel, Evaluation, HardwareReports, RepairRecipe
-from core.targets import target_for, within_budget
-from core.variants import VARIANTS, model_id
+from core.analysis.layer_tools import CONVERTER_ANALYSED_VARIANTS
+from core.build.records import BuiltModel
+from core.build.variants import VARIANTS, model_id
+from core.evaluate.records import Evaluation
+from core.repair.records import RepairRecipe
+from core.targets.devices import target_for, within_budget
+from core.targets.records import HardwareReports
 
 TUNING_SHARE = 0.5  # of the evaluation images, per class; the rest reports the chosen model
 # The equalized float model must keep the float predictions on (nearly) every tuning image.

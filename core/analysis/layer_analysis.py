@@ -4,7 +4,7 @@ Two measurements, one per way of quantizing, both told per Keras layer:
 
 * MCT models: MCT's XQuant compares the float and the quantized Keras model on the calibration and the
   evaluation images, at every weighted layer's output (before that layer's own activation quantizer), as
-  cosine similarity, SQNR and MSE (core.layer_tools.run_xquant).
+  cosine similarity, SQNR and MSE (core.analysis.layer_tools.run_xquant).
 * Models of TensorFlow's converter: its QuantizationDebugger runs each quantized op next to its float twin
   fed the same dequantized inputs, so each tensor's error is the op's own (weights and output quantizer).
 
@@ -14,7 +14,7 @@ grid too coarse for most channels shows even where the biggest channel's error l
 its RMSE/scale (the debugger guide's metric) is reported beside it. XQuant's is the drop in SQNR from the
 layer's inputs to its output. XQuant sees the quantization of a layer's output only where that output is
 consumed (at the next weighted layer, or at the model output), so a drop is charged to the layer feeding it
-when that layer's output has a range cause (core.layer_causes), and to the layer where it shows otherwise.
+when that layer's output has a range cause (core.analysis.layer_causes), and to the layer where it shows otherwise.
 The causes come from the float model's activations on the calibration images.
 """
 
@@ -27,8 +27,15 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-from core.layer_causes import Cause, activation_stats, inbound_layers, measured_layers, range_causes, sensitive_cause
-from core.layer_tools import (
+from core.analysis.layer_causes import (
+    Cause,
+    activation_stats,
+    inbound_layers,
+    measured_layers,
+    range_causes,
+    sensitive_cause,
+)
+from core.analysis.layer_tools import (
     CONVERTER_ANALYSED_VARIANTS,
     INPUT,
     debugger_layer_metrics,
@@ -38,8 +45,8 @@ from core.layer_tools import (
     xquant_layer_metrics,
     xquant_output_metrics,
 )
-from core.models import load_keras_model, load_quantized_keras_model
-from core.records import LayerAnalysis, LayerReport
+from core.analysis.records import LayerAnalysis, LayerReport
+from core.evaluate.models import load_keras_model, load_quantized_keras_model
 
 # What 8 bits leave of a real tensor's typical channel when its grid fits (a trained digits CNN's layers keep
 # 30 to 55 dB; 6 dB a bit, less the crest factor): noise below it is the price of 8 bits, not a loss.

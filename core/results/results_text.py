@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 import pandas as pd
 
-from core.variants import REPAIRED_FILE as REPAIRED_FILE_NAME
+from core.build.variants import REPAIRED_FILE as REPAIRED_FILE_NAME
 
 
 def artifact_key(model_path: str) -> str:
@@ -146,7 +146,7 @@ def recommendation_text(recommendation: dict) -> str:
 
 
 def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
-    """The run's summary for the Prefect markdown artifact; `figures` (markdown, see core.report.markdown_figures)
+    """The run's summary for the Prefect markdown artifact; `figures` (markdown: report.markdown_figures)
     goes after the analysis, before the paths of the report and the configuration."""
     frame = results_table(results).fillna("-")
     rows = [list(frame.columns)] + frame.astype(str).values.tolist()

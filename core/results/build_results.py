@@ -13,10 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from core.metrics import agreement, per_class_accuracy
-from core.recommend import recommend
-from core.records import BuiltModel, EthosUReport, Evaluation, HardwareReports, Latency, RunRecords
-from core.variants import (
+from core.build.records import BuiltModel
+from core.build.variants import (
     IMX500_VARIANT,
     KERAS_DESCRIPTIONS,
     PROMISES,
@@ -29,6 +27,11 @@ from core.variants import (
     variant_file_name,
     vela_file_name,
 )
+from core.evaluate.metrics import agreement, per_class_accuracy
+from core.evaluate.records import Evaluation, Latency
+from core.results.recommend import recommend
+from core.results.records import RunRecords
+from core.targets.records import EthosUReport, HardwareReports
 
 EDGE_TPU = "not supported: the Edge TPU compiler is not installable from the package registries this project uses"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from core.variants import SDK_MODELS
+from core.build.variants import SDK_MODELS
 
 SUMMARY_ARTIFACT_KEY = "batch-quantize-summary"
 TOP_1_KEYS = [f"top_1_accuracy_{name}" for name in SDK_MODELS]

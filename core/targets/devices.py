@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from core.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, EthosU, TargetDevice, model_id
+from core.build.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, EthosU, TargetDevice, model_id
 
 Builder = Literal["mct", "converter"]
 Compiler = Literal["imx500_converter", "vela"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from core.targets import target_for, within_budget
+from core.targets.devices import target_for, within_budget
 
 
 def _measure(model: dict, objective: str) -> float:

@@ -1,0 +1,1 @@
+"""When quantization costs accuracy: which layers lost it, and why."""

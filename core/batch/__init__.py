@@ -1,0 +1,1 @@
+"""Batch runs: the configurations to run and the summary of what each came to."""

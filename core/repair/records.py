@@ -1,0 +1,138 @@
+"""The records of repair/ (see core/records.py for what a record is)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from core.build.records import BuiltModel, QuantizedModel
+from core.config import Preprocessing
+from core.evaluate.records import Evaluation
+from core.records import Record
+from core.targets.records import EthosUReport, Imx500Report
+
+
+class RepairRecipe(Record):
+    """One rung of the ladder: what is changed before quantizing again."""
+
+    name: str
+    description: str
+    builder: Literal["mct", "converter"]
+    equalize: bool = False
+    error_method: str | None = None
+    z_threshold: float | None = None
+    shift_negative_params_search: bool = False
+    calibration_factor: int = 1
+    gptq_epochs: int | None = None
+    converter_variant: str | None = None  # for the converter: full_int8 (Ethos-U) or int8_float_io
+
+
+class TrialInputs(Record):
+    """What every trial of one search shares: the model, the calibration, the target, the tuning images."""
+
+    model_path: str
+    calibration_path: str
+    dataset_image_dir: str
+    input_tensor_size: int
+    batch_size: int
+    iteration_count: int
+    preprocessing: Preprocessing
+    seed: int
+    target_platform: str
+    target_device: str | None
+    ethos_u_accelerator: str
+    error_method: str
+    tuning_images_path: str
+    tuning_labels_path: str
+    evaluation_batch_size: int
+    class_count: int
+    baseline_top_1: float
+    max_accuracy_drop: float
+    allow_unsafe_code: bool = False
+
+
+class RepairTrial(Record):
+    """What a recipe gave: the model, its Top-1 on the tuning images, and whether the target takes it."""
+
+    recipe: RepairRecipe
+    tuning_top_1: float | None
+    tuning_drop: float | None
+    within_budget: bool
+    deployable: bool
+    qualifies: bool
+    reason: str
+    seconds: float
+    size_bytes: int | None = None
+    equalization_agreement: float | None = None
+    model: BuiltModel | None = None
+    quantized: QuantizedModel | None = None
+    imx500: Imx500Report | None = None
+    ethos_u: EthosUReport | None = None
+    cached: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """As results.json's repair.trials lists it."""
+        return {
+            "recipe": self.recipe.name,
+            "changed": self.recipe.description,
+            "tuning_top_1": self.tuning_top_1,
+            "tuning_drop": None if self.tuning_drop is None else round(self.tuning_drop, 6),
+            "size_bytes": self.size_bytes,
+            "imx500_fits": self.imx500.fits if self.imx500 and not self.imx500.skipped else None,
+            "npu_share": self.ethos_u.npu_share if self.ethos_u and self.ethos_u.compiled else None,
+            "equalization_agreement": self.equalization_agreement,
+            "qualifies": self.qualifies,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 2),
+            "cached": self.cached,
+        }
+
+
+class RepairOutcome(Record):
+    """The search: whether it ran and why, every trial, and the chosen one with its Top-1 on unseen images."""
+
+    mode: str
+    needed: bool
+    why: str
+    target_device: str | None
+    max_accuracy_drop: float
+    tuning_image_count: int = 0
+    reporting_image_count: int = 0
+    baseline_tuning_top_1: float | None = None
+    baseline_reporting_top_1: float | None = None
+    trials: list[RepairTrial] = []
+    chosen: int | None = None  # index into trials
+    closest: int | None = None
+    reporting: Evaluation | None = None  # the chosen model on the images the search never saw
+    baseline_reporting: Evaluation | None = None  # the float model on the same images
+    stopped_because: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def chosen_trial(self) -> RepairTrial | None:
+        return None if self.chosen is None else self.trials[self.chosen]
+
+    def summary(self) -> dict[str, Any]:
+        chosen = self.chosen_trial
+        closest = None if self.closest is None else self.trials[self.closest]
+        summary: dict[str, Any] = {
+            "mode": self.mode,
+            "ran": self.needed,
+            "why": self.why,
+            "target_device": self.target_device,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "tuning_image_count": self.tuning_image_count,
+            "reporting_image_count": self.reporting_image_count,
+            "float_top_1_tuning": self.baseline_tuning_top_1,
+            "float_top_1_reporting": self.baseline_reporting_top_1,
+            "trials": [t.summary() for t in self.trials],
+            "chosen": chosen.recipe.name if chosen else None,
+            "closest": closest.recipe.name if closest else None,
+            "stopped_because": self.stopped_because,
+            "seconds": round(self.seconds, 2),
+        }
+        if chosen and self.reporting is not None and self.baseline_reporting_top_1 is not None:
+            summary["chosen_top_1_tuning"] = chosen.tuning_top_1
+            summary["chosen_top_1_reporting"] = self.reporting.top_1_accuracy
+            drop = self.baseline_reporting_top_1 - self.reporting.top_1_accuracy
+            summary["chosen_drop_reporting"] = round(drop, 6)
+        return summary

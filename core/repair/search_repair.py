@@ -1,0 +1,155 @@
+"""Repair step: when quantization cost more accuracy than `max_accuracy_drop` (or `repair` is 'always'),
+climb the repair ladder (core/repair/ladder.py), one cached trial per recipe (tasks/try_repair.py), and stop at the
+first model the target takes within the budget, or when `repair_max_trials` or `repair_time_budget_s` runs out.
+
+No selection bias: the evaluation images are split (seeded, stratified) into a tuning half, on which the trials
+are judged, and a reporting half, on which the chosen model's Top-1 is reported; results.json shows both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from core.build.records import BuiltModel
+from core.build.variants import REPAIRED_MODEL
+from core.config import QuantizeConfig
+from core.data.records import CalibrationSet, EvaluationSet
+from core.evaluate.evaluate_model import evaluate_model
+from core.evaluate.records import Evaluation
+from core.files import atomic_save_numpy
+from core.repair.ladder import TUNING_SHARE, ladder, repair_due, stratified_split
+from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
+from core.targets.records import HardwareReports
+
+RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
+
+
+def split_evaluation_set(evaluation_set: EvaluationSet, seed: int, out_dir: Path) -> dict[str, str]:
+    """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set)."""
+    images = np.load(evaluation_set.images_path, mmap_mode="r")
+    labels = np.load(evaluation_set.labels_path)
+    tuning, reporting = stratified_split(labels, TUNING_SHARE, seed)
+    paths = {}
+    for part, indices in (("tuning", tuning), ("reporting", reporting)):
+        paths[f"{part}_images"] = str(atomic_save_numpy(out_dir / f"{part}_images.npy", np.asarray(images[indices])))
+        paths[f"{part}_labels"] = str(atomic_save_numpy(out_dir / f"{part}_labels.npy", labels[indices]))
+    return paths
+
+
+def search_repair(
+    *,
+    config: QuantizeConfig,
+    class_count: int,
+    calibration: CalibrationSet,
+    evaluation_set: EvaluationSet,
+    evaluations: dict[str, Evaluation],
+    built: list[BuiltModel],
+    hardware: HardwareReports,
+    out_dir: Path,
+    run_trial: RunTrial,
+) -> RepairOutcome:
+    """`run_trial` runs one trial (the cached task in a flow, `try_repair` itself in a test)."""
+    started = time.perf_counter()
+    budget = float(config.max_accuracy_drop)
+    due, why = repair_due(
+        mode=config.repair,
+        evaluations=evaluations,
+        built=built,
+        hardware=hardware,
+        float_tflite=config.float_tflite,
+        max_accuracy_drop=budget,
+        target_device=config.target_device,
+    )
+    outcome = dict(mode=config.repair, why=why, target_device=config.target_device, max_accuracy_drop=budget)
+    if not due:
+        return RepairOutcome(needed=False, **outcome)
+    split = split_evaluation_set(evaluation_set, config.seed, Path(out_dir))
+
+    def float_on(part: str) -> Evaluation:
+        return evaluate_model(
+            model_name="keras",
+            model_path=config.source_keras_model,
+            images_path=split[f"{part}_images"],
+            labels_path=split[f"{part}_labels"],
+            batch_size=config.evaluation_batch_size,
+            progress=False,
+            allow_unsafe_code=config.allow_unsafe_model_code,
+            class_count=class_count,
+        )
+
+    baseline_tuning, float_reporting = float_on("tuning").top_1_accuracy, float_on("reporting")
+    inputs = TrialInputs(
+        model_path=config.source_keras_model,
+        calibration_path=calibration.path,
+        dataset_image_dir=config.dataset_image_dir,
+        input_tensor_size=config.input_tensor_size,
+        batch_size=config.batch_size,
+        iteration_count=config.iteration_count,
+        preprocessing=config.preprocessing,
+        seed=config.seed,
+        target_platform=config.target_platform,
+        target_device=config.target_device,
+        ethos_u_accelerator=config.ethos_u_accelerator,
+        error_method=config.mct_error_method,
+        tuning_images_path=split["tuning_images"],
+        tuning_labels_path=split["tuning_labels"],
+        evaluation_batch_size=config.evaluation_batch_size,
+        class_count=class_count,
+        baseline_top_1=baseline_tuning,
+        max_accuracy_drop=budget,
+        allow_unsafe_code=config.allow_unsafe_model_code,
+    )
+    trials: list[RepairTrial] = []
+    spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
+    stopped = "the ladder is exhausted"
+    recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
+    for recipe in recipes:
+        if len(trials) >= config.repair_max_trials:
+            stopped = f"repair_max_trials ({config.repair_max_trials}) reached"
+            break
+        if spent >= config.repair_time_budget_s:
+            stopped = f"repair_time_budget_s ({config.repair_time_budget_s:g} s) spent"
+            break
+        trial_started = time.perf_counter()
+        trial, cached = run_trial(recipe, inputs)
+        trials.append(trial.model_copy(update={"cached": cached}))
+        spent += 0.0 if cached else time.perf_counter() - trial_started
+        if trial.qualifies:
+            stopped = f"{recipe.name} qualifies"
+            break
+    chosen = next((i for i, t in enumerate(trials) if t.qualifies), None)
+    measured = [(t.tuning_drop, i) for i, t in enumerate(trials) if t.tuning_drop is not None]
+    closest = chosen if chosen is not None else (min(measured)[1] if measured else None)
+    reporting = None
+    if chosen is not None:
+        model = trials[chosen].model
+        assert model is not None
+        reporting = evaluate_model(
+            model_name=REPAIRED_MODEL,
+            model_path=model.path,
+            images_path=split["reporting_images"],
+            labels_path=split["reporting_labels"],
+            batch_size=config.evaluation_batch_size,
+            progress=False,
+            class_count=class_count,
+        )
+    tuning_count = len(np.load(split["tuning_labels"]))
+    return RepairOutcome(
+        needed=True,
+        **outcome,
+        tuning_image_count=tuning_count,
+        reporting_image_count=evaluation_set.image_count - tuning_count,
+        baseline_tuning_top_1=baseline_tuning,
+        baseline_reporting_top_1=float_reporting.top_1_accuracy,
+        baseline_reporting=float_reporting,
+        trials=trials,
+        chosen=chosen,
+        closest=closest,
+        reporting=reporting,
+        stopped_because=stopped,
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,27 @@
+"""The records of results/ (see core/records.py for what a record is)."""
+
+from __future__ import annotations
+
+from core.analysis.records import LayerAnalysis
+from core.build.records import BuiltModel, UnsupportedVariant
+from core.config import ValidatedConfig
+from core.data.records import CalibrationSet, EvaluationSet
+from core.evaluate.records import Evaluation, Latency
+from core.records import Record
+from core.repair.records import RepairOutcome
+from core.targets.records import HardwareReports
+
+
+class RunRecords(Record):
+    """Everything a run's steps found, by model name where there is one per model: what the results are built from."""
+
+    validated: ValidatedConfig
+    calibration: CalibrationSet
+    built: list[BuiltModel]
+    unsupported: list[UnsupportedVariant]
+    evaluation_set: EvaluationSet
+    evaluations: dict[str, Evaluation]
+    latencies: dict[str, Latency]
+    hardware: HardwareReports
+    repair: RepairOutcome | None = None
+    layer_analysis: dict[str, LayerAnalysis] = {}  # by model name, for the models that lost too much

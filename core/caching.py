@@ -37,11 +37,29 @@ def core_source_digest() -> str:
     return digest.hexdigest()
 
 
+def _field(record: Any, dotted: str) -> Any:
+    """`record.a.b` for "a.b"."""
+    return functools.reduce(getattr, dotted.split("."), record)
+
+
+def _exclusion(dotted: list[str]) -> dict[str, Any]:
+    """pydantic's `exclude` for dotted field names: {"a": {"b": True}} for "a.b"."""
+    tree: dict[str, Any] = {}
+    for name in dotted:
+        *parents, last = name.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[last] = True
+    return tree
+
+
 @dataclass
 class ContentCachePolicy(CachePolicy):
     """Key = module source + content of the inputs named in `file_inputs` + other input values.
 
-    `file_inputs` name parameters holding a path, a record with a `path`, a list of either, or None. Parameters named in
+    `file_inputs` name parameters holding a path, a record with a `path`, a list of either, or None; a dotted name
+    ("inputs.build.model_path") names a record's field, at any depth. Parameters named in
     `ignore` (say, a progress-bar switch) do not enter the key. `environment`, when given, returns
     what else the result depends on that is not an input (the machine, an installed tool's location); it is
     called with the task's inputs. The work folder's generation is always part of the key: results whose
@@ -67,8 +85,8 @@ class ContentCachePolicy(CachePolicy):
             nested = [f.split(".", 1)[1] for f in self.file_inputs if f.startswith(f"{name}.")]
             if nested and value is not None:  # a record whose named fields are files: their content counts
                 parts[name] = {
-                    "fields": value.model_dump(exclude=set(nested)),
-                    "files": {field: hash_path(getattr(value, field)) for field in nested},
+                    "fields": value.model_dump(exclude=_exclusion(nested)),
+                    "files": {field: hash_path(_field(value, field)) for field in nested},
                 }
                 continue
             if name in self.file_inputs and value is not None:

@@ -35,12 +35,24 @@ from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core.analysis.analyse_layers import models_to_analyse
+from core.build.recipes import (
+    BuildSettings,
+    Recipe,
+    compiled_by_vela,
+    compiled_for_imx500,
+    conversion_arguments,
+    evaluated_keras_model,
+    mct_arguments,
+    result_name,
+    variant_recipes,
+)
 from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
-from core.build.variants import IMX500_VARIANT, MCT_METHODS, REPAIRED_MODEL, VARIANTS, model_id, variants_to_build
+from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order
 from core.config import QuantizeConfig, load_config_file
+from core.data.records import CalibrationSource
 from core.errors import InputError
 from core.evaluate.records import Evaluation
-from core.repair.ladder import models_to_analyse
 from core.results.records import RunRecords
 from core.results.results_text import format_table
 from core.run_logging import print_the_outcome_once
@@ -94,7 +106,8 @@ def quantize_evaluate(
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
     unsafe = c.allow_unsafe_model_code
-    variants = variants_to_build(c.variants, c.float_tflite)
+    settings = BuildSettings.of(c)
+    recipes = variant_recipes(c)
     evaluation_set_future = load_evaluation_set_task.submit(
         evaluate_image_dir=c.evaluate_image_dir,
         extension=c.evaluate_image_extension,
@@ -105,54 +118,22 @@ def quantize_evaluate(
     )
 
     # Exported once; every converter variant converts it.
-    saved_model = export_saved_model_task.submit(model_path=c.source_keras_model, allow_unsafe_code=unsafe)
+    saved_model = export_saved_model_task.submit(model_path=settings.model_path, allow_unsafe_code=unsafe)
 
-    def convert(variant: str, calibration_path: str | None) -> PrefectFuture:
-        return convert_to_tflite_task.submit(  # type: ignore[call-overload]  # Prefect resolves the future
-            model_path=c.source_keras_model,
-            saved_model=saved_model,
-            variant=variant,
-            calibration_path=calibration_path,
-        )
+    def convert(recipe: Recipe, calibration_path: str | None) -> PrefectFuture:
+        arguments = conversion_arguments(recipe, settings, saved_model, calibration_path)
+        return convert_to_tflite_task.submit(**arguments)  # type: ignore[call-overload]  # Prefect resolves the future
 
-    # Float conversions need no calibration: they start while the calibration set loads.
-    converting = [
-        convert(v, None) for v in variants if VARIANTS[v].builder == "converter" and not VARIANTS[v].calibrated
-    ]
-    calibration = load_calibration_set_task(
-        dataset_image_dir=c.dataset_image_dir,
-        input_tensor_size=c.input_tensor_size,
-        batch_size=c.batch_size,
-        iteration_count=c.iteration_count,
-        preprocessing=c.preprocessing,
-        seed=c.seed,
-        progress=progress,
-    )
+    # Conversions that need no calibration start while the calibration set loads.
+    converting = [convert(r, None) for r in recipes if not r.calibrated]
+    calibration = load_calibration_set_task(**CalibrationSource.of(c).arguments(), progress=progress)
     # MCT before the calibrated conversions: PTQ and the IMX500 compile after it are the longest chain of steps.
-    quantizing = {
-        v: quantize_with_mct_task.submit(
-            model_path=c.source_keras_model,
-            calibration_path=calibration.path,
-            batch_size=c.batch_size,
-            target_platform=c.target_platform,
-            method=MCT_METHODS[v],
-            error_method=c.mct_error_method,
-            # Only the variant's own options, so changing one does not redo the others.
-            gptq_epochs=c.gptq_epochs if v == "mct_gptq" else None,
-            weights_memory_ratio=c.mixed_precision_weights_ratio if v == "mct_mixed_precision" else None,
-            allow_unsafe_code=unsafe,
-            progress=progress,
-        )
-        for v in variants
-        if VARIANTS[v].builder == "mct"
-    }
-    converting += [convert(v, calibration.path) for v in variants if VARIANTS[v].calibrated]
-    # It starts as soon as the PTQ model exists: Prefect hands it the future's result.
-    imx500 = (
-        compile_for_imx500_task.submit(quantized_model=quantizing[IMX500_VARIANT])  # type: ignore[call-overload]
-        if c.target_platform == "imx500"
-        else None
-    )
+    quantizing = [
+        quantize_with_mct_task.submit(**mct_arguments(r, settings, calibration.path), progress=progress)
+        for r in recipes
+        if r.builder == "mct"
+    ]
+    converting += [convert(r, calibration.path) for r in recipes if r.builder == "converter" and r.calibrated]
     evaluation_set = evaluation_set_future.result()
     # The Dask cluster, when the runner asks for one, lives until the evaluations are done.
     with ExitStack() as dask:
@@ -185,8 +166,9 @@ def quantize_evaluate(
         built: list[BuiltModel] = []
         unsupported: list[UnsupportedVariant] = []
         vela: dict[str, PrefectFuture] = {}
-        # What follows each model (its export, evaluation, Ethos-U compile) starts as soon as that model exists.
-        pending: set[PrefectFuture] = {*converting, *quantizing.values()}
+        imx500: PrefectFuture | None = None
+        # What follows each model (its export, evaluation, compiles) starts as soon as that model exists.
+        pending: set[PrefectFuture] = {*converting, *quantizing}
         while pending:
             future = next(as_completed(list(pending)))
             pending.remove(future)
@@ -195,25 +177,26 @@ def quantize_evaluate(
                 unsupported.append(made)
             elif isinstance(made, QuantizedModel):
                 pending.add(export_quantized_tflite_task.submit(quantized_model=made))
-                if made.variant == IMX500_VARIANT:  # the SDK's quantized Keras model
-                    model_paths["keras_quantized"] = made.path
-                    evaluations["keras_quantized"] = evaluate("keras_quantized", made.path)
+                if compiled_for_imx500(made):
+                    imx500 = compile_for_imx500_task.submit(quantized_model=made)
+                if keras_name := evaluated_keras_model(made):
+                    model_paths[keras_name] = made.path
+                    evaluations[keras_name] = evaluate(keras_name, made.path)
             else:
-                name = model_id(made.variant, c.float_tflite)
+                name = result_name(made, c.float_tflite)
                 built.append(made)
                 model_paths[name] = made.path
                 evaluations[name] = evaluate(name, made.path)
-                if VARIANTS[made.variant].full_integer:
+                if compiled_by_vela(made):
                     vela[name] = compile_for_ethos_u_task.submit(model=made, accelerator=c.ethos_u_accelerator)
         # The catalogue's order, whichever finished first.
-        built.sort(key=lambda model: list(VARIANTS).index(model.variant))
-        unsupported.sort(key=lambda model: list(VARIANTS).index(model.variant))
+        built, unsupported = in_catalogue_order(built), in_catalogue_order(unsupported)
         # Let every evaluation and compile finish (and be cached) before a failed one fails the run: a run is
         # marked Failed only once nothing of it is still running.
         wait(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
-        names = ["keras", "keras_quantized", *(model_id(model.variant, c.float_tflite) for model in built)]
+        names = [*(n for n in KERAS_MODELS if n in evaluations), *(result_name(m, c.float_tflite) for m in built)]
         evaluated = {name: Evaluation.merged([part.result() for part in evaluations[name]]) for name in names}
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,

@@ -10,8 +10,12 @@ import threading
 from pathlib import Path
 
 from core.analysis.layer_analysis import analyse_converter_model, analyse_mct_model
+from core.analysis.layer_tools import CONVERTER_ANALYSED_VARIANTS
 from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
+from core.build.variants import model_id
+from core.evaluate.records import Evaluation
+from core.targets.devices import within_budget
 
 # The debugger runs TensorFlow's converter in this process (conversions for the models run in worker
 # processes); its bindings are not documented as thread-safe, so analyses take turns.
@@ -47,3 +51,17 @@ def analyse_layers(
         allow_unsafe_code=allow_unsafe_code,
         converter_lock=DEBUGGER_LOCK,
     )
+
+
+def models_to_analyse(
+    *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
+) -> dict[str, BuiltModel]:
+    """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
+    baseline = evaluations["keras"].top_1_accuracy
+    found = {}
+    for model in built:
+        name = model_id(model.variant, float_tflite)
+        analysable = model.quantization is not None or model.variant in CONVERTER_ANALYSED_VARIANTS
+        if analysable and not within_budget(baseline - evaluations[name].top_1_accuracy, max_accuracy_drop):
+            found[name] = model
+    return found

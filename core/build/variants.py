@@ -12,11 +12,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal, Protocol, TypeVar, get_args
 
 import numpy as np
 
 from core.build.records import TFLiteFacts
+
+
+class _HasVariant(Protocol):
+    @property
+    def variant(self) -> str: ...
+
+
+T = TypeVar("T", bound=_HasVariant)
 
 Variant = Literal[
     "float32",
@@ -172,6 +180,12 @@ def model_id(variant: str, float_tflite: str) -> str:
     if variant == "mct_ptq":
         return "tflite_quantized"
     return f"tflite_{variant}"
+
+
+def in_catalogue_order(made: Sequence[T]) -> list[T]:
+    """Records with a `variant` (built models, unsupported variants) in the catalogue's order."""
+    order = list(VARIANTS)
+    return sorted(made, key=lambda record: order.index(record.variant))
 
 
 def is_tflite_model(model_name: str) -> bool:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from core.config import Preprocessing, QuantizeConfig
 from core.records import Record
 
 
@@ -10,6 +13,32 @@ class SkippedImage(Record):
 
     file: str
     reason: str
+
+
+class CalibrationSource(Record):
+    """Where a calibration set is drawn from, and how many images of which size: what load_calibration_set takes."""
+
+    dataset_image_dir: str
+    input_tensor_size: int
+    batch_size: int
+    iteration_count: int
+    preprocessing: Preprocessing
+    seed: int
+
+    @classmethod
+    def of(cls, config: QuantizeConfig) -> CalibrationSource:
+        return cls(
+            dataset_image_dir=config.dataset_image_dir,
+            input_tensor_size=config.input_tensor_size,
+            batch_size=config.batch_size,
+            iteration_count=config.iteration_count,
+            preprocessing=config.preprocessing,
+            seed=config.seed,
+        )
+
+    def arguments(self, iteration_factor: int = 1) -> dict[str, Any]:
+        """load_calibration_set's arguments, with `iteration_factor` times the batches."""
+        return {**dict(self), "iteration_count": self.iteration_count * iteration_factor}
 
 
 class CalibrationSet(Record):

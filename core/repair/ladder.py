@@ -12,7 +12,6 @@ from itertools import zip_longest
 
 import numpy as np
 
-from core.analysis.layer_tools import CONVERTER_ANALYSED_VARIANTS
 from core.build.records import BuiltModel
 from core.build.variants import VARIANTS, model_id
 from core.evaluate.records import Evaluation
@@ -29,29 +28,18 @@ REPAIR_GPTQ_EPOCHS = 20
 
 
 # The inputs whose files' content enters a trial's cache key (core.caching.ContentCachePolicy's dotted names).
-TRIAL_FILE_INPUTS = tuple(
-    f"inputs.{name}"
-    for name in ("model_path", "calibration_path", "dataset_image_dir", "tuning_images_path", "tuning_labels_path")
+TRIAL_FILE_INPUTS = (
+    "inputs.build.model_path",
+    "inputs.calibration_path",
+    "inputs.calibration_source.dataset_image_dir",
+    "inputs.tuning_images_path",
+    "inputs.tuning_labels_path",
 )
 
 
 def integer_model_names(float_tflite: str, built: list[BuiltModel]) -> list[str]:
     """The models with integer arithmetic inside: what a device's NPU runs."""
     return [model_id(b.variant, float_tflite) for b in built if VARIANTS[b.variant].integer]
-
-
-def models_to_analyse(
-    *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
-) -> dict[str, BuiltModel]:
-    """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
-    baseline = evaluations["keras"].top_1_accuracy
-    found = {}
-    for model in built:
-        name = model_id(model.variant, float_tflite)
-        analysable = model.quantization is not None or model.variant in CONVERTER_ANALYSED_VARIANTS
-        if analysable and not within_budget(baseline - evaluations[name].top_1_accuracy, max_accuracy_drop):
-            found[name] = model
-    return found
 
 
 def repair_due(

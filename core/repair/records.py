@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from core.build.recipes import BuildSettings, Recipe
 from core.build.records import BuiltModel, QuantizedModel
-from core.config import Preprocessing
+from core.data.records import CalibrationSource
 from core.evaluate.records import Evaluation
 from core.records import Record
 from core.targets.records import EthosUReport, Imx500Report
@@ -25,29 +26,35 @@ class RepairRecipe(Record):
     gptq_epochs: int | None = None
     converter_variant: str | None = None  # for the converter: full_int8 (Ethos-U) or int8_float_io
 
+    def build_recipe(self, error_method: str) -> Recipe:
+        """How the model is made once the float model is equalized and the calibration drawn (`error_method`: the
+        configuration's, for a rung that does not choose its own)."""
+        if self.builder == "converter":
+            return Recipe(variant=self.converter_variant or "full_int8")  # type: ignore[arg-type]  # a catalogue name
+        return Recipe(
+            variant="mct_gptq" if self.gptq_epochs else "mct_ptq",
+            error_method=self.error_method or error_method,
+            gptq_epochs=self.gptq_epochs,
+            z_threshold=self.z_threshold,
+            shift_negative_params_search=self.shift_negative_params_search,
+        )
+
 
 class TrialInputs(Record):
     """What every trial of one search shares: the model, the calibration, the target, the tuning images."""
 
-    model_path: str
+    build: BuildSettings
+    error_method: str  # the configuration's: a rung may choose another
     calibration_path: str
-    dataset_image_dir: str
-    input_tensor_size: int
-    batch_size: int
-    iteration_count: int
-    preprocessing: Preprocessing
-    seed: int
-    target_platform: str
+    calibration_source: CalibrationSource  # to draw more calibration images
     target_device: str | None
     ethos_u_accelerator: str
-    error_method: str
     tuning_images_path: str
     tuning_labels_path: str
     evaluation_batch_size: int
     class_count: int
     baseline_top_1: float
     max_accuracy_drop: float
-    allow_unsafe_code: bool = False
 
 
 class RepairTrial(Record):

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.build.recipes import BuildSettings
 from core.build.records import BuiltModel
 from core.build.variants import REPAIRED_MODEL
 from core.config import QuantizeConfig
-from core.data.records import CalibrationSet, EvaluationSet
+from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
 from core.evaluate.evaluate_model import evaluate_model
 from core.evaluate.records import Evaluation
 from core.files import atomic_save_numpy
@@ -83,25 +84,18 @@ def search_repair(
 
     baseline_tuning, float_reporting = float_on("tuning").top_1_accuracy, float_on("reporting")
     inputs = TrialInputs(
-        model_path=config.source_keras_model,
+        build=BuildSettings.of(config),
+        error_method=config.mct_error_method,
         calibration_path=calibration.path,
-        dataset_image_dir=config.dataset_image_dir,
-        input_tensor_size=config.input_tensor_size,
-        batch_size=config.batch_size,
-        iteration_count=config.iteration_count,
-        preprocessing=config.preprocessing,
-        seed=config.seed,
-        target_platform=config.target_platform,
+        calibration_source=CalibrationSource.of(config),
         target_device=config.target_device,
         ethos_u_accelerator=config.ethos_u_accelerator,
-        error_method=config.mct_error_method,
         tuning_images_path=split["tuning_images"],
         tuning_labels_path=split["tuning_labels"],
         evaluation_batch_size=config.evaluation_batch_size,
         class_count=class_count,
         baseline_top_1=baseline_tuning,
         max_accuracy_drop=budget,
-        allow_unsafe_code=config.allow_unsafe_model_code,
     )
     trials: list[RepairTrial] = []
     spent = 0.0  # seconds of trials actually run: a cached trial costs nothing

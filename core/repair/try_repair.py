@@ -12,12 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.build.convert_to_tflite import convert_to_tflite
+from core.build.build_model import build_model
 from core.build.equalization import equalize, prediction_agreement
-from core.build.export_quantized_tflite import export_quantized_tflite
-from core.build.export_saved_model import export_saved_model
-from core.build.quantize_with_mct import quantize_with_mct
-from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
+from core.build.records import BuiltModel, QuantizedModel
 from core.build.variants import REPAIRED_MODEL
 from core.data.load_calibration_set import load_calibration_set
 from core.errors import StepError
@@ -63,54 +60,29 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         )
 
     agreement = None
-    source = p.model_path
+    settings = p.build
     calibration_path = p.calibration_path
     if recipe.equalize:
-        source, agreement = _equalized_model(p.model_path, p.tuning_images_path, out_dir, p.allow_unsafe_code)
+        source, agreement = _equalized_model(
+            settings.model_path, p.tuning_images_path, out_dir, settings.allow_unsafe_code
+        )
         if agreement < MIN_EQUALIZATION_AGREEMENT:
             changed = f"{100 * (1 - agreement):.1f}%"
             return failed(f"equalization changed the float predictions on {changed} of the tuning images: not used")
+        settings = settings.model_copy(update={"model_path": source})
     if recipe.calibration_factor > 1:
-        calibration_path = load_calibration_set(
-            dataset_image_dir=p.dataset_image_dir,
-            input_tensor_size=p.input_tensor_size,
-            batch_size=p.batch_size,
-            iteration_count=p.iteration_count * recipe.calibration_factor,
-            preprocessing=p.preprocessing,
-            seed=p.seed,
-            out_dir=out_dir,
-            progress=False,
-        ).path
-    quantized = None
+        more = p.calibration_source.arguments(iteration_factor=recipe.calibration_factor)
+        calibration_path = load_calibration_set(**more, out_dir=out_dir, progress=False).path
     try:
-        if recipe.builder == "mct":
-            quantized = quantize_with_mct(
-                model_path=source,
-                calibration_path=calibration_path,
-                batch_size=p.batch_size,
-                target_platform=p.target_platform,
-                out_dir=out_dir,
-                progress=False,
-                method="gptq" if recipe.gptq_epochs else "ptq",
-                error_method=recipe.error_method or p.error_method,
-                gptq_epochs=recipe.gptq_epochs,
-                z_threshold=recipe.z_threshold,
-                shift_negative_params_search=recipe.shift_negative_params_search,
-            )
-            built = export_quantized_tflite(quantized_model=quantized, out_dir=out_dir)
-        else:
-            converted = convert_to_tflite(
-                model_path=source,
-                saved_model=export_saved_model(model_path=source, out_dir=out_dir),
-                variant=recipe.converter_variant or "full_int8",
-                out_dir=out_dir,
-                calibration_path=calibration_path,
-            )
-            if isinstance(converted, UnsupportedVariant):
-                raise StepError("try-repair", source, RuntimeError(converted.reason))
-            built = converted
+        made = build_model(
+            recipe.build_recipe(p.error_method), settings, calibration_path=calibration_path, out_dir=out_dir
+        )
     except StepError as exc:
         return failed(f"the recipe failed: {exc}")
+    if made.model is None:
+        assert made.unsupported is not None
+        return failed(f"the recipe failed: {made.unsupported.reason}")
+    built, quantized = made.model, made.quantized
     evaluation = evaluate_model(
         model_name=REPAIRED_MODEL,
         model_path=built.path,

@@ -1,0 +1,37 @@
+"""Making a model from a recipe (core/build/recipes.py) with the build steps' functions: what a repair trial
+calls. The flow runs the same steps as cached tasks, with the same arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.build.convert_to_tflite import convert_to_tflite
+from core.build.export_quantized_tflite import export_quantized_tflite
+from core.build.export_saved_model import export_saved_model
+from core.build.quantize_with_mct import quantize_with_mct
+from core.build.recipes import BuildSettings, Built, Recipe, conversion_arguments, mct_arguments
+from core.build.records import SavedModelExport, UnsupportedVariant
+
+
+def build_model(
+    recipe: Recipe,
+    settings: BuildSettings,
+    *,
+    calibration_path: str,
+    out_dir: Path,
+    saved_model: SavedModelExport | None = None,
+) -> Built:
+    """The recipe's model in `out_dir`, made by the steps the flow runs as tasks. Raises StepError when a step fails."""
+    if recipe.builder == "mct":
+        quantized = quantize_with_mct(
+            **mct_arguments(recipe, settings, calibration_path), out_dir=out_dir, progress=False
+        )
+        return Built(model=export_quantized_tflite(quantized_model=quantized, out_dir=out_dir), quantized=quantized)
+    if saved_model is None:
+        saved_model = export_saved_model(
+            model_path=settings.model_path, out_dir=out_dir, allow_unsafe_code=settings.allow_unsafe_code
+        )
+    made = convert_to_tflite(**conversion_arguments(recipe, settings, saved_model, calibration_path), out_dir=out_dir)
+    if isinstance(made, UnsupportedVariant):
+        return Built(unsupported=made)
+    return Built(model=made)

@@ -1,8 +1,9 @@
 """Shared building blocks of the quantize-and-evaluate workflow.
 
-The workflow's steps live in `tasks/`, one module per step; this package holds what
-several steps share: the configuration model, preprocessing, image decoding, model
-loading and running, atomic file writes and the content-based cache policy.
+The workflow's steps are named in `tasks/` (one `@task` each); their logic lives here, one package per
+capability (data, build, evaluate, targets, analysis, repair, results, batch), each with its records. The modules
+at this level are the plumbing they share: the configuration, the cache policy, atomic files, locks, logging,
+runners and the command's start and exit.
 """
 
 import os

@@ -17,6 +17,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest  # noqa: E402
 
+# Prefect's logging setup replaces every existing handler, and absl's (TensorFlow's logging) closes its stream on
+# the way unless that stream is sys.stderr at that moment. Done inside a test with `capsys` active, it closed pytest's
+# own capture of the whole session. Done now, once, while sys.stderr is that capture, it closes nothing.
+from prefect.logging.configuration import setup_logging  # noqa: E402
+
+setup_logging()
+
 from tests.helpers import SAMPLE_TRAIN, SAMPLE_VALIDATION  # noqa: E402
 
 

@@ -230,7 +230,7 @@ def test_an_output_folder_on_a_read_only_file_system_is_refused(inputs, tmp_path
     skip_unless_private_mounts_work(readonly, "ro,size=64k")
     config = config_for(inputs, output_dir=str(readonly / "models"), evaluate_result_dir=str(readonly))
     code = (
-        "import json, sys\nfrom tasks.validate_config import validate_config\n"
+        "import json, sys\nfrom core.validate_config import validate_config\n"
         "try:\n    validate_config(config=json.loads(sys.argv[1]))\nexcept Exception as exc:\n    print(exc)\n"
     )
     environment = os.environ | {

@@ -99,7 +99,7 @@ def test_a_conversion_workers_native_output_goes_to_its_log_not_to_the_command(t
     script = textwrap.dedent(
         """
         import subprocess
-        from tasks.convert_to_tflite import CONVERSION_WORKERS
+        from core.build.convert_to_tflite import CONVERSION_WORKERS
         # A program the worker starts writes to the worker's own standard error, as the converter's code does.
         CONVERSION_WORKERS.run(subprocess.run, args=["sh", "-c", "echo said in the worker >&2"], check=True)
         """
@@ -254,7 +254,7 @@ def test_a_command_ends_at_once_whatever_its_conversion_workers_are_doing(tmp_pa
         f"""
         import functools, os, sys, threading, time
         from core.startup import end_command
-        from tasks.convert_to_tflite import CONVERSION_WORKERS
+        from core.build.convert_to_tflite import CONVERSION_WORKERS
         CONVERSION_WORKERS.run(os.getpid)
         if {workers == "busy"!r}:
             sleeping = functools.partial(time.sleep, 600)

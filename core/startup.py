@@ -35,7 +35,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -360,6 +360,24 @@ def native_stderr_without(noise: re.Pattern[str]) -> Iterator[None]:
                 if not noise.search(line):
                     sys.stderr.write(line)
             sys.stderr.flush()
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """A command's exit status for `body`: its own, 2 for input the user can fix, 130 for Ctrl-C, 1 for any other
+    failure; each failure said in one line on stderr, last (the run's log holds the details)."""
+    try:
+        return body()
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the steps that finished are cached; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        keep_the_outcome_last()
 
 
 def keep_the_outcome_last() -> None:

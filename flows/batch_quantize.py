@@ -24,14 +24,14 @@ if __name__ == "__main__":  # the command
 import argparse
 import json
 
+import pandas as pd
 from prefect import flow
 from prefect.states import Completed, Failed
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.batch.summary import outcome, outcome_of
-from core.errors import InputError
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
-from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
+from core.startup import end_command, run_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         start_prefect_api_while_importing("tensorflow")  # what the first step needs
         state = batch_quantize(
             config_dir=args.config_dir or None,
@@ -120,21 +121,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = state.result(raise_on_failure=False)  # type: ignore[attr-defined]  # a State: not called async
         if isinstance(summary, Exception):
             raise summary
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        keep_the_outcome_last()
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        import pandas as pd
+        if args.json:
+            print(json.dumps(summary, indent=2))
+        else:
+            print("\n" + pd.DataFrame(summary["rows"]).drop(columns=["error"]).to_string(index=False))
+            for row in summary["rows"]:
+                if row["error"]:
+                    print(f"failed: {row['configuration']}: {row['error']}", file=sys.stderr)
+        return 1 if summary["failed"] else 0
 
-        print("\n" + pd.DataFrame(summary["rows"]).drop(columns=["error"]).to_string(index=False))
-        for row in summary["rows"]:
-            if row["error"]:
-                print(f"failed: {row['configuration']}: {row['error']}", file=sys.stderr)
-    return 1 if summary["failed"] else 0
+    return run_command(run)
 
 
 if __name__ == "__main__":

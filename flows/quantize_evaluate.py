@@ -51,13 +51,12 @@ from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
 from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order
 from core.config import QuantizeConfig, load_config_file
 from core.data.records import CalibrationSource
-from core.errors import InputError
 from core.evaluate.records import Evaluation
 from core.results.records import RunRecords
 from core.results.results_text import format_table
 from core.run_logging import print_the_outcome_once
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import end_command, keep_the_outcome_last, start_prefect_api_while_importing
+from core.startup import end_command, run_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from core.targets.records import HardwareReports
 from tasks.analyse_layers import analyse_layers_task
@@ -287,26 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print results.json's content instead of the table")
     add_runner_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+
+    def run() -> int:
         load_config_file(args.config_path)  # structural problems are reported before Prefect starts
         start_prefect_api_while_importing("tensorflow")  # what the first step needs
         print_the_outcome_once()
         results = quantize_evaluate(
             config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args)
         )
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # the run failed: its log holds the details, the cause goes last
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: the steps that finished are cached; run the same command again to resume", file=sys.stderr)
-        return 130
-    finally:
-        keep_the_outcome_last()
-    print(json.dumps(results, indent=2) if args.json else "\n" + format_table(results))
-    return 0
+        print(json.dumps(results, indent=2) if args.json else "\n" + format_table(results))
+        return 0
+
+    return run_command(run)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """A command starts quickly: Prefect's ephemeral API starts before the command's imports, unless a Prefect
 setting may name a server, and the command ends without the interpreter's teardown."""
 
+import logging
 import os
 import re
 import socket
@@ -11,6 +12,8 @@ import textwrap
 import psutil
 import pytest
 
+from core import startup
+from core.errors import InputError
 from core.startup import _prefect_settings_given
 from core.storage import REPO_ROOT
 from tests.helpers import command_environment, sdk_config, write_config
@@ -286,3 +289,33 @@ def test_a_command_ends_at_once_whatever_its_conversion_workers_are_doing(tmp_pa
     # Python's own resource tracker (a helper of 'spawn') ends by itself once the command has: wait for that.
     _, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [child.cmdline() for child in alive]
+
+
+def _raises(exc: BaseException):
+    def body() -> int:
+        raise exc
+
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "said"),
+    [
+        (lambda: 0, 0, ""),
+        (lambda: 1, 1, ""),  # the batch's "a configuration failed"
+        (_raises(InputError("key 'batch_size' must be positive")), 2, "error: key 'batch_size' must be positive"),
+        (_raises(RuntimeError("the server went away")), 1, "error: RuntimeError: the server went away"),
+        (_raises(KeyboardInterrupt()), 130, "interrupted: the steps that finished are cached"),
+    ],
+    ids=["success", "its own status", "input error", "failure", "ctrl-c"],
+)
+def test_both_commands_end_with_one_status_policy_and_one_line_for_a_failure(body, status, said, capsys):
+    loggers = [logging.getLogger(name) for name in ("prefect", "EventsWorker", "APILogWorker")]
+    levels = [logger.level for logger in loggers]
+    try:
+        assert startup.run_command(body) == status
+    finally:  # the command quietens Prefect's loggers once its outcome is out: not for the tests that follow
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+    err = capsys.readouterr().err
+    assert err.startswith(said) and err.count("\n") == (1 if said else 0), err

@@ -44,11 +44,10 @@ from core.build.recipes import (
     conversion_arguments,
     evaluated_keras_model,
     mct_arguments,
-    result_name,
     variant_recipes,
 )
 from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
-from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order
+from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order, model_id
 from core.config import QuantizeConfig, load_config_file
 from core.data.records import CalibrationSource
 from core.evaluate.records import Evaluation
@@ -182,7 +181,7 @@ def quantize_evaluate(
                     model_paths[keras_name] = made.path
                     evaluations[keras_name] = evaluate(keras_name, made.path)
             else:
-                name = result_name(made, c.float_tflite)
+                name = model_id(made.variant, c.float_tflite)
                 built.append(made)
                 model_paths[name] = made.path
                 evaluations[name] = evaluate(name, made.path)
@@ -195,7 +194,7 @@ def quantize_evaluate(
         wait(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
-        names = [*(n for n in KERAS_MODELS if n in evaluations), *(result_name(m, c.float_tflite) for m in built)]
+        names = [*(n for n in KERAS_MODELS if n in evaluations), *(model_id(m.variant, c.float_tflite) for m in built)]
         evaluated = {name: Evaluation.merged([part.result() for part in evaluations[name]]) for name in names}
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,

@@ -1,6 +1,6 @@
 """How a model is made: a `Recipe` (the variant, which names its builder, and that builder's options), what every
 model of a run is made from (`BuildSettings`), the run's recipes (`variant_recipes`), the arguments each recipe gives
-the build steps, and what follows a built model (its name, its evaluation, its compiles).
+the build steps, and what follows a built model (what else is evaluated, what compiles it).
 
 The flow runs the build steps as separate cached tasks (one conversion per variant, MCT, MCT's export); a repair
 trial runs them through `build_model.build_model`. Both take their arguments from here, so a recipe is built the
@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
-from core.build.variants import IMX500_VARIANT, MCT_METHODS, VARIANTS, Variant, model_id, variants_to_build
+from core.build.variants import IMX500_VARIANT, MCT_METHODS, VARIANTS, Variant, variants_to_build
 from core.config import QuantizeConfig
 from core.records import Record
 
@@ -34,8 +34,9 @@ class Recipe(Record):
 
     @property
     def calibrated(self) -> bool:
-        """It needs the calibration set (MCT's, or the converter's integer variants)."""
-        return self.builder == "mct" or VARIANTS[self.variant].calibrated
+        """It needs the calibration set: every variant with integer arithmetic inside (MCT's, the converter's
+        integer variants) takes its ranges from it."""
+        return VARIANTS[self.variant].integer
 
 
 class BuildSettings(Record):
@@ -86,7 +87,8 @@ def mct_arguments(recipe: Recipe, settings: BuildSettings, calibration_path: str
         weights_memory_ratio=recipe.weights_memory_ratio,
         allow_unsafe_code=settings.allow_unsafe_code,
     )
-    # Outlier removal and the shift search only when a recipe asks: the flow's cache keys stay as they were.
+    # Outlier removal and the shift search only when a recipe asks: only repair rungs do, and the flow's MCT task
+    # takes neither.
     if recipe.z_threshold is not None:
         options["z_threshold"] = recipe.z_threshold
     if recipe.shift_negative_params_search:
@@ -115,7 +117,7 @@ class Built(Record):
     unsupported: UnsupportedVariant | None = None
 
 
-# What follows a model once it is built: which name it has, what else is evaluated, what compiles it.
+# What follows a model once it is built: what else is evaluated, what compiles it.
 
 
 def evaluated_keras_model(quantized: QuantizedModel) -> str | None:
@@ -131,8 +133,3 @@ def compiled_for_imx500(quantized: QuantizedModel) -> bool:
 def compiled_by_vela(model: BuiltModel) -> bool:
     """Vela compiles every full-integer model: what an Ethos-U NPU runs whole."""
     return VARIANTS[model.variant].full_integer
-
-
-def result_name(model: BuiltModel, float_tflite: str) -> str:
-    """The model's name in the results."""
-    return model_id(model.variant, float_tflite)

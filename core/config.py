@@ -190,6 +190,11 @@ class QuantizeConfig(BaseModel):
     seed: StrictInt = Field(
         0, ge=0, le=MAX_SEED, description="Seed of the calibration sample, so a run can be reproduced (0 .. 2^63-1)."
     )
+    task: Literal["classification"] = Field(
+        "classification",
+        description="What the model does, which says how it is scored: 'classification', an image classifier with "
+        "one score per class, judged by its Top-1 accuracy.",
+    )
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
         "imx500",
         description="MCT target platform capabilities: 'imx500' (Sony's AITRIOS sensor), 'tflite' or 'qnnpack'.",

@@ -50,7 +50,7 @@ from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
 from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order, model_id
 from core.config import QuantizeConfig, load_config_file
 from core.data.records import CalibrationSource
-from core.evaluate.records import Evaluation
+from core.kinds.registry import kind_named
 from core.results.records import RunRecords
 from core.results.results_text import format_table
 from core.run_logging import print_the_outcome_once
@@ -103,6 +103,7 @@ def quantize_evaluate(
     """
     validated = validate_config_task(config=config, config_path=config_path)
     c = validated.config
+    kind = kind_named(c.task)
     unsafe = c.allow_unsafe_model_code
     settings = BuildSettings.of(c)
     recipes = variant_recipes(c)
@@ -147,6 +148,7 @@ def quantize_evaluate(
                 progress=progress,
                 allow_unsafe_code=unsafe,
                 class_count=len(validated.class_names),
+                task=c.task,
             )
             if remote is None:
                 return [evaluate_model_task.submit(**arguments)]
@@ -195,13 +197,13 @@ def quantize_evaluate(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
         names = [*(n for n in KERAS_MODELS if n in evaluations), *(model_id(m.variant, c.float_tflite) for m in built)]
-        evaluated = {name: Evaluation.merged([part.result() for part in evaluations[name]]) for name in names}
+        evaluated = {name: kind.merged([part.result() for part in evaluations[name]]) for name in names}
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,
             ethos_u={name: future.result() for name, future in vela.items()},
         )
-    # When quantization lost too much accuracy: which layers lost it (beside the search), and the repair search
-    # (it decides whether it is due).
+    # When quantization lost too much accuracy: which layers lost it, and the repair search (it decides whether it
+    # is due), whose first recipes are the cures of the causes the analysis found.
     analysing = {
         name: analyse_layers_task.submit(
             model_name=name,
@@ -215,6 +217,7 @@ def quantize_evaluate(
             evaluations=evaluated, built=built, float_tflite=c.float_tflite, max_accuracy_drop=c.max_accuracy_drop
         ).items()
     }
+    layer_analysis = {name: future.result() for name, future in analysing.items()}
     repair = search_repair_task(
         config=c,
         class_count=len(validated.class_names),
@@ -223,6 +226,7 @@ def quantize_evaluate(
         evaluations=evaluated,
         built=built,
         hardware=hardware,
+        layer_analysis=layer_analysis,
     )
     repaired = repair.chosen_trial.model if repair.chosen_trial else None
     if repaired is not None:
@@ -249,7 +253,7 @@ def quantize_evaluate(
             latencies=latencies,
             hardware=hardware,
             repair=repair,
-            layer_analysis={name: future.result() for name, future in analysing.items()},
+            layer_analysis=layer_analysis,
         )
     )
 

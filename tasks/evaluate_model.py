@@ -1,4 +1,4 @@
-"""Step 6: evaluate one model on the shared evaluation set: Top-1, Top-5 and the confusion matrix.
+"""Step 6: evaluate one model on the shared evaluation set, scored as its kind of model scores it.
 
 The step's logic: core/evaluate/evaluate_model.py.
 """
@@ -9,7 +9,8 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.evaluate.evaluate_model import evaluate_model, injected_fault_key
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
+from core.kinds.registry import CLASSIFICATION
 from core.retry import RETRY_OPTIONS
 
 
@@ -36,9 +37,11 @@ def evaluate_model_task(
     class_count: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    task: str = CLASSIFICATION.name,
     shard_label: str = "",
 ) -> Evaluation:
-    """Run one model on the evaluation images (or a shard of them): Top-1, Top-5, confusion matrix, predictions."""
+    """Run one model on the evaluation images (or a shard of them), scored as its kind (`task`) scores it: for a
+    classifier, Top-1, Top-5, confusion matrix and predictions."""
     from prefect.logging import get_run_logger
 
     result = evaluate_model(
@@ -52,14 +55,7 @@ def evaluate_model_task(
         class_count=class_count,
         start=start,
         stop=stop,
+        task=task,
     )
-    get_run_logger().info(
-        "%s: Top-1 %.4f, Top-5 %.4f (%d of %d images) in %.1f s",
-        model_name,
-        result.top_1_accuracy,
-        result.top_5_accuracy,
-        result.correct,
-        result.image_count,
-        result.seconds,
-    )
+    get_run_logger().info("%s: %s", model_name, result.describe())
     return result

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from prefect import task
 
+from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, EvaluationSet
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
+from core.kinds.registry import kind_named
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
 from core.repair.search_repair import search_repair
 from core.retry import RETRY_OPTIONS
@@ -36,6 +38,7 @@ def search_repair_task(
     evaluations: dict[str, Evaluation],
     built: list[BuiltModel],
     hardware: HardwareReports,
+    layer_analysis: dict[str, LayerAnalysis],
 ) -> RepairOutcome:
     """When quantization lost too much accuracy: try the repair ladder's recipes, cheapest first, each its own
     cached task, until one gives a model the target takes within the budget."""
@@ -51,17 +54,19 @@ def search_repair_task(
         hardware=hardware,
         out_dir=new_work_dir("repair-split"),
         run_trial=_trial_in_its_own_task,
+        layer_analysis=layer_analysis,
     )
     logger = get_run_logger()
     if not outcome.needed:
         logger.info("Repair: %s", outcome.why)
     elif outcome.chosen_trial is not None and outcome.reporting is not None:
         logger.info(
-            "Repair: %s; chose %s after %d trial(s): Top-1 %.4f on the %d reporting images (float %.4f)",
+            "Repair: %s; chose %s after %d trial(s): %s %.4f on the %d reporting images (float %.4f)",
             outcome.why,
             outcome.chosen_trial.recipe.name,
             len(outcome.trials),
-            outcome.reporting.top_1_accuracy,
+            kind_named(config.task).score_label,
+            outcome.reporting.score,
             outcome.reporting_image_count,
             outcome.baseline_reporting_top_1,
         )

@@ -51,8 +51,10 @@ HEAVY_STEPS = [
 EVALUATIONS = ["evaluate-keras", "evaluate-keras_quantized", "evaluate-tflite", "evaluate-tflite_quantized"]
 
 
-def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[str, str]:
-    """Task-run name (without Prefect's random suffix) -> final state name, read from the API."""
+def task_states(flow_state, expected: int = 15, timeout: float = 120.0) -> dict[str, str]:
+    """Task-run name (without Prefect's random suffix) -> final state name, read from the API once at least
+    `expected` task runs have settled and, for a completed run, its last step (record-results) is among them: the
+    API hears of task runs through events, which can lag behind the flow's own end on a busy machine."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -65,7 +67,8 @@ def task_states(flow_state, expected: int = 15, timeout: float = 30.0) -> dict[s
         settled = all(
             name not in ("Running", "Pending", "Scheduled", "AwaitingRetry", "Retrying") for name in states.values()
         )
-        if (len(states) >= expected and settled) or time.monotonic() > deadline:
+        last_step_seen = "record-results" in states or not flow_state.is_completed()
+        if (len(states) >= expected and settled and last_step_seen) or time.monotonic() > deadline:
             return states
         time.sleep(0.5)
 

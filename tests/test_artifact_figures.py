@@ -8,7 +8,7 @@ import re
 import pytest
 from PIL import Image
 
-from core.results.report import MARKDOWN_CONFUSION_MATRICES, compact_png, markdown_figures
+from core.results.report import MARKDOWN_MODELS, compact_png, markdown_figures
 from core.results.results_text import report_link, summary_markdown
 
 CLASSES = [str(digit) for digit in range(10)]
@@ -90,7 +90,7 @@ def test_at_most_twelve_confusion_matrices_the_recommended_one_among_them_the_re
     markdown = markdown_figures(results)
 
     matrices = [alt.removeprefix("Confusion matrix of ") for alt in images(markdown) if alt.startswith("Confusion")]
-    assert len(matrices) == MARKDOWN_CONFUSION_MATRICES == 12
+    assert len(matrices) == MARKDOWN_MODELS == 12
     if chosen:
         assert chosen in matrices
     left_out = [m["model"] for m in results["models"] if m["model"] not in matrices]

@@ -85,10 +85,10 @@ def test_a_rerun_does_not_call_the_compilers_again(hardware_run):
 @pytest.mark.hardware
 def test_a_target_device_restricts_the_recommendation(hardware_run):
     _, _, results = hardware_run
-    assert recommend(results["models"], 0.05, "size", "imx500")["chosen"] == "tflite_quantized"
+    assert recommend(results["models"], 0.05, "size", "imx500").chosen == "tflite_quantized"
     on_ethos_u = recommend(results["models"], 0.05, "size", "ethos-u55-128")
-    assert on_ethos_u["chosen"] == "tflite_full_int8" and "most operators on the NPU" in on_ethos_u["reason"]
-    assert any("not for Ethos-U" in r["reason"] for r in on_ethos_u["rejected"])
+    assert on_ethos_u.chosen == "tflite_full_int8" and "most operators on the NPU" in on_ethos_u.reason
+    assert any("not for Ethos-U" in r.reason for r in on_ethos_u.rejected)
 
 
 def test_without_the_converter_the_step_is_skipped_with_how_to_install_it(tmp_path):

@@ -52,29 +52,29 @@ MODELS = [
 
 def test_the_smallest_model_within_the_budget_is_recommended_and_the_others_say_why_not():
     choice = recommend(MODELS, max_accuracy_drop=0.01, objective="size")
-    assert choice["chosen"] == "tflite_quantized"
-    assert "smallest" in choice["reason"] and "27.0 KiB" in choice["reason"]
-    reasons = {r["model"]: r["reason"] for r in choice["rejected"]}
+    assert choice.chosen == "tflite_quantized"
+    assert "smallest" in choice.reason and "27.0 KiB" in choice.reason
+    reasons = {r.model: r.reason for r in choice.rejected}
     assert reasons["tflite_full_int8"].startswith("Top-1 drop 0.0300 exceeds the budget 0.0100")
     assert reasons["tflite_float16"].startswith("larger: 50.0 KiB")
     assert "keras" not in reasons  # the float Keras model is the reference, not a candidate
 
 
 def test_the_latency_objective_picks_the_fastest_within_the_budget():
-    assert recommend(MODELS, max_accuracy_drop=0.05, objective="latency")["chosen"] == "tflite_full_int8"
-    assert recommend(MODELS, max_accuracy_drop=0.008, objective="latency")["chosen"] == "tflite_quantized"
-    assert recommend(MODELS, max_accuracy_drop=0.006, objective="latency")["chosen"] == "tflite_float16"
+    assert recommend(MODELS, max_accuracy_drop=0.05, objective="latency").chosen == "tflite_full_int8"
+    assert recommend(MODELS, max_accuracy_drop=0.008, objective="latency").chosen == "tflite_quantized"
+    assert recommend(MODELS, max_accuracy_drop=0.006, objective="latency").chosen == "tflite_float16"
 
 
 def test_an_impossible_budget_recommends_nothing_and_names_the_closest():
     worse = [m if m["model"] == "keras" else {**m, "top_1_accuracy": m["top_1_accuracy"] - 0.05} for m in MODELS]
     choice = recommend(worse, max_accuracy_drop=0.0)
-    assert choice["chosen"] is None
-    assert choice["closest"] == "tflite"
-    assert "no TFLite model stays within" in choice["reason"] and "the closest is tflite" in choice["reason"]
-    assert len(choice["rejected"]) == 4
+    assert choice.chosen is None
+    assert choice.closest == "tflite"
+    assert "no TFLite model stays within" in choice.reason and "the closest is tflite" in choice.reason
+    assert len(choice.rejected) == 4
 
 
 def test_a_device_that_can_take_no_model_is_named_as_the_reason():
     choice = recommend(MODELS, max_accuracy_drop=0.05, target_device="ethos-u55-128")
-    assert choice["chosen"] is None and choice["reason"].startswith("no TFLite model can go to ethos-u55-128")
+    assert choice.chosen is None and choice.reason.startswith("no TFLite model can go to ethos-u55-128")

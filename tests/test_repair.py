@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from core.data.sample_data import make_imbalanced
-from core.repair.ladder import ladder, stratified_split
+from core.kinds.classification import stratified_split
+from core.repair.ladder import ladder
 from core.storage import REPO_ROOT
 from tests.helpers import command_environment, gone, run, sdk_config, task_states, write_config
 

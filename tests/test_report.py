@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.results.report import accuracy_size_chart_png, confusion_matrix_png, write_html_report
+from core.kinds.classification import confusion_matrix_png
+from core.results.report import accuracy_size_chart_png, write_html_report
 
 PNG_SIGNATURE = b"\x89PNG"
 DATA_URI = "data:image/png;base64,"

@@ -14,7 +14,7 @@ from core.analysis.layer_tools import CONVERTER_ANALYSED_VARIANTS
 from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
 from core.build.variants import model_id
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
 from core.targets.devices import within_budget
 
 # The debugger runs TensorFlow's converter in this process (conversions for the models run in worker
@@ -57,11 +57,11 @@ def models_to_analyse(
     *, evaluations: dict[str, Evaluation], built: list[BuiltModel], float_tflite: str, max_accuracy_drop: float
 ) -> dict[str, BuiltModel]:
     """The integer models (MCT's, and the converter's integer variants) that lost more than the budget, by name."""
-    baseline = evaluations["keras"].top_1_accuracy
+    baseline = evaluations["keras"].score
     found = {}
     for model in built:
         name = model_id(model.variant, float_tflite)
         analysable = model.quantization is not None or model.variant in CONVERTER_ANALYSED_VARIANTS
-        if analysable and not within_budget(baseline - evaluations[name].top_1_accuracy, max_accuracy_drop):
+        if analysable and not within_budget(baseline - evaluations[name].score, max_accuracy_drop):
             found[name] = model
     return found

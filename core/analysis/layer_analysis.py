@@ -31,6 +31,7 @@ from core.analysis.layer_causes import (
     Cause,
     activation_stats,
     inbound_layers,
+    joins,
     measured_layers,
     range_causes,
     sensitive_cause,
@@ -102,7 +103,7 @@ def analyse_mct_model(
     result = run_xquant(float_model, quantized, calibration, evaluation, batch_size, report_dir)
     metrics = xquant_layer_metrics(result, quantized)
     stats = activation_stats(float_model, calibration, batch_size)
-    causes = _causes(stats, mct_unsigned_outputs(quantized))
+    causes = _causes(stats, mct_unsigned_outputs(quantized), joins(float_model))
     noise = {name: _noise(values.get("sqnr_db")) for name, values in metrics.items()}
     noise[INPUT] = input_noise_to_signal(quantized, evaluation, batch_size)
     inbound = inbound_layers(float_model)
@@ -147,7 +148,7 @@ def analyse_converter_model(
         model, calibration, debug_images[:debug_image_count], variant, converter_lock
     )
     stats = activation_stats(model, calibration, batch_size)
-    causes = _causes(stats, unsigned)
+    causes = _causes(stats, unsigned, joins(model))
     charges = {}
     for name, values in metrics.items():  # each op's own error: its inputs are the quantized model's, dequantized
         noise = values.get("channel_noise_to_signal")
@@ -170,8 +171,11 @@ def _noise(sqnr_db: float | None) -> float:
     return 0.0 if sqnr_db is None else 10 ** (-max(sqnr_db, -100.0) / 10)
 
 
-def _causes(stats: dict, unsigned: dict[str, bool]) -> dict[str, list[Cause]]:
-    return {name: range_causes(layer_stats, unsigned.get(name, False)) for name, layer_stats in stats.items()}
+def _causes(stats: dict, unsigned: dict[str, bool], joined: dict[str, str]) -> dict[str, list[Cause]]:
+    return {
+        name: range_causes(layer_stats, unsigned.get(name, False), joined.get(name))
+        for name, layer_stats in stats.items()
+    }
 
 
 def _upstream(name: str, inbound: dict[str, list[str]], points) -> tuple[set[str], list[str]]:
@@ -214,7 +218,7 @@ def _assemble(
     layers = measured_layers(model)
     order = [layer.name for layer in layers]
     measured = [name for name in order if name in metrics]
-    ends = {measured[0]: "first", measured[-1]: "last"} if measured else {}
+    ends: dict[str, Literal["first", "last"]] = {measured[0]: "first", measured[-1]: "last"} if measured else {}
     reports = []
     for layer in layers:
         name = layer.name
@@ -236,6 +240,7 @@ def _assemble(
                 negative_share=layer_stats.negative_share if layer_stats else None,
                 outlier_ratio=finite_or_none(layer_stats.outlier_ratio) if layer_stats else None,
                 causes=[cause.text for cause in layer_causes],
+                cause_kinds=[cause.kind for cause in layer_causes],
             )
         )
     reports.sort(key=lambda report: (-report["loss_db"], order.index(report["layer"])))

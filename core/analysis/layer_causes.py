@@ -10,6 +10,7 @@ precision whatever its ranges: the input's and the logits' errors reach the resu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -39,10 +40,22 @@ class ActivationStats:
     outlier_ratio: float | None  # max |x| / 99.9th percentile of |x|; None when that percentile is 0
 
 
+# What a cause is, for the repair search to choose its first recipe from (core/repair/ladder.py).
+CauseKind = Literal[
+    "channel_spread",  # between consecutive layers: cross-layer equalization
+    "channel_spread_at_join",  # on a tensor that also feeds or is an Add / Concatenate: pairwise equalization stops
+    "outliers",
+    "negative_into_unsigned",
+    "sensitive_first",
+    "sensitive_last",
+]
+
+
 @dataclass(frozen=True)
 class Cause:
     severity: float  # how far past its limit: causes are listed most severe first
     text: str
+    kind: CauseKind
 
 
 def inbound_layers(model) -> dict[str, list[str]]:
@@ -119,22 +132,28 @@ def _summarize(rows: np.ndarray, low: float, high: float, negative_share: float)
     )
 
 
-def range_causes(stats: ActivationStats, unsigned_quantizer: bool) -> list[Cause]:
-    """The causes a layer's float output range points to, most severe first."""
+def range_causes(stats: ActivationStats, unsigned_quantizer: bool, joins: str | None = None) -> list[Cause]:
+    """The causes a layer's float output range points to, most severe first. `joins`: the Add or Concatenate the
+    layer's output is, or feeds, if any."""
     causes = []
     if stats.channel_spread is not None and stats.channel_spread > CHANNEL_SPREAD_LIMIT:
-        causes.append(
-            Cause(
-                stats.channel_spread / CHANNEL_SPREAD_LIMIT,
-                f"channels' ranges differ by {stats.channel_spread:.0f}x (cross-layer equalization helps)",
+        spread = f"channels' ranges differ by {stats.channel_spread:.0f}x"
+        severity = stats.channel_spread / CHANNEL_SPREAD_LIMIT
+        if joins:
+            text = (
+                f"{spread} on a tensor joined at {joins}, where pairwise equalization stops (equalization that "
+                "follows the residual, or 16 bits there, helps)"
             )
-        )
+            causes.append(Cause(severity, text, "channel_spread_at_join"))
+        else:
+            causes.append(Cause(severity, f"{spread} (cross-layer equalization helps)", "channel_spread"))
     if stats.outlier_ratio is not None and stats.outlier_ratio > OUTLIER_RATIO_LIMIT:
         causes.append(
             Cause(
                 stats.outlier_ratio / OUTLIER_RATIO_LIMIT,
                 f"activation outliers: max is {stats.outlier_ratio:.0f}x the 99.9th percentile "
                 "(outlier removal / z-threshold, or a finer error method helps)",
+                "outliers",
             )
         )
     if unsigned_quantizer and stats.negative_share > NEGATIVE_SHARE_LIMIT:
@@ -142,11 +161,49 @@ def range_causes(stats: ActivationStats, unsigned_quantizer: bool) -> list[Cause
             Cause(
                 stats.negative_share / NEGATIVE_SHARE_LIMIT,
                 f"negative values into an unsigned quantizer: {stats.negative_share:.1%} of the outputs clip to zero",
+                "negative_into_unsigned",
             )
         )
     return sorted(causes, key=lambda cause: -cause.severity)
 
 
-def sensitive_cause(position: str) -> Cause:
-    """`position` is 'first' or 'last'; listed after the range causes."""
-    return Cause(1.0, f"sensitive {position} layer (keep it at higher precision)")
+def sensitive_cause(position: Literal["first", "last"]) -> Cause:
+    """Listed after the range causes."""
+    kind: CauseKind = "sensitive_first" if position == "first" else "sensitive_last"
+    return Cause(1.0, f"sensitive {position} layer (keep it at higher precision)", kind)
+
+
+def joins(model) -> dict[str, str]:
+    """Layer name -> the Add or Concatenate its output joins, for the layers whose output does: the join itself, the
+    layers that feed it up to and including the first one with weights, and those after it up to the first with
+    weights (through single-input layers, such as an activation or a pooling, which carry the same channels)."""
+    import tensorflow as tf
+
+    inbound = inbound_layers(model)
+    consumers: dict[str, list[str]] = {name: [] for name in inbound}
+    for name, sources in inbound.items():
+        for source in sources:
+            consumers.setdefault(source, []).append(name)
+
+    def carries(name: str) -> bool:  # passes its one input's channels on, without weights of its own
+        layer = model.get_layer(name)
+        return not layer.weights and len(inbound.get(name, [])) == 1
+
+    found: dict[str, str] = {}
+    for join in inbound:
+        if not isinstance(model.get_layer(join), tf.keras.layers.Add | tf.keras.layers.Concatenate):
+            continue
+        found.setdefault(join, join)
+        for source in inbound[join]:
+            while True:
+                found.setdefault(source, join)
+                if not carries(source):
+                    break
+                source = inbound[source][0]
+        pending = list(consumers.get(join, []))
+        while pending:
+            name = pending.pop()
+            if carries(name) and name not in found:
+                found[name] = join
+                pending += consumers.get(name, [])
+    return found

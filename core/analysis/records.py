@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from core.analysis.layer_causes import CauseKind
 from core.records import Record
 
 
@@ -21,6 +22,7 @@ class LayerReport(Record):
     negative_share: float | None
     outlier_ratio: float | None
     causes: list[str]  # most severe first
+    cause_kinds: list[CauseKind] = []  # the same causes, as the repair search reads them
 
 
 class LayerAnalysis(Record):

@@ -72,6 +72,13 @@ class EqualizationReport(Record):
     iterations: int
     converged: bool  # every scale of the last iteration was within `tolerance` of 1
 
+    def describe(self) -> str:
+        """In words, for a repair trial's record."""
+        pairs = ", ".join(f"{p.first} -> {p.second}" for p in self.pairs)
+        skipped = "; ".join(f"{s.first}: {s.reason}" for s in self.skipped)
+        found = f"equalized {len(self.pairs)} pair(s) ({pairs})" if self.pairs else "no pair of layers to equalize"
+        return found + (f"; not equalized: {skipped}" if skipped else "")
+
 
 class PredictionAgreement(Record):
     """Two models on the same images: the share with the same argmax, and the largest output difference."""

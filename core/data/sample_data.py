@@ -112,6 +112,59 @@ def make_imbalanced(
     return destination
 
 
+def make_residual_with_outliers(
+    sample: Path,
+    destination: Path,
+    factor: float = 300.0,
+    channels: tuple[int, ...] = (3, 7),
+    epochs: int = 40,
+    seed: int = 0,
+) -> Path:
+    """A small residual CNN trained on the sample's training images, whose residual stream then carries outlier
+    channels without any change to its function: the stream's `channels` are multiplied by `factor` where they are
+    written (the stem and the block's last convolution, kernels and biases) and the weights that read them (the
+    block's first convolution, the classifier) divided by it; ReLU, max pooling and average pooling are positively
+    homogeneous. 8-bit activations then spend their grid on the outliers and the readers' weights for them round to
+    nothing; pairwise equalization cannot reach the stream, as its tensors feed an Add as well as the next layer
+    (the precision repair's tests and benchmark use it)."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    spec = Preprocessing()
+    files = find_jpegs(Path(sample) / "training")
+    x = np.stack([preprocess(decode_rgb(f), IMAGE_SIZE, spec) for f in files])
+    y = np.array([int(f.parent.name) for f in files])
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
+    stream = layers.MaxPooling2D(name="stem_pool")(
+        layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    )
+    block = layers.Conv2D(16, 3, padding="same", activation="relu", name="block_a")(stream)
+    block = layers.Conv2D(16, 3, padding="same", name="block_b")(block)
+    stream = layers.ReLU(name="residual_relu")(layers.Add(name="residual")([stream, block]))
+    pooled = layers.GlobalAveragePooling2D(name="pool")(stream)
+    model = tf.keras.Model(inputs, layers.Dense(10, activation="softmax", name="head")(pooled), name="residual_cnn")
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    picked = list(channels)
+    for writer in ("stem", "block_b"):
+        kernel, bias = model.get_layer(writer).get_weights()
+        kernel[..., picked] *= factor
+        bias[picked] *= factor
+        model.get_layer(writer).set_weights([kernel, bias])
+    for reader, axis in (("block_a", 2), ("head", 0)):
+        kernel, bias = model.get_layer(reader).get_weights()
+        index: list = [slice(None)] * kernel.ndim
+        index[axis] = picked
+        kernel[tuple(index)] /= factor
+        model.get_layer(reader).set_weights([kernel, bias])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    model.save(destination)
+    return destination
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m core.data.sample_data",

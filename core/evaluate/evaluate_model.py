@@ -1,4 +1,5 @@
-"""Step 6: evaluate one model on the shared evaluation set: Top-1, Top-5 and the confusion matrix.
+"""Step 6: evaluate one model on the shared evaluation set, scored as its kind of model scores it (core/kinds/:
+for a classifier, Top-1, Top-5 and the confusion matrix).
 
 The flow submits this step once per model so the four evaluations run concurrently, each
 with its own model instance and TFLite interpreter.
@@ -12,22 +13,16 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 from core.build.variants import KERAS_MODELS, is_tflite_model
-from core.data.image_store import image_count, iter_batches
-from core.evaluate.metrics import confusion_matrix, top_k_correct
 from core.evaluate.models import TFLitePredictor, keras_predictor, load_keras_by_name
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
+from core.kinds.registry import CLASSIFICATION, kind_named
 
 # At most one evaluation per core runs at a time, whatever the task runner's pool size.
 EVALUATION_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)
-TOP_K = 5
 FAULT_ENV = "QUANTIZE_FAIL_EVALUATION"
 
 
@@ -63,34 +58,6 @@ def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = F
     raise ValueError(f"unknown model name {model_name!r}: expected keras, keras_quantized or tflite...")
 
 
-def predict_top_k(
-    *,
-    model_name: str,
-    model_path: str,
-    images_path: str,
-    batch_size: int,
-    progress: bool = True,
-    allow_unsafe_code: bool = False,
-    start: int = 0,
-    stop: int | None = None,
-) -> tuple[np.ndarray, int]:
-    """(images, min(5, classes)) class ids, best first, of images [start, stop), and the model's class count."""
-    stop = image_count(images_path) if stop is None else stop
-    total = stop - start
-    predict = make_predictor(model_name, model_path, allow_unsafe_code)
-    predicted, class_count, done = None, 0, 0
-    with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(images_path, batch_size, start, stop):
-            scores = predict(batch)
-            if predicted is None:
-                class_count = scores.shape[-1]
-                predicted = np.empty((total, min(TOP_K, class_count)), np.int64)
-            predicted[done : done + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
-            done += len(batch)
-            bar.update(len(batch))
-    return (predicted if predicted is not None else np.empty((0, 1), np.int64)), class_count
-
-
 def evaluate_model(
     *,
     model_name: str,
@@ -103,34 +70,24 @@ def evaluate_model(
     class_count: int | None = None,
     start: int = 0,
     stop: int | None = None,
+    task: str = CLASSIFICATION.name,
 ) -> Evaluation:
-    """`class_count` sizes the confusion matrix (default: the model's output size); `start` and `stop`
-    select a shard of the images (all by default), for `Evaluation.merged` to put together."""
+    """The model scored as its kind (`task`) scores it. `class_count` sizes the confusion matrix (default: the
+    model's output size); `start` and `stop` select a shard of the images (all by default), for the kind's
+    `merged` to put together."""
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     with EVALUATION_SLOTS:
-        started = time.perf_counter()
-        top_k, model_classes = predict_top_k(
+        return kind_named(task).evaluate(
             model_name=model_name,
             model_path=model_path,
+            predict=make_predictor(model_name, model_path, allow_unsafe_code),
             images_path=images_path,
+            labels_path=labels_path,
             batch_size=batch_size,
             progress=progress,
-            allow_unsafe_code=allow_unsafe_code,
+            class_count=class_count,
             start=start,
             stop=stop,
         )
-        seconds = time.perf_counter() - started
-    labels = np.load(labels_path)[start:stop]
-    predicted = top_k[:, 0]
-    return Evaluation.counted(
-        model=model_name,
-        model_path=model_path,
-        correct=top_k_correct(top_k[:, :1], labels),
-        correct_top_5=top_k_correct(top_k, labels),
-        seconds=seconds,
-        confusion_matrix=confusion_matrix(predicted, labels, class_count or model_classes).tolist(),
-        predicted=predicted.tolist(),
-        shard=(start, start + len(labels)),
-    )

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from itertools import zip_longest
 
-import numpy as np
-
+from core.analysis.layer_analysis import SIGNIFICANT_LOSS_DB
+from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
 from core.build.variants import VARIANTS, model_id
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
 from core.repair.records import RepairRecipe
 from core.targets.devices import target_for, within_budget
 from core.targets.records import HardwareReports
@@ -25,6 +25,7 @@ MIN_EQUALIZATION_AGREEMENT = 0.99
 OUTLIER_Z_THRESHOLD = 8.0  # standard deviations: MCT's outlier removal before thresholds are chosen
 MORE_CALIBRATION = 4  # times the configured number of calibration batches
 REPAIR_GPTQ_EPOCHS = 20
+CAUSE_LAYERS = 3  # of each analysed model, worst first: the layers whose causes choose the first recipes
 
 
 # The inputs whose files' content enters a trial's cache key (core.caching.ContentCachePolicy's dotted names).
@@ -55,13 +56,13 @@ def repair_due(
     """Whether to search, and why: under 'auto', when no integer model the target takes stays within budget."""
     if mode == "off":
         return False, "repair is off"
-    baseline = evaluations["keras"].top_1_accuracy
+    baseline = evaluations["keras"].score
     target = target_for(target_device)
     fitting = []
     for name in integer_model_names(float_tflite, built):
         if not target.takes(name, float_tflite) or target.problem(hardware.reports_of(name, float_tflite)):
             continue
-        drop = baseline - evaluations[name].top_1_accuracy
+        drop = baseline - evaluations[name].score
         fitting.append((drop, name))
     best = min(fitting) if fitting else None
     where = f" that {target_device} takes" if target_device else ""
@@ -83,12 +84,23 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
     mct_rungs = [
         RepairRecipe(
             name="mct_cle",
+            cures=("channel_spread",),
             description="cross-layer equalization of the float model, then MCT PTQ",
             builder="mct",
             equalize=True,
         ),
         RepairRecipe(
+            name="mct_residual_cle",
+            cures=("channel_spread_at_join",),
+            description="equalization that follows the residual streams (every layer writing and reading a "
+            "stream rescaled together), then MCT PTQ",
+            builder="mct",
+            equalize=True,
+            residual=True,
+        ),
+        RepairRecipe(
             name="mct_cle_outliers",
+            cures=("outliers", "negative_into_unsigned"),
             description=f"equalization, MCT outlier removal (z-threshold {OUTLIER_Z_THRESHOLD:g}) "
             "and a searched negative-activation shift",
             builder="mct",
@@ -121,9 +133,19 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
     converter_rungs = [
         RepairRecipe(
             name="converter_cle",
+            cures=("channel_spread",),
             description=f"cross-layer equalization of the float model, then the converter's {converter_variant}",
             builder="converter",
             equalize=True,
+            converter_variant=converter_variant,
+        ),
+        RepairRecipe(
+            name="converter_residual_cle",
+            cures=("channel_spread_at_join",),
+            description=f"equalization that follows the residual streams, then the converter's {converter_variant}",
+            builder="converter",
+            equalize=True,
+            residual=True,
             converter_variant=converter_variant,
         ),
         RepairRecipe(
@@ -142,17 +164,20 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
     return [rung for turn in taking_turns for rung in turn if rung]
 
 
-def stratified_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(tuning, reporting) image indices, sorted: `share` of each class's images (at least one, when the class has
-    two or more) for tuning, the rest for reporting."""
-    rng = np.random.default_rng(seed)
-    tuning: list[int] = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        rng.shuffle(members)
-        count = int(round(len(members) * share))
-        count = min(max(count, 1 if len(members) > 1 else 0), len(members) - (1 if len(members) > 1 else 0))
-        tuning += members[:count].tolist()
-    chosen = np.zeros(len(labels), bool)
-    chosen[tuning] = True
-    return np.flatnonzero(chosen), np.flatnonzero(~chosen)
+def by_causes(recipes: list[RepairRecipe], analyses: list[LayerAnalysis]) -> list[tuple[RepairRecipe, str]]:
+    """The recipes in the order to try them, each with why: first the cure of each cause the layer analysis found
+    on the layers that lost the most (worst first), then the rest of the ladder in its order."""
+    layers = sorted(
+        (layer for analysis in analyses for layer in analysis.layers[:CAUSE_LAYERS]),
+        key=lambda layer: -layer.loss_db,
+    )
+    ordered: list[tuple[RepairRecipe, str]] = []
+    for layer in layers:
+        if layer.loss_db < SIGNIFICANT_LOSS_DB:
+            break
+        for kind, text in zip(layer.cause_kinds, layer.causes, strict=False):
+            cure = next((r for r in recipes if kind in r.cures and all(r is not o for o, _ in ordered)), None)
+            if cure is not None:
+                ordered.append((cure, f"the analysis: {layer.layer} lost {layer.loss_db:.1f} dB; {text}"))
+    rest = [(r, "the ladder's next rung") for r in recipes if all(r is not o for o, _ in ordered)]
+    return ordered + rest

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from core.analysis.layer_causes import CauseKind
 from core.build.recipes import BuildSettings, Recipe
 from core.build.records import BuiltModel, QuantizedModel
 from core.data.records import CalibrationSource
-from core.evaluate.records import Evaluation
+from core.kinds.records import Evaluation
 from core.records import Record
 from core.targets.records import EthosUReport, Imx500Report
 
@@ -19,12 +20,14 @@ class RepairRecipe(Record):
     description: str
     builder: Literal["mct", "converter"]
     equalize: bool = False
+    residual: bool = False  # also rescale the residual streams (core/build/residual_equalization.py)
     error_method: str | None = None
     z_threshold: float | None = None
     shift_negative_params_search: bool = False
     calibration_factor: int = 1
     gptq_epochs: int | None = None
     converter_variant: str | None = None  # for the converter: full_int8 (Ethos-U) or int8_float_io
+    cures: tuple[CauseKind, ...] = ()  # the analysis's causes this recipe is the cure for (core/repair/ladder.py)
 
     def build_recipe(self, error_method: str) -> Recipe:
         """How the model is made once the float model is equalized and the calibration drawn (`error_method`: the
@@ -53,7 +56,8 @@ class TrialInputs(Record):
     tuning_labels_path: str
     evaluation_batch_size: int
     class_count: int
-    baseline_top_1: float
+    task: str  # the kind of model, which scores the trials
+    baseline_score: float  # the float model's on the tuning images
     max_accuracy_drop: float
 
 
@@ -61,6 +65,7 @@ class RepairTrial(Record):
     """What a recipe gave: the model, its Top-1 on the tuning images, and whether the target takes it."""
 
     recipe: RepairRecipe
+    chosen_because: str = ""  # why the search tried this recipe when it did
     tuning_top_1: float | None
     tuning_drop: float | None
     within_budget: bool
@@ -69,6 +74,7 @@ class RepairTrial(Record):
     reason: str
     seconds: float
     size_bytes: int | None = None
+    equalization: str | None = None  # what the equalization did and left, in words
     equalization_agreement: float | None = None
     model: BuiltModel | None = None
     quantized: QuantizedModel | None = None
@@ -81,11 +87,13 @@ class RepairTrial(Record):
         return {
             "recipe": self.recipe.name,
             "changed": self.recipe.description,
+            "chosen_because": self.chosen_because,
             "tuning_top_1": self.tuning_top_1,
             "tuning_drop": None if self.tuning_drop is None else round(self.tuning_drop, 6),
             "size_bytes": self.size_bytes,
             "imx500_fits": self.imx500.fits if self.imx500 and not self.imx500.skipped else None,
             "npu_share": self.ethos_u.npu_share if self.ethos_u and self.ethos_u.compiled else None,
+            "equalization": self.equalization,
             "equalization_agreement": self.equalization_agreement,
             "qualifies": self.qualifies,
             "reason": self.reason,
@@ -139,7 +147,7 @@ class RepairOutcome(Record):
         }
         if chosen and self.reporting is not None and self.baseline_reporting_top_1 is not None:
             summary["chosen_top_1_tuning"] = chosen.tuning_top_1
-            summary["chosen_top_1_reporting"] = self.reporting.top_1_accuracy
-            drop = self.baseline_reporting_top_1 - self.reporting.top_1_accuracy
+            summary["chosen_top_1_reporting"] = self.reporting.score
+            drop = self.baseline_reporting_top_1 - self.reporting.score
             summary["chosen_drop_reporting"] = round(drop, 6)
         return summary

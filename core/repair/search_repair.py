@@ -2,8 +2,9 @@
 climb the repair ladder (core/repair/ladder.py), one cached trial per recipe (tasks/try_repair.py), and stop at the
 first model the target takes within the budget, or when `repair_max_trials` or `repair_time_budget_s` runs out.
 
-No selection bias: the evaluation images are split (seeded, stratified) into a tuning half, on which the trials
-are judged, and a reporting half, on which the chosen model's Top-1 is reported; results.json shows both.
+No selection bias: the evaluation images are split (seeded; a classifier's stratified by class) into a tuning
+half, on which the trials are judged, and a reporting half, on which the chosen model's score (a classifier's
+Top-1) is reported; results.json shows both.
 """
 
 from __future__ import annotations
@@ -14,26 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
+from core.analysis.records import LayerAnalysis
 from core.build.recipes import BuildSettings
 from core.build.records import BuiltModel
 from core.build.variants import REPAIRED_MODEL
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
 from core.evaluate.evaluate_model import evaluate_model
-from core.evaluate.records import Evaluation
 from core.files import atomic_save_numpy
-from core.repair.ladder import TUNING_SHARE, ladder, repair_due, stratified_split
+from core.kinds.kind import ModelKind
+from core.kinds.records import Evaluation
+from core.kinds.registry import kind_named
+from core.repair.ladder import TUNING_SHARE, by_causes, ladder, repair_due
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
 from core.targets.records import HardwareReports
 
 RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
 
 
-def split_evaluation_set(evaluation_set: EvaluationSet, seed: int, out_dir: Path) -> dict[str, str]:
-    """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set)."""
+def split_evaluation_set(evaluation_set: EvaluationSet, kind: ModelKind, seed: int, out_dir: Path) -> dict[str, str]:
+    """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set), split
+    as the kind of model splits them (a classifier's: stratified by class)."""
     images = np.load(evaluation_set.images_path, mmap_mode="r")
     labels = np.load(evaluation_set.labels_path)
-    tuning, reporting = stratified_split(labels, TUNING_SHARE, seed)
+    tuning, reporting = kind.split(evaluation_set.labels_path, TUNING_SHARE, seed)
     paths = {}
     for part, indices in (("tuning", tuning), ("reporting", reporting)):
         paths[f"{part}_images"] = str(atomic_save_numpy(out_dir / f"{part}_images.npy", np.asarray(images[indices])))
@@ -52,8 +57,10 @@ def search_repair(
     hardware: HardwareReports,
     out_dir: Path,
     run_trial: RunTrial,
+    layer_analysis: dict[str, LayerAnalysis] | None = None,
 ) -> RepairOutcome:
-    """`run_trial` runs one trial (the cached task in a flow, `try_repair` itself in a test)."""
+    """`run_trial` runs one trial (the cached task in a flow, `try_repair` itself in a test); `layer_analysis`
+    (by model name) chooses the first recipes: the cures of the causes it found."""
     started = time.perf_counter()
     budget = float(config.max_accuracy_drop)
     due, why = repair_due(
@@ -68,7 +75,8 @@ def search_repair(
     outcome = dict(mode=config.repair, why=why, target_device=config.target_device, max_accuracy_drop=budget)
     if not due:
         return RepairOutcome(needed=False, **outcome)
-    split = split_evaluation_set(evaluation_set, config.seed, Path(out_dir))
+    kind = kind_named(config.task)
+    split = split_evaluation_set(evaluation_set, kind, config.seed, Path(out_dir))
 
     def float_on(part: str) -> Evaluation:
         return evaluate_model(
@@ -80,9 +88,10 @@ def search_repair(
             progress=False,
             allow_unsafe_code=config.allow_unsafe_model_code,
             class_count=class_count,
+            task=config.task,
         )
 
-    baseline_tuning, float_reporting = float_on("tuning").top_1_accuracy, float_on("reporting")
+    baseline_tuning, float_reporting = float_on("tuning").score, float_on("reporting")
     inputs = TrialInputs(
         build=BuildSettings.of(config),
         error_method=config.mct_error_method,
@@ -94,14 +103,15 @@ def search_repair(
         tuning_labels_path=split["tuning_labels"],
         evaluation_batch_size=config.evaluation_batch_size,
         class_count=class_count,
-        baseline_top_1=baseline_tuning,
+        task=config.task,
+        baseline_score=baseline_tuning,
         max_accuracy_drop=budget,
     )
     trials: list[RepairTrial] = []
     spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
     stopped = "the ladder is exhausted"
     recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
-    for recipe in recipes:
+    for recipe, why in by_causes(recipes, list((layer_analysis or {}).values())):
         if len(trials) >= config.repair_max_trials:
             stopped = f"repair_max_trials ({config.repair_max_trials}) reached"
             break
@@ -110,7 +120,7 @@ def search_repair(
             break
         trial_started = time.perf_counter()
         trial, cached = run_trial(recipe, inputs)
-        trials.append(trial.model_copy(update={"cached": cached}))
+        trials.append(trial.model_copy(update={"cached": cached, "chosen_because": why}))
         spent += 0.0 if cached else time.perf_counter() - trial_started
         if trial.qualifies:
             stopped = f"{recipe.name} qualifies"
@@ -130,6 +140,7 @@ def search_repair(
             batch_size=config.evaluation_batch_size,
             progress=False,
             class_count=class_count,
+            task=config.task,
         )
     tuning_count = len(np.load(split["tuning_labels"]))
     return RepairOutcome(
@@ -138,7 +149,7 @@ def search_repair(
         tuning_image_count=tuning_count,
         reporting_image_count=evaluation_set.image_count - tuning_count,
         baseline_tuning_top_1=baseline_tuning,
-        baseline_reporting_top_1=float_reporting.top_1_accuracy,
+        baseline_reporting_top_1=float_reporting.score,
         baseline_reporting=float_reporting,
         trials=trials,
         chosen=chosen,

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from core.build.build_model import build_model
 from core.build.equalization import equalize, prediction_agreement
 from core.build.records import BuiltModel, QuantizedModel
+from core.build.residual_equalization import equalize_residual_streams
 from core.build.variants import REPAIRED_MODEL
 from core.data.load_calibration_set import load_calibration_set
 from core.errors import StepError
@@ -27,16 +29,35 @@ from core.targets.compile_for_imx500 import compile_for_imx500, converter_and_ja
 from core.targets.devices import target_for, within_budget
 from core.targets.records import EthosUReport, Imx500Report
 
+STREAM_STATISTICS_IMAGES = 256  # calibration images that measure a residual stream's channels
 
-def _equalized_model(model_path: str, images_path: str, out_dir: Path, allow_unsafe_code: bool) -> tuple[str, float]:
-    """The float model after cross-layer equalization, saved; and its agreement with the original's predictions."""
+
+class _Equalized(NamedTuple):
+    path: str
+    agreement: float  # with the original's predictions on the tuning images
+    description: str
+    residual_streams: int
+
+
+def _equalized_model(
+    model_path: str, images_path: str, calibration_path: str, out_dir: Path, allow_unsafe_code: bool, residual: bool
+) -> _Equalized:
+    """The float model after cross-layer equalization (and, with `residual`, its residual streams rescaled,
+    measured on calibration images), saved; what was done, and how well it keeps the float predictions."""
     original = load_keras_model(model_path, allow_unsafe_code)
-    equalized, _ = equalize(original)
+    equalized, report = equalize(original)
+    description, streams = report.describe(), 0
+    if residual:
+        calibration = np.load(calibration_path, mmap_mode="r")
+        equalized, streams_report = equalize_residual_streams(
+            equalized, np.asarray(calibration[:STREAM_STATISTICS_IMAGES])
+        )
+        description, streams = f"{description}; {streams_report.describe()}", len(streams_report.streams)
     images = np.load(images_path, mmap_mode="r")
     agreement = prediction_agreement(original, equalized, np.asarray(images)).agreement
     path = out_dir / "model_equalized.keras"
     equalized.save(path)
-    return str(path), agreement
+    return _Equalized(str(path), agreement, description, streams)
 
 
 def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> RepairTrial:
@@ -55,21 +76,30 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
             within_budget=False,
             deployable=False,
             qualifies=False,
+            equalization=equalization,
             equalization_agreement=agreement,
             reason=reason,
         )
 
-    agreement = None
+    agreement, equalization = None, None
     settings = p.build
     calibration_path = p.calibration_path
     if recipe.equalize:
-        source, agreement = _equalized_model(
-            settings.model_path, p.tuning_images_path, out_dir, settings.allow_unsafe_code
+        equalized = _equalized_model(
+            settings.model_path,
+            p.tuning_images_path,
+            p.calibration_path,
+            out_dir,
+            settings.allow_unsafe_code,
+            residual=recipe.residual,
         )
+        agreement, equalization = equalized.agreement, equalized.description
+        if recipe.residual and not equalized.residual_streams:
+            return failed(f"no residual stream could be rescaled, so this rung adds nothing: {equalization}")
         if agreement < MIN_EQUALIZATION_AGREEMENT:
             changed = f"{100 * (1 - agreement):.1f}%"
             return failed(f"equalization changed the float predictions on {changed} of the tuning images: not used")
-        settings = settings.model_copy(update={"model_path": source})
+        settings = settings.model_copy(update={"model_path": equalized.path})
     if recipe.calibration_factor > 1:
         more = p.calibration_source.arguments(iteration_factor=recipe.calibration_factor)
         calibration_path = load_calibration_set(**more, out_dir=out_dir, progress=False).path
@@ -91,13 +121,15 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         batch_size=p.evaluation_batch_size,
         progress=False,
         class_count=p.class_count,
+        task=p.task,
     )
-    drop = p.baseline_top_1 - evaluation.top_1_accuracy
+    drop = p.baseline_score - evaluation.score
     within = within_budget(drop, p.max_accuracy_drop)
     common = dict(
-        tuning_top_1=evaluation.top_1_accuracy,
+        tuning_top_1=evaluation.score,
         tuning_drop=drop,
         within_budget=within,
+        equalization=equalization,
         equalization_agreement=agreement,
         model=built,
         quantized=quantized,

@@ -1,6 +1,7 @@
 """Building a run's results from its steps' records: a pure function of them (and of the files' sizes).
 
-The result is results.json's content (the SDK's four Top-1 keys first, then the details) and the plan of
+The result is results.json's content (the kind's opening keys first: for a classifier the SDK's four Top-1s;
+then the details) and the plan of
 what to publish where; `tasks.record_results` carries the plan out.
 """
 
@@ -10,8 +11,6 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from core.build.records import BuiltModel
 from core.build.variants import (
@@ -27,8 +26,10 @@ from core.build.variants import (
     variant_file_name,
     vela_file_name,
 )
-from core.evaluate.metrics import agreement, per_class_accuracy
-from core.evaluate.records import Evaluation, Latency
+from core.evaluate.records import Latency
+from core.kinds.kind import ModelKind
+from core.kinds.records import Evaluation
+from core.kinds.registry import kind_named
 from core.results.recommend import recommend
 from core.results.records import RunRecords
 from core.targets.records import EthosUReport, HardwareReports
@@ -63,25 +64,19 @@ def model_row(
     source: str,
     evaluation: Evaluation,
     latency: Latency,
-    reference: list[int],
+    reference: Evaluation,
     class_names: list[str],
     built: BuiltModel | None,
+    kind: ModelKind,
 ) -> dict[str, Any]:
-    matrix = np.asarray(evaluation.confusion_matrix)
+    """One model's row in results.json; `reference` is the float model on the same images."""
     return {
         "model": name,
         "variant": built.variant if built else None,
         "description": description,
         "file": published,
         "file_size_bytes": size_bytes(source),
-        "top_1_accuracy": evaluation.top_1_accuracy,
-        "top_5_accuracy": evaluation.top_5_accuracy,
-        "top_1_change_vs_keras": None,  # filled in once the baseline is known
-        "agreement_with_keras": agreement(evaluation.predicted, reference),
-        "correct": evaluation.correct,
-        "image_count": evaluation.image_count,
-        "per_class_accuracy": per_class_accuracy(matrix, class_names),
-        "confusion_matrix": evaluation.confusion_matrix,
+        **kind.row_figures(evaluation, reference, class_names),
         "latency_ms": latency.as_results(),
         "input_dtype": built.facts.input_dtype if built else "float32",
         "output_dtype": built.facts.output_dtype if built else "float32",
@@ -107,7 +102,8 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
         published[name] = str(output_dir / variant_file_name(model.variant, config.float_tflite))
         descriptions[name] = PROMISES[model.variant].description
     order = list(SDK_MODELS) + [n for n in tflite_models if n not in SDK_MODELS]
-    reference = evaluations["keras"].predicted
+    kind = kind_named(config.task)
+    reference = evaluations["keras"]
     models = [
         model_row(
             name=name,
@@ -119,6 +115,7 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
             reference=reference,
             class_names=validated.class_names,
             built=tflite_models.get(name),
+            kind=kind,
         )
         for name in order
     ]
@@ -128,9 +125,9 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
         row, repaired_files = repaired
         models.append(row)
         files += repaired_files
-    baseline = evaluations["keras"].top_1_accuracy
+    baseline = evaluations["keras"].score
     for m in models:
-        m["top_1_change_vs_keras"] = round(m["top_1_accuracy"] - m.get("baseline_top_1", baseline), 6)
+        m["top_1_change_vs_keras"] = round(m[kind.score_key] - m.get("baseline_top_1", baseline), 6)
         if m["model"] == REPAIRED_MODEL:
             continue
         if m["model"].startswith("tflite"):
@@ -140,13 +137,15 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
     if imx500:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
         next(m for m in models if m["model"] == model_id(IMX500_VARIANT, config.float_tflite))["imx500"] = imx500
     plan = PublicationPlan(output_dir=output_dir, result_dir=result_dir, files=files, imx500_folder=imx500_folder)
-    results: dict[str, Any] = {f"top_1_accuracy_{name}": evaluations[name].top_1_accuracy for name in SDK_MODELS}
+    recommendation = recommend(models, config.max_accuracy_drop, config.objective, config.target_device, kind)
+    results: dict[str, Any] = kind.sdk_results(evaluations)
     results.update(
         {
+            "task": kind.name,
             "image_count": evaluations["keras"].image_count,
             "class_count": len(validated.class_names),
             "class_names": validated.class_names,
-            "recommendation": recommend(models, config.max_accuracy_drop, config.objective, config.target_device),
+            "recommendation": recommendation.model_dump(),
             "models": models,
             "float_tflite": config.float_tflite,
             "quantization": {
@@ -201,11 +200,12 @@ def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], li
         source=chosen.model.path,
         evaluation=repair.reporting,
         latency=run.latencies[REPAIRED_MODEL],
-        reference=repair.baseline_reporting.predicted,
+        reference=repair.baseline_reporting,
         class_names=run.validated.class_names,
         built=chosen.model,
+        kind=kind_named(run.validated.config.task),
     )
-    row["baseline_top_1"] = repair.baseline_reporting.top_1_accuracy
+    row["baseline_top_1"] = repair.baseline_reporting.score
     row["tuning_top_1"] = chosen.tuning_top_1
     files = [(Path(chosen.model.path), published)]
     if chosen.quantized is not None:

@@ -1,4 +1,4 @@
-"""Pick the model to ship: the best deployable (.tflite) model whose Top-1 stays within
+"""Pick the model to ship: the best deployable (.tflite) model whose score (a classifier's Top-1) stays within
 `max_accuracy_drop` of the float Keras model, best meaning smallest file (`size`) or fastest
 inference on all threads (`latency`). Every other candidate is listed with why it lost.
 
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 
+from core.kinds.kind import ModelKind
+from core.kinds.registry import CLASSIFICATION
+from core.results.records import Recommendation, Rejection
 from core.targets.devices import target_for, within_budget
 
 
@@ -27,73 +30,57 @@ def _describe(model: dict, objective: str) -> str:
 
 
 def recommend(
-    models: list[dict], max_accuracy_drop: float, objective: str = "size", target_device: str | None = None
-) -> dict:
+    models: list[dict],
+    max_accuracy_drop: float,
+    objective: str = "size",
+    target_device: str | None = None,
+    kind: ModelKind = CLASSIFICATION,
+) -> Recommendation:
+    """`models` are results.json's rows; a row measured on other images than the rest (the repaired model, on the
+    images its search never saw) carries the float model's score on those images as its `baseline_top_1`."""
     if objective not in ("size", "latency"):
         raise ValueError(f"objective {objective!r}: expected 'size' or 'latency'")
     target = target_for(target_device)
-    baseline = next(m for m in models if m["model"] == "keras")["top_1_accuracy"]
+    score, label = kind.score_key, kind.score_label
+    baseline = next(m for m in models if m["model"] == "keras")[score]
+    summary = dict(
+        objective=objective, max_accuracy_drop=max_accuracy_drop, baseline_top_1=baseline, target_device=target_device
+    )
     deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
+    drop = {m["model"]: round(m.get("baseline_top_1", baseline) - m[score], 6) for m in deployable}
     unfit = [
-        {
-            "model": m["model"],
-            "top_1_drop": round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6),
-            "reason": target.problem(m),
-        }
+        Rejection(model=m["model"], top_1_drop=drop[m["model"]], reason=target.problem(m))
         for m in deployable
         if target.problem(m)
     ]
     candidates = [m for m in deployable if not target.problem(m)]
     if not candidates and unfit:
-        reason = f"no TFLite model can go to {target_device}: {unfit[0]['model']}: {unfit[0]['reason']}"
-        return {
-            "objective": objective,
-            "max_accuracy_drop": max_accuracy_drop,
-            "baseline_top_1": baseline,
-            "target_device": target_device,
-            "chosen": None,
-            "closest": None,
-            "reason": reason,
-            "rejected": unfit,
-        }
-    # A row measured on other images than the rest (the repaired model, on the images its search never saw)
-    # carries the float model's Top-1 on those images as its own baseline.
-    drop = {m["model"]: round(m.get("baseline_top_1", baseline) - m["top_1_accuracy"], 6) for m in candidates}
+        reason = f"no TFLite model can go to {target_device}: {unfit[0].model}: {unfit[0].reason}"
+        return Recommendation(**summary, chosen=None, closest=None, reason=reason, rejected=unfit)
+
+    def over_budget(m: dict) -> Rejection:
+        why = f"{label} drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"
+        return Rejection(model=m["model"], top_1_drop=drop[m["model"]], reason=why)
+
     within = [m for m in candidates if within_budget(drop[m["model"]], max_accuracy_drop)]
-    summary = {
-        "objective": objective,
-        "max_accuracy_drop": max_accuracy_drop,
-        "baseline_top_1": baseline,
-        "target_device": target_device,
-    }
     if not within:
         closest = min(candidates, key=lambda m: (drop[m["model"]], _measure(m, objective))) if candidates else None
-        rejected = [
-            {
-                "model": m["model"],
-                "top_1_drop": drop[m["model"]],
-                "reason": f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}",
-            }
-            for m in candidates
-        ]
         where = f" that {target_device} can take" if target_device else ""
         reason = (
-            f"no TFLite model{where} stays within a Top-1 drop of {max_accuracy_drop:.4f} "
+            f"no TFLite model{where} stays within a {label} drop of {max_accuracy_drop:.4f} "
             f"of the float Keras model ({baseline:.4f})"
         )
         if closest:
             reason += f"; the closest is {closest['model']} (drop {drop[closest['model']]:.4f})"
-        return {
+        return Recommendation(
             **summary,
-            "chosen": None,
-            "closest": closest["model"] if closest else None,
-            "reason": reason,
-            "rejected": rejected + unfit,
-        }
+            chosen=None,
+            closest=closest["model"] if closest else None,
+            reason=reason,
+            rejected=[over_budget(m) for m in candidates] + unfit,
+        )
     npu_first = target.npu_first
-    chosen = min(
-        within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m["top_1_accuracy"])
-    )
+    chosen = min(within, key=lambda m: (-npu_share(m) if npu_first else 0, _measure(m, objective), -m[score]))
     adjective = "smallest" if objective == "size" else "fastest"
     among = (" with the most operators on the NPU" if npu_first else "") + (
         f" that {target_device} can take" if target_device else ""
@@ -101,29 +88,26 @@ def recommend(
     chosen_baseline = chosen.get("baseline_top_1", baseline)
     same_images = " on the same images" if "baseline_top_1" in chosen else ""
     reason = (
-        f"{chosen['model']} is the {adjective} TFLite model{among} ({_describe(chosen, objective)}) whose Top-1 "
-        f"{chosen['top_1_accuracy']:.4f} stays within {max_accuracy_drop:.4f} of the float Keras model's "
+        f"{chosen['model']} is the {adjective} TFLite model{among} ({_describe(chosen, objective)}) whose {label} "
+        f"{chosen[score]:.4f} stays within {max_accuracy_drop:.4f} of the float Keras model's "
         f"{chosen_baseline:.4f}{same_images} (drop {drop[chosen['model']]:.4f})"
     )
     rejected = []
     for m in candidates:
         if m is chosen:
             continue
-        if m in within and npu_first and npu_share(m) < npu_share(chosen):
+        if m not in within:
+            rejected.append(over_budget(m))
+            continue
+        if npu_first and npu_share(m) < npu_share(chosen):
             why = f"fewer operators on the NPU: {100 * npu_share(m):.0f}% against {100 * npu_share(chosen):.0f}%"
-        elif m in within:
+        else:
             worse = "larger" if objective == "size" else "slower"
             why = f"{worse}: {_describe(m, objective)} against {_describe(chosen, objective)}"
-        else:
-            why = f"Top-1 drop {drop[m['model']]:.4f} exceeds the budget {max_accuracy_drop:.4f}"
-        rejected.append({"model": m["model"], "top_1_drop": drop[m["model"]], "reason": why})
-    return {
-        **summary,
-        "chosen": chosen["model"],
-        "closest": chosen["model"],
-        "reason": reason,
-        "rejected": rejected + unfit,
-    }
+        rejected.append(Rejection(model=m["model"], top_1_drop=drop[m["model"]], reason=why))
+    return Recommendation(
+        **summary, chosen=chosen["model"], closest=chosen["model"], reason=reason, rejected=rejected + unfit
+    )
 
 
 def npu_share(model: dict) -> float:

@@ -6,7 +6,8 @@ from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel, UnsupportedVariant
 from core.config import ValidatedConfig
 from core.data.records import CalibrationSet, EvaluationSet
-from core.evaluate.records import Evaluation, Latency
+from core.evaluate.records import Latency
+from core.kinds.records import Evaluation
 from core.records import Record
 from core.repair.records import RepairOutcome
 from core.targets.records import HardwareReports
@@ -25,3 +26,24 @@ class RunRecords(Record):
     hardware: HardwareReports
     repair: RepairOutcome | None = None
     layer_analysis: dict[str, LayerAnalysis] = {}  # by model name, for the models that lost too much
+
+
+class Rejection(Record):
+    """A model the recommendation passed over, and why."""
+
+    model: str
+    top_1_drop: float  # the headline score's drop (a classifier's Top-1), under results.json's name
+    reason: str
+
+
+class Recommendation(Record):
+    """The model to ship, or why none qualifies; results.json's `recommendation`."""
+
+    objective: str
+    max_accuracy_drop: float
+    baseline_top_1: float  # the float model's headline score
+    target_device: str | None
+    chosen: str | None
+    closest: str | None
+    reason: str
+    rejected: list[Rejection]

@@ -15,19 +15,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from core.files import atomic_write_bytes, atomic_write_text
+from core.files import atomic_write_text
+from core.kinds.kind import ModelKind
+from core.kinds.registry import kind_of_results
+from core.pictures import DPI, figure_png, remembered_png
 from core.results.results_text import repair_rows, repair_text
-from core.storage import remembered_file
-
-RENDER_VERSION = 2  # bump when a drawing changes, to redraw the remembered PNGs
 
 _MISSING = "–"
-_MAX_ANNOTATED_CLASSES = 20
-_DPI = 80
 _OBJECTIVES = {"size": "smallest file", "latency": "lowest latency"}
 
 _CSS = """
@@ -50,6 +46,7 @@ def write_html_report(results: dict, path: str | Path) -> Path:
 
 def html_report(results: dict) -> str:
     """The whole report as one self-contained HTML page."""
+    kind = kind_of_results(results)
     class_names = list(results["class_names"])
     models = results["models"]
     recommendation = results["recommendation"]
@@ -61,24 +58,21 @@ def html_report(results: dict) -> str:
         f"<style>{_CSS}</style></head><body>",
         "<h1>Quantization report</h1>",
         f"<p>{len(models)} models evaluated on {int(results['image_count'])} images in {len(class_names)} classes.</p>",
-        _recommendation_html(recommendation),
+        _recommendation_html(recommendation, kind),
         "<h2>Comparison</h2>",
-        _comparison_table_html(models, recommendation.get("chosen")),
+        _comparison_table_html(models, recommendation.get("chosen"), kind),
         _analysis_html(results),
         _repair_html(results),
         "<h2>Accuracy vs size</h2>",
-        _img(accuracy_size_chart_image(results), "Top-1 accuracy against file size"),
+        _img(accuracy_size_chart_image(results), f"{kind.score_title} against file size"),
         "<h2>Per model</h2>",
     ]
     for model in models:
         parts += [
             f"<h3>{_e(model['description'])} <small>({_e(model['model'])})</small></h3>",
             '<div class="model">',
-            _img(
-                confusion_matrix_image(model["model"], model["confusion_matrix"], class_names),
-                f"Confusion matrix of {model['model']}",
-            ),
-            _per_class_table_html(model["per_class_accuracy"], class_names),
+            *(_img(picture.png, picture.alt) for picture in kind.pictures(model, class_names)),
+            kind.details_html(model, class_names),
             "</div>",
         ]
     parts.append("</body></html>\n")
@@ -86,13 +80,14 @@ def html_report(results: dict) -> str:
 
 
 def accuracy_size_chart_png(results: dict) -> bytes:
-    """A scatter of Top-1 accuracy against file size (KiB), one marker per model, named in the legend
-    (quantized variants cluster: labels on the points would overlap)."""
+    """A scatter of the models' score (a classifier's Top-1 accuracy) against file size (KiB), one marker per
+    model, named in the legend (quantized variants cluster: labels on the points would overlap)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
+    kind = kind_of_results(results)
     chosen = results["recommendation"].get("chosen")
-    fig = Figure(figsize=(8, 4), dpi=_DPI)
+    fig = Figure(figsize=(8, 4), dpi=DPI)
     ax = fig.add_subplot()
     markers = "osD^vP<>Xhp*"
     sizes = []
@@ -102,7 +97,7 @@ def accuracy_size_chart_png(results: dict) -> bytes:
         is_chosen = model["model"] == chosen
         ax.scatter(
             [size_kib],
-            [model["top_1_accuracy"]],
+            [model[kind.score_key]],
             s=160 if is_chosen else 45,
             marker="*" if is_chosen else markers[index % len(markers)],
             label=f"{model['model']} (chosen)" if is_chosen else model["model"],
@@ -116,56 +111,17 @@ def accuracy_size_chart_png(results: dict) -> bytes:
         ax.xaxis.set_minor_formatter(NullFormatter())
     ax.margins(x=0.1, y=0.15)
     ax.set_xlabel("File size (KiB)")
-    ax.set_ylabel("Top-1 accuracy")
+    ax.set_ylabel(kind.score_title)
     ax.grid(True, alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
-def confusion_matrix_png(model: dict, class_names: list[str]) -> bytes:
-    """A heatmap of the model's confusion matrix (rows: true class, columns: predicted)."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
-    matrix = np.asarray(model["confusion_matrix"], dtype=float)
-    n = len(class_names)
-    # Grow with the class count so labels stay legible, within bounds.
-    side = min(max(3.0 + 0.35 * n, 4.0), 12.0)
-    fig = Figure(figsize=(side, side), dpi=_DPI)
-    ax = fig.add_subplot()
-    if matrix.size == 0:
-        ax.text(0.5, 0.5, "no predictions", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        image = ax.imshow(matrix, cmap="Blues")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        ticks = range(len(class_names))
-        ax.set_xticks(ticks, labels=class_names, rotation=90 if n > 5 else 0, fontsize=8)
-        ax.set_yticks(ticks, labels=class_names, fontsize=8)
-        ax.set_xlabel("Predicted class")
-        ax.set_ylabel("True class")
-        if n <= _MAX_ANNOTATED_CLASSES:
-            threshold = matrix.max() / 2
-            for (row, col), count in np.ndenumerate(matrix):
-                ax.text(
-                    col,
-                    row,
-                    f"{int(count)}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if count > threshold else "black",
-                )
-    ax.set_title(model["model"], fontsize=10)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def _recommendation_html(recommendation: dict) -> str:
+def _recommendation_html(recommendation: dict, kind: ModelKind) -> str:
     objective = _OBJECTIVES.get(recommendation["objective"], _e(recommendation["objective"]))
     drop = _percent_points(recommendation["max_accuracy_drop"])
-    criteria = f"Objective: {objective}, losing at most {drop} of Top-1 accuracy vs Keras."
+    criteria = f"Objective: {objective}, losing at most {drop} of {kind.score_title} vs Keras."
     chosen = recommendation.get("chosen")
     if chosen is not None:
         body = f"<p><strong>Recommended model: {_e(chosen)}</strong></p><p>{_e(recommendation['reason'])}</p>"
@@ -185,15 +141,12 @@ def _recommendation_html(recommendation: dict) -> str:
     return f'<h2>Recommendation</h2><div class="{css_class}"><p>{criteria}</p>{body}</div>'
 
 
-def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
+def _comparison_table_html(models: list[dict], chosen: str | None, kind: ModelKind) -> str:
     headers = [
         "Model",
         "File",
         "Size (KiB)",
-        "Top-1",
-        "Top-5",
-        "Change vs Keras",
-        "Agreement",
+        *kind.columns.values(),
         "Latency 1 thread (ms)",
         "Latency all threads (ms)",
         "Input",
@@ -202,7 +155,8 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
         "Ethos-U inferences/s",
         "Fits IMX500",
     ]
-    text_columns = {0, 1, 9, 10, 13}
+    first_after_kind = 3 + len(kind.columns)
+    text_columns = {0, 1, first_after_kind + 2, first_after_kind + 3, first_after_kind + 6}
     head = "".join(
         f'<th class="text">{h}</th>' if i in text_columns else f"<th>{h}</th>" for i, h in enumerate(headers)
     )
@@ -213,10 +167,10 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
             _e(m["description"]),
             _e(Path(m["file"]).name),
             f"{m['file_size_bytes'] / 1024:,.1f}",
-            _percent(m["top_1_accuracy"]),
-            _percent(m["top_5_accuracy"]),
-            _percent_points(m["top_1_change_vs_keras"], signed=True),
-            _percent(m["agreement_with_keras"]),
+            *(
+                _percent_points(value, signed=True) if key in kind.signed_columns else _percent(value)
+                for key, value in kind.column_values(m).items()
+            ),
             _ms(latency.get("1_thread")),
             _ms(latency.get("all_threads")),
             _e(m["input_dtype"]),
@@ -233,35 +187,12 @@ def _comparison_table_html(models: list[dict], chosen: str | None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
-def _per_class_table_html(per_class: dict, class_names: list[str]) -> str:
-    rows = "".join(
-        f'<tr><td class="text">{_e(name)}</td><td>{_percent(per_class.get(name))}</td></tr>' for name in class_names
-    )
-    return f'<table><thead><tr><th class="text">Class</th><th>Accuracy</th></tr></thead><tbody>{rows}</tbody></table>'
-
-
-def remembered_png(kind: str, data: Any, draw: Callable[[], bytes]) -> bytes:
-    """A PNG drawn once per content (`kind` and the JSON-able `data` it shows) and kept in the cache: a rerun served
-    from the cache would otherwise spend most of its time importing matplotlib and drawing the same pictures."""
-    path = remembered_file("report-png", [RENDER_VERSION, kind, data], ".png")
-    if path.is_file():
-        return path.read_bytes()
-    png = draw()
-    atomic_write_bytes(path, png)
-    return png
-
-
-def confusion_matrix_image(name: str, matrix: list, class_names: list[str]) -> bytes:
-    model = {"model": name, "confusion_matrix": matrix}
-    return remembered_png(
-        "confusion-matrix", [name, matrix, class_names], lambda: confusion_matrix_png(model, class_names)
-    )
-
-
 def accuracy_size_chart_image(results: dict) -> bytes:
+    kind = kind_of_results(results)
     shown = [
         results["recommendation"].get("chosen"),
-        [[m["model"], m["file_size_bytes"], m["top_1_accuracy"]] for m in results["models"]],
+        [[m["model"], m["file_size_bytes"], m[kind.score_key]] for m in results["models"]],
+        kind.score_title,
     ]
     return remembered_png("accuracy-size", shown, lambda: accuracy_size_chart_png(results))
 
@@ -270,36 +201,27 @@ def layer_loss_chart_image(analysis: dict) -> bytes:
     return remembered_png("layer-loss", analysis, lambda: layer_loss_chart_png(analysis))
 
 
-def _png(fig) -> bytes:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
-    # Figures made without pyplot are not tracked globally; clearing frees them promptly.
-    fig.clear()
-    return buffer.getvalue()
-
-
 def _img(png: bytes, alt: str) -> str:
     encoded = base64.b64encode(png).decode("ascii")
     return f'<img src="data:image/png;base64,{encoded}" alt="{_e(alt)}">'
 
 
-MARKDOWN_CONFUSION_MATRICES = 12  # at most this many in the markdown artifact; report.html has them all
+MARKDOWN_MODELS = 12  # at most this many models' pictures in the markdown artifact; report.html has them all
 _MARKDOWN_COLOURS = 128  # a palette PNG: a third of the bytes of the RGBA one, no visible difference on these charts
 _MARKDOWN_MAX_SIDE = 800  # pixels; a larger picture (a matrix of many classes) is scaled down to it
 
 
-def markdown_figures(results: dict, max_confusion_matrices: int = MARKDOWN_CONFUSION_MATRICES) -> str:
+def markdown_figures(results: dict, max_models: int = MARKDOWN_MODELS) -> str:
     """The report's pictures as markdown, each an embedded PNG (a base64 `data:` URI), for the Prefect markdown
-    artifact: the accuracy-vs-size chart, the loss per layer of each analysed model, and the confusion matrices
-    (the recommended model's always, then the others in the table's order, up to `max_confusion_matrices`).
-    The Prefect UI shows them; it cannot open report.html, a file on the machine that ran the flow."""
+    artifact: the accuracy-vs-size chart, the loss per layer of each analysed model, and each model's pictures (a
+    classifier's confusion matrix: the recommended model's always, then the others in the table's order, up to
+    `max_models` models). The Prefect UI shows them; it cannot open report.html, a file on the machine that ran
+    the flow."""
+    kind = kind_of_results(results)
     class_names = list(results["class_names"])
     parts = [
         "## Accuracy vs size",
-        _markdown_img(accuracy_size_chart_image(results), "Top-1 accuracy against file size"),
+        _markdown_img(accuracy_size_chart_image(results), f"{kind.score_title} against file size"),
     ]
     analyses = results.get("layer_analysis") or {}
     if analyses:
@@ -308,20 +230,18 @@ def markdown_figures(results: dict, max_confusion_matrices: int = MARKDOWN_CONFU
     models = results["models"]
     chosen = results["recommendation"].get("chosen")
     ordered = [m for m in models if m["model"] == chosen] + [m for m in models if m["model"] != chosen]
-    shown, left_out = ordered[:max_confusion_matrices], ordered[max_confusion_matrices:]
-    parts += ["## Confusion matrices", "Rows: the true class; columns: the predicted class."]
+    shown, left_out = ordered[:max_models], ordered[max_models:]
+    parts += [f"## {kind.pictures_heading}", kind.pictures_caption]
     parts += [
-        _markdown_img(
-            confusion_matrix_image(m["model"], m["confusion_matrix"], class_names),
-            f"Confusion matrix of {m['model']}",
-        )
+        _markdown_img(picture.png, picture.alt)
         for m in sorted(shown, key=models.index)
+        for picture in kind.pictures(m, class_names)
     ]
     if left_out:
         names = ", ".join(f"`{m['model']}`" for m in sorted(left_out, key=models.index))
         parts.append(
-            f"The confusion matrices of the other {len(left_out)} models ({names}) are in the full report, "
-            f"`{results['report']}`."
+            f"The {kind.pictures_heading.lower()} of the other {len(left_out)} models ({names}) are in the full "
+            f"report, `{results['report']}`."
         )
     return "\n\n".join(parts) + "\n\n"
 
@@ -350,7 +270,7 @@ def layer_loss_chart_png(analysis: dict) -> bytes:
 
     layers = sorted(analysis["layers"], key=lambda layer: _network_order(analysis, layer))
     worst = {layer["layer"] for layer in analysis["layers"][:3] if layer["loss_db"] > 0}
-    fig = Figure(figsize=(8, 3.2), dpi=_DPI)
+    fig = Figure(figsize=(8, 3.2), dpi=DPI)
     ax = fig.add_subplot()
     names = [layer["layer"] for layer in layers]
     ax.bar(
@@ -363,7 +283,7 @@ def layer_loss_chart_png(analysis: dict) -> bytes:
     ax.set_title(f"{analysis['model']}: loss per layer ({analysis['method']}), worst in red", fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return figure_png(fig)
 
 
 def _network_order(analysis: dict, layer: dict) -> int:

@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 import pandas as pd
 
 from core.build.variants import REPAIRED_FILE as REPAIRED_FILE_NAME
+from core.kinds.registry import kind_of_results
 
 
 def artifact_key(model_path: str) -> str:
@@ -33,7 +34,14 @@ def _ms(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
 def results_table(results: dict[str, Any]) -> pd.DataFrame:
+    """One row per model: its file, size, the kind's figures (a classifier's Top-1, Top-5, change and agreement),
+    latency, types and the devices' verdicts."""
+    kind = kind_of_results(results)
     return pd.DataFrame(
         [
             {
@@ -41,10 +49,7 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
                 "description": m["description"],
                 "file": Path(m["file"]).name,
                 "size_kib": round(m["file_size_bytes"] / 1024, 1),
-                "top_1": round(m["top_1_accuracy"], 4),
-                "top_5": round(m["top_5_accuracy"], 4),
-                "change_vs_keras": round(m["top_1_change_vs_keras"], 4),
-                "agreement": round(m["agreement_with_keras"], 4),
+                **{key: _rounded(value) for key, value in kind.column_values(m).items()},
                 "ms_1_thread": _ms(m["latency_ms"]["1_thread"]),
                 "ms_all_threads": _ms(m["latency_ms"]["all_threads"]),
                 "input": m["input_dtype"],
@@ -111,17 +116,18 @@ def repair_text(results: dict[str, Any]) -> str:
     repair = results.get("repair") or {}
     if not repair.get("ran"):
         return ""
+    label = kind_of_results(results).score_label
     lines = [f"Repair: {repair['why']}."]
     for row in repair_rows(results):
         top_1 = "-" if row["tuning_top_1"] is None else f"{row['tuning_top_1']:.4f}"
         cached = ", cached" if row["cached"] == "yes" else ""
         lines.append(
-            f"  trial {row['trial']} {row['recipe']}: tuning Top-1 {top_1}; {row['reason']} "
+            f"  trial {row['trial']} {row['recipe']}: tuning {label} {top_1}; {row['reason']} "
             f"({row['seconds']} s{cached})"
         )
     if repair.get("chosen"):
         lines.append(
-            f"  chosen: {repair['chosen']} -> {REPAIRED_FILE_NAME}: Top-1 {repair['chosen_top_1_reporting']:.4f} "
+            f"  chosen: {repair['chosen']} -> {REPAIRED_FILE_NAME}: {label} {repair['chosen_top_1_reporting']:.4f} "
             f"on the {repair['reporting_image_count']} images the search never saw "
             f"(float {repair['float_top_1_reporting']:.4f}, drop {repair['chosen_drop_reporting']:.4f}); "
             f"{repair['chosen_top_1_tuning']:.4f} on the "

@@ -1,0 +1,83 @@
+"""What a kind of model is to the workflow: how its predictions are scored, the figure the budget is measured in,
+and what its rows in results.json, its columns in the tables and its pictures in the report show.
+
+Everything after a model's predictions reads them through the run's kind (core/kinds/registry.py), so a new kind
+(detection, scored in COCO mAP) is one module here and one registry entry, not an edit in every step.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from core.kinds.records import Evaluation
+
+Predict = Callable[[np.ndarray], Any]  # a batch of images -> the model's outputs
+
+
+@dataclass(frozen=True)
+class Picture:
+    """One picture of one model in the report and the markdown artifact."""
+
+    png: bytes
+    alt: str
+
+
+class ModelKind(ABC):
+    name: ClassVar[str]  # the configuration's `task` value and results.json's
+    score_key: ClassVar[str]  # the headline score's key in a results row: what `max_accuracy_drop` is measured in
+    score_label: ClassVar[str]  # the headline score in words
+    score_title: ClassVar[str]  # ... as a chart's axis and the recommendation's criteria name it
+    columns: ClassVar[dict[str, str]]  # the kind's columns in the comparison tables: key -> header
+    signed_columns: ClassVar[frozenset[str]] = frozenset()  # columns that are changes, shown with a sign
+    pictures_heading: ClassVar[str]  # what the per-model pictures are, and how to read them
+    pictures_caption: ClassVar[str]
+
+    @abstractmethod
+    def evaluate(
+        self,
+        *,
+        model_name: str,
+        model_path: str,
+        predict: Predict,
+        images_path: str,
+        labels_path: str,
+        batch_size: int,
+        progress: bool,
+        class_count: int | None,
+        start: int,
+        stop: int | None,
+    ) -> Evaluation:
+        """The model's predictions on images [start, stop) scored against the truth in `labels_path`."""
+
+    @abstractmethod
+    def merged(self, parts: list[Evaluation]) -> Evaluation:
+        """One evaluation from its shards', exactly as if the images had been evaluated at once."""
+
+    @abstractmethod
+    def split(self, labels_path: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(tuning, reporting) image indices, seeded, each part representative of the whole."""
+
+    @abstractmethod
+    def row_figures(self, evaluation: Evaluation, reference: Evaluation, class_names: list[str]) -> dict[str, Any]:
+        """The kind's figures in the model's results row; `reference` is the float model on the same images."""
+
+    @abstractmethod
+    def sdk_results(self, evaluations: dict[str, Evaluation]) -> dict[str, Any]:
+        """The keys results.json opens with (the SDK's, for classification)."""
+
+    @abstractmethod
+    def column_values(self, row: dict[str, Any]) -> dict[str, float | None]:
+        """The values of `columns` for one results row."""
+
+    @abstractmethod
+    def pictures(self, row: dict[str, Any], class_names: list[str]) -> list[Picture]:
+        """The model's pictures, drawn from its results row."""
+
+    @abstractmethod
+    def details_html(self, row: dict[str, Any], class_names: list[str]) -> str:
+        """What the report shows beside the model's pictures."""

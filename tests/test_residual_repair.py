@@ -1,0 +1,168 @@
+"""A residual network whose residual stream carries outlier channels: pairwise equalization cannot reach the stream,
+the layer analysis names it, and the repair search, led by the analysis, tries the equalization that follows the
+residual first and finds a deployable model within the budget, judged on images it never saw.
+
+The model is the sample's residual CNN with two stream channels made 300 times larger where they are written and
+the weights that read them 300 times smaller (core/data/sample_data.py: make_residual_with_outliers): the same
+function, which 8-bit quantization breaks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core.analysis.records import LayerAnalysis, LayerReport
+from core.repair.ladder import by_causes, ladder
+from tests.helpers import run, sdk_config, write_config
+
+BUDGET = 0.05  # 60 reporting images: one image is 1.7 points
+STREAM = {"stem", "stem_pool", "block_b", "residual", "residual_relu", "pool"}  # the layers whose outputs join it
+
+
+def layer(name: str, loss_db: float, kinds: list, causes: list[str]) -> LayerReport:
+    return LayerReport(
+        layer=name,
+        type="Conv2D",
+        rank=1,
+        loss_db=loss_db,
+        loss_seen_at=[name],
+        metrics={},
+        output_range=None,
+        channel_spread=None,
+        negative_share=None,
+        outlier_ratio=None,
+        causes=causes,
+        cause_kinds=kinds,
+    )
+
+
+def test_the_cure_of_the_worst_layers_cause_is_tried_first_and_the_record_says_why():
+    analysis = LayerAnalysis(
+        model="tflite_quantized",
+        method="xquant",
+        layers=[
+            layer("stem", 31.6, ["channel_spread_at_join"], ["channels' ranges differ by 1419x on a tensor joined"]),
+            layer("head", 12.0, ["outliers"], ["activation outliers"]),
+            layer("block_a", 2.0, ["channel_spread"], ["channels' ranges differ by 40x"]),
+        ],
+        model_metrics={},
+        summary="",
+    )
+    recipes = ladder(target_device="imx500", error_method="mse")
+    ordered = by_causes(recipes, [analysis])
+    assert [recipe.name for recipe, _ in ordered[:3]] == ["mct_residual_cle", "mct_cle_outliers", "mct_cle"]
+    assert ordered[0][1].startswith("the analysis: stem lost 31.6 dB; channels' ranges differ by 1419x")
+    assert ordered[2][1] == "the ladder's next rung"  # block_a's loss is not significant: no say in the order
+    assert sorted(r.name for r, _ in ordered) == sorted(r.name for r in recipes)  # the ladder stays the fallback
+    assert [r.name for r, _ in by_causes(recipes, [])] == [r.name for r in recipes]
+
+
+def test_a_stream_that_starts_at_the_model_input_is_left_and_the_report_says_why():
+    import tensorflow as tf
+
+    from core.build.residual_equalization import equalize_residual_streams
+
+    inputs = tf.keras.Input((4, 4, 3))
+    conv = tf.keras.layers.Conv2D(3, 1, name="conv")(inputs)
+    joined = tf.keras.layers.Add(name="skip")([inputs, conv])
+    model = tf.keras.Model(inputs, tf.keras.layers.Dense(2)(tf.keras.layers.GlobalAveragePooling2D()(joined)))
+    _, report = equalize_residual_streams(model, np.ones((2, 4, 4, 3), np.float32))
+    assert not report.streams
+    assert "the stream starts at the model input" in report.skipped[0].reason
+    assert report.describe().startswith("left the stream of skip: ")
+
+
+@pytest.fixture(scope="module")
+def residual_model(sample_dir, tmp_path_factory):
+    from core.data.sample_data import make_residual_with_outliers
+
+    return make_residual_with_outliers(sample_dir, tmp_path_factory.mktemp("residual") / "model.h5")
+
+
+@pytest.mark.slow
+def test_pairwise_equalization_cannot_reach_the_stream_and_the_one_that_follows_it_keeps_the_function(
+    residual_model, sample_dir
+):
+    from core.build.equalization import equalize, prediction_agreement
+    from core.build.residual_equalization import equalize_residual_streams
+    from core.config import Preprocessing
+    from core.data.images import decode_rgb, find_jpegs
+    from core.data.preprocessing import preprocess
+    from core.evaluate.models import load_keras_model
+
+    images = np.stack(
+        [preprocess(decode_rgb(f), 32, Preprocessing()) for f in find_jpegs(sample_dir / "training")[:128]]
+    )
+    model = load_keras_model(str(residual_model))
+    pairwise, report = equalize(model)
+    assert "stem_pool's output feeds 2 layers" in report.describe()  # the stream's first tensor: where it stops
+    streamed, streams = equalize_residual_streams(pairwise, images)
+    (stream,) = streams.streams
+    assert stream.adds == ("residual",) and set(stream.producers) == {"stem", "block_b"}
+    assert set(stream.consumers) == {"block_a", "head"}
+    assert stream.activation_ratio_before > 100 and stream.activation_ratio_after < 10
+    kept = prediction_agreement(model, streamed, images)
+    assert kept.agreement == 1.0 and kept.max_abs_difference < 1e-4
+
+
+@pytest.fixture(scope="module")
+def imx500_run(prefect_harness, sample_dir, residual_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("residual-imx500")
+    config = sdk_config(
+        sample_dir, out, source_keras_model=str(residual_model), max_accuracy_drop=BUDGET, target_device="imx500"
+    )
+    state = run(write_config(out / "configuration.json", config))
+    assert state.is_completed(), state.message
+    return out, json.loads((out / "results" / "results.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_ptq_breaks_the_stream_and_the_analysis_names_its_layers(imx500_run):
+    _, results = imx500_run
+    assert results["top_1_accuracy_keras"] - results["top_1_accuracy_tflite_quantized"] > 0.2
+    worst = results["layer_analysis"]["tflite_quantized"]["layers"][0]
+    assert worst["layer"] in STREAM, worst
+    assert worst["cause_kinds"][0] == "channel_spread_at_join" and "joined at residual" in worst["causes"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_the_analysis_leads_the_search_to_the_residual_equalization_which_repairs_it_for_the_imx500(imx500_run):
+    out, results = imx500_run
+    repair = results["repair"]
+    first = repair["trials"][0]
+    assert first["recipe"] == "mct_residual_cle" and first["chosen_because"].startswith("the analysis: ")
+    assert "rescaled the residual stream of residual" in first["equalization"]
+    assert first["equalization_agreement"] >= 0.99 and first["imx500_fits"]
+    assert repair["chosen"] == "mct_residual_cle"
+    assert repair["chosen_drop_reporting"] <= BUDGET  # on the images the search never saw
+    assert results["recommendation"]["chosen"] == "tflite_repaired"
+    assert (out / "models" / "model_repaired.keras").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_the_same_cure_repairs_a_full_integer_model_for_an_ethos_u(
+    prefect_harness, sample_dir, residual_model, tmp_path
+):
+    config = sdk_config(
+        sample_dir,
+        tmp_path,
+        source_keras_model=str(residual_model),
+        max_accuracy_drop=BUDGET,
+        target_device="ethos-u55-128",
+        variants=["full_int8"],
+    )
+    state = run(write_config(tmp_path / "configuration.json", config))
+    assert state.is_completed(), state.message
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    broken = next(m for m in results["models"] if m["model"] == "tflite_full_int8")
+    assert results["top_1_accuracy_keras"] - broken["top_1_accuracy"] > 0.2
+    repair = results["repair"]
+    assert repair["trials"][0]["recipe"] == "converter_residual_cle" and repair["chosen"] == "converter_residual_cle"
+    assert repair["trials"][0]["npu_share"] == 1.0  # Vela put every operator on the NPU
+    assert repair["chosen_drop_reporting"] <= BUDGET
+    assert (tmp_path / "models" / "model_repaired_vela.tflite").stat().st_size > 0

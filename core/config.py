@@ -211,7 +211,8 @@ class QuantizeConfig(BaseModel):
         None,
         description="Which quantization variants to build and compare. Default: every TensorFlow-converter variant "
         "(float32, dynamic_range, float16, int8_float_io, full_int8, full_uint8, int16x8) and mct_ptq; "
-        "mct_gptq and mct_mixed_precision are slow and built only when listed. The SDK's model.tflite and "
+        "full_int16x8 (int16 input/output, for an Ethos-U), mct_gptq and mct_mixed_precision (slow) are built only "
+        "when listed. The SDK's model.tflite and "
         "model_quantized.tflite are always built.",
     )
     mct_error_method: Literal["noclipping", "mse", "mae", "kl", "lp", "hmse"] = Field(

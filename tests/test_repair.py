@@ -34,7 +34,8 @@ def test_the_ladder_fits_the_target_cheapest_first():
     imx500 = ladder(target_device="imx500", error_method="mse")
     assert {r.builder for r in imx500} == {"mct"} and imx500[0].name == "mct_cle" and imx500[-1].gptq_epochs
     ethos_u = ladder(target_device="ethos-u55-128", error_method="mse")
-    assert {r.builder for r in ethos_u} == {"converter"} and {r.converter_variant for r in ethos_u} == {"full_int8"}
+    assert {r.builder for r in ethos_u} == {"converter"}
+    assert {r.converter_variant for r in ethos_u} == {"full_int8", "full_int16x8"}  # what Vela runs whole
     anywhere = ladder(target_device=None, error_method="mse")
     assert [r.builder for r in anywhere[:4]] == ["mct", "converter", "mct", "converter"]
 

@@ -57,6 +57,8 @@ def test_the_cure_of_the_worst_layers_cause_is_tried_first_and_the_record_says_w
     assert ordered[2][1] == "the ladder's next rung"  # block_a's loss is not significant: no say in the order
     assert sorted(r.name for r, _ in ordered) == sorted(r.name for r in recipes)  # the ladder stays the fallback
     assert [r.name for r, _ in by_causes(recipes, [])] == [r.name for r in recipes]
+    ethos_u = by_causes(ladder(target_device="ethos-u55-128", error_method="mse"), [analysis])
+    assert [recipe.name for recipe, _ in ethos_u[:2]] == ["converter_residual_cle", "converter_16x8"]
 
 
 def test_a_stream_that_starts_at_the_model_input_is_left_and_the_report_says_why():
@@ -166,3 +168,55 @@ def test_the_same_cure_repairs_a_full_integer_model_for_an_ethos_u(
     assert repair["trials"][0]["npu_share"] == 1.0  # Vela put every operator on the NPU
     assert repair["chosen_drop_reporting"] <= BUDGET
     assert (tmp_path / "models" / "model_repaired_vela.tflite").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_16_bit_activations_run_whole_on_the_ethos_u_but_cannot_cure_weights_that_round_away(
+    residual_model, sample_dir, tmp_path
+):
+    """What each cure does on this model, measured: the converter's full 16x8 model compiles for the NPU whole,
+    yet stays broken, since the readers' int8 weights for the outlier channels round to zero; the residual
+    equalization is the cure (the search above)."""
+    from core.build.build_model import build_model
+    from core.build.recipes import BuildSettings, Recipe
+    from core.config import Preprocessing
+    from core.data.images import decode_rgb, find_jpegs
+    from core.data.preprocessing import preprocess
+    from core.evaluate.evaluate_model import evaluate_model
+    from core.targets.compile_for_ethos_u import compile_for_ethos_u
+
+    def images(folder: str, count: int | None = None) -> list:
+        return find_jpegs(sample_dir / folder)[:count]
+
+    np.save(
+        tmp_path / "calibration.npy",
+        np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in images("training", 100)]),
+    )
+    evaluation = images("validation")
+    np.save(tmp_path / "images.npy", np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in evaluation]))
+    np.save(tmp_path / "labels.npy", np.array([int(f.parent.name) for f in evaluation]))
+    settings = BuildSettings(model_path=str(residual_model), batch_size=20, target_platform="imx500")
+    top_1 = {}
+    for variant in ("full_int8", "full_int16x8"):
+        made = build_model(
+            Recipe(variant=variant),
+            settings,
+            calibration_path=str(tmp_path / "calibration.npy"),
+            out_dir=tmp_path / variant,
+        )
+        assert made.model is not None, made.unsupported
+        top_1[variant] = evaluate_model(
+            model_name="tflite_" + variant,
+            model_path=made.model.path,
+            images_path=str(tmp_path / "images.npy"),
+            labels_path=str(tmp_path / "labels.npy"),
+            batch_size=32,
+            progress=False,
+        ).top_1_accuracy
+        vela = compile_for_ethos_u(
+            model_path=made.model.path, variant=variant, accelerator="ethos-u55-128", out_dir=tmp_path / variant
+        )
+        assert vela.compiled and vela.npu_share == 1.0, vela.reason
+    assert made.model.facts.input_dtype == "int16"  # the 16x8 model's input and output are int16
+    assert top_1["full_int16x8"] < 0.5  # the weights, not the activations, are what this stream breaks

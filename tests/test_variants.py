@@ -139,7 +139,8 @@ def test_the_comparison_is_saved_as_csv_and_an_html_report(default_run):
 @pytest.mark.hardware
 def test_adding_variants_to_a_finished_run_costs_only_those_variants(default_run):
     config_path, config, out, _ = default_run
-    write_config(config_path, {**config, "variants": list(PROMISES), "gptq_epochs": 1})  # + GPTQ and mixed precision
+    # + GPTQ, mixed precision and full 16x8, the variants built only when listed
+    write_config(config_path, {**config, "variants": list(PROMISES), "gptq_epochs": 1})
     state = run(config_path)
     assert state.is_completed(), state.message
     states = task_states(state, expected=42)
@@ -152,6 +153,12 @@ def test_adding_variants_to_a_finished_run_costs_only_those_variants(default_run
             "evaluate-tflite_mct_",
             "measure-latency-tflite_mct_",
         )
+    }
+    new |= {
+        "convert-to-tflite-full_int16x8",
+        "compile-for-ethos-u-full_int16x8",
+        "evaluate-tflite_full_int16x8",
+        "measure-latency-tflite_full_int16x8",
     }
     never_cached = {"validate-config", "search-repair", "record-results"}  # search-repair's trials are
     assert {name for name, s in states.items() if s == "Completed"} == new | never_cached, states

@@ -51,7 +51,7 @@ def configure(converter, variant: str, calibration: np.ndarray | None) -> None:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         io_type = tf.as_dtype(VARIANTS[variant].promise.input_dtype)
         converter.inference_input_type = converter.inference_output_type = io_type
-    if variant == "int16x8":
+    if variant in ("int16x8", "full_int16x8"):
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
         ]

@@ -34,6 +34,7 @@ Variant = Literal[
     "full_int8",
     "full_uint8",
     "int16x8",
+    "full_int16x8",
     "mct_ptq",
     "mct_gptq",
     "mct_mixed_precision",
@@ -111,6 +112,15 @@ _CATALOGUE = (
         "converter",
         calibrated=True,
         optional=True,
+    ),
+    VariantSpec(
+        "full_int16x8",
+        Promise("TFLite full 16x8, int16 input/output (int16 activations, int8 weights)", "int16", "int16", "int16"),
+        "converter",
+        calibrated=True,
+        full_integer=True,  # Vela runs int16 activations on the Ethos-U NPU
+        optional=True,
+        default=False,  # the repair's precision rung for an Ethos-U; built when listed
     ),
     VariantSpec("mct_ptq", Promise("MCT PTQ, int8 TFLite", "float32", "float32", "int8"), "mct", mct_method="ptq"),
     # GPTQ and mixed precision are slow: built only when the configuration lists them.

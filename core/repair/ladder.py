@@ -149,6 +149,15 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
             converter_variant=converter_variant,
         ),
         RepairRecipe(
+            name="converter_16x8",
+            cures=("channel_spread_at_join", "outliers", "sensitive_first", "sensitive_last"),
+            description="equalization and 16-bit activations throughout (the converter's 16x8 mode, int16 "
+            "input/output, int8 weights), which Vela runs on the NPU",
+            builder="converter",
+            equalize=True,
+            converter_variant="full_int16x8",
+        ),
+        RepairRecipe(
             name="converter_cle_more_calibration",
             description=f"equalization and {MORE_CALIBRATION}x the calibration images, the converter's "
             f"{converter_variant}",
@@ -165,8 +174,9 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
 
 
 def by_causes(recipes: list[RepairRecipe], analyses: list[LayerAnalysis]) -> list[tuple[RepairRecipe, str]]:
-    """The recipes in the order to try them, each with why: first the cure of each cause the layer analysis found
-    on the layers that lost the most (worst first), then the rest of the ladder in its order."""
+    """The recipes in the order to try them, each with why: first the cures of each cause the layer analysis found
+    on the layers that lost the most (worst first; a cause's cures in the ladder's order), then the rest of the
+    ladder in its order."""
     layers = sorted(
         (layer for analysis in analyses for layer in analysis.layers[:CAUSE_LAYERS]),
         key=lambda layer: -layer.loss_db,
@@ -176,8 +186,7 @@ def by_causes(recipes: list[RepairRecipe], analyses: list[LayerAnalysis]) -> lis
         if layer.loss_db < SIGNIFICANT_LOSS_DB:
             break
         for kind, text in zip(layer.cause_kinds, layer.causes, strict=False):
-            cure = next((r for r in recipes if kind in r.cures and all(r is not o for o, _ in ordered)), None)
-            if cure is not None:
+            for cure in [r for r in recipes if kind in r.cures and all(r is not o for o, _ in ordered)]:
                 ordered.append((cure, f"the analysis: {layer.layer} lost {layer.loss_db:.1f} dB; {text}"))
     rest = [(r, "the ladder's next rung") for r in recipes if all(r is not o for o, _ in ordered)]
     return ordered + rest

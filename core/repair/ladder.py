@@ -25,6 +25,7 @@ MIN_EQUALIZATION_AGREEMENT = 0.99
 OUTLIER_Z_THRESHOLD = 8.0  # standard deviations: MCT's outlier removal before thresholds are chosen
 MORE_CALIBRATION = 4  # times the configured number of calibration batches
 REPAIR_GPTQ_EPOCHS = 20
+ANALYSIS_METHODS = {"mct": "xquant", "converter": "quantization_debugger"}  # how each builder's models are analysed
 CAUSE_LAYERS = 3  # of each analysed model, worst first: the layers whose causes choose the first recipes
 
 

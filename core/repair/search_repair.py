@@ -26,8 +26,9 @@ from core.files import atomic_save_numpy
 from core.kinds.kind import ModelKind
 from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
-from core.repair.ladder import TUNING_SHARE, by_causes, ladder, repair_due
+from core.repair.ladder import ANALYSIS_METHODS, TUNING_SHARE, by_causes, ladder, repair_due
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
+from core.targets.devices import target_for
 from core.targets.records import HardwareReports
 
 RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
@@ -111,7 +112,11 @@ def search_repair(
     spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
     stopped = "the ladder is exhausted"
     recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
-    for recipe, why in by_causes(recipes, list((layer_analysis or {}).values())):
+    # The analyses of the models the target's builders make: MCT's (XQuant) for the IMX500, the converter's for an
+    # Ethos-U, both with no device.
+    methods = {ANALYSIS_METHODS[builder] for builder in target_for(config.target_device).builders}
+    analyses = [a for a in (layer_analysis or {}).values() if a.method in methods]
+    for recipe, why in by_causes(recipes, analyses):
         if len(trials) >= config.repair_max_trials:
             stopped = f"repair_max_trials ({config.repair_max_trials}) reached"
             break

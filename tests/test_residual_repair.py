@@ -220,3 +220,30 @@ def test_16_bit_activations_run_whole_on_the_ethos_u_but_cannot_cure_weights_tha
         assert vela.compiled and vela.npu_share == 1.0, vela.reason
     assert made.model.facts.input_dtype == "int16"  # the 16x8 model's input and output are int16
     assert top_1["full_int16x8"] < 0.5  # the weights, not the activations, are what this stream breaks
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_on_the_imx500_16_bit_activations_cannot_reach_the_stream_tensors_a_convolution_reads(
+    residual_model, sample_dir, tmp_path
+):
+    """Why the IMX500's cure here is the residual equalization: MCT's IMX500 TPC lets a tensor take 16 bits only
+    when every layer reading it takes 16-bit input, which a Conv, a Dense or a pooling does not; of the stream's
+    tensors, only block_b's output (read by the Add alone) qualifies."""
+    from core.build.platforms import choose_platform
+    from core.build.precision import sixteen_bit_layers
+    from core.config import Preprocessing
+    from core.data.images import decode_rgb, find_jpegs
+    from core.data.preprocessing import preprocess
+
+    if choose_platform("imx500").tpc_version < "4.0":
+        pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
+    files = find_jpegs(sample_dir / "training")[:20]
+    np.save(tmp_path / "calibration.npy", np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in files]))
+    candidates = sixteen_bit_layers(
+        model_path=str(residual_model),
+        calibration_path=str(tmp_path / "calibration.npy"),
+        batch_size=20,
+        target_platform="imx500",
+    )
+    assert candidates == ["block_b"]

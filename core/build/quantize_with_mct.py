@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.build.platforms import choose_platform, target_platform_capabilities
+from core.build.precision import bit_width_config
 from core.build.records import QuantizedModel
 from core.build.variants import MCT_METHODS, mct_keras_file_name
 from core.errors import StepError
@@ -52,10 +53,12 @@ def quantize_with_mct(
     weights_memory_ratio: float | None = None,
     z_threshold: float | None = None,
     shift_negative_params_search: bool = False,
+    sixteen_bit_activations: tuple[str, ...] = (),
 ) -> QuantizedModel:
     """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision.
     `z_threshold` removes activation outliers beyond that many standard deviations before thresholds are chosen;
-    `shift_negative_params_search` searches the shift of negative activations (the repair search's knobs)."""
+    `shift_negative_params_search` searches the shift of negative activations; `sixteen_bit_activations` names the
+    layers whose outputs get 16 bits (core/build/precision.py says which may; the repair search's knobs)."""
     import model_compression_toolkit as mct
 
     if method not in METHODS or error_method not in ERROR_METHODS:
@@ -84,12 +87,16 @@ def quantize_with_mct(
             if method == "mixed_precision"
             else None
         )
+        widths = bit_width_config(tuple(sixteen_bit_activations))
         core_config = mct.core.CoreConfig(
-            quantization_config=quantization_config, **({"mixed_precision_config": mixed} if mixed else {})
+            quantization_config=quantization_config,
+            **({"mixed_precision_config": mixed} if mixed else {}),
+            **({"bit_width_config": widths} if widths else {}),
         )
         details: dict = {
             "z_threshold": z_threshold,
             "shift_negative_params_search": shift_negative_params_search or None,
+            "sixteen_bit_activations": list(sixteen_bit_activations) or None,
         }
         if method == "gptq":
             gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)

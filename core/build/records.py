@@ -42,6 +42,7 @@ class QuantizedModel(Record):
     weights_memory_8bit_bytes: float | None = None
     z_threshold: float | None = None
     shift_negative_params_search: bool | None = None
+    sixteen_bit_activations: list[str] | None = None  # layers whose outputs MCT quantized with 16 bits
 
     def details(self) -> dict:
         """As results.json's `mct_variants` shows it."""

@@ -1,0 +1,53 @@
+"""16-bit activations only where a layer needs them, on the IMX500: which layers MCT lets take them is read from
+the TPC in use, and a model quantized so keeps them (a tiny residual model built here)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.build.platforms import choose_platform
+
+
+def tiny_residual(path):
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((8, 8, 3))
+    a = layers.ReLU(name="relu_a")(layers.Conv2D(8, 3, padding="same", name="conv_a")(inputs))
+    b = layers.Conv2D(8, 1, name="conv_b")(inputs)
+    joined = layers.Add(name="add")([a, b])
+    outputs = layers.Dense(4, name="dense")(layers.GlobalAveragePooling2D(name="gap")(joined))
+    tf.keras.Model(inputs, outputs).save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.hardware  # the TPC follows the installed IMX500 converter (TPC 1.0 without it has no 16 bits)
+def test_only_layers_whose_operator_and_consumers_take_16_bits_are_candidates_and_they_keep_them(tmp_path):
+    from mct_quantizers import KerasActivationQuantizationHolder, keras_load_quantized_model
+
+    from core.build.precision import sixteen_bit_layers
+    from core.build.quantize_with_mct import quantize_with_mct
+
+    if choose_platform("imx500").tpc_version < "4.0":
+        pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
+    model = tiny_residual(tmp_path / "model.keras")
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).normal(size=(16, 8, 8, 3)).astype(np.float32))
+    arguments = dict(model_path=model, calibration_path=str(tmp_path / "calibration.npy"), batch_size=8)
+    candidates = sixteen_bit_layers(**arguments, target_platform="imx500")
+    # relu_a and conv_b feed the Add, which takes 16-bit input; the Add feeds the pooling, which does not; conv_a's
+    # output is fused with relu_a's; dense is the model output.
+    assert sorted(candidates) == ["conv_b", "dense", "relu_a"]
+    quantized = quantize_with_mct(
+        **arguments, target_platform="imx500", out_dir=tmp_path, progress=False, sixteen_bit_activations=("relu_a",)
+    )
+    assert quantized.sixteen_bit_activations == ["relu_a"]
+    loaded = keras_load_quantized_model(quantized.path)
+    bits = {
+        holder.inbound_nodes[0].inbound_layers.name: holder.activation_holder_quantizer.num_bits
+        for holder in loaded.layers
+        if isinstance(holder, KerasActivationQuantizationHolder)
+    }
+    assert bits["relu_a"] == 16 and bits["add"] == 8

@@ -51,6 +51,7 @@ class EqualizedPair(Record):
     scale_max: float
     range_ratio_before: float
     range_ratio_after: float
+    unread_channels: int = 0  # channels the second layer gives no weight: nothing to trade their range with
     bias_absorbed: float | None = None  # the largest constant moved into the second layer's bias, when asked
     bias_not_absorbed: str | None = None  # why not, when asked and it would not be exact
 
@@ -74,7 +75,15 @@ class EqualizationReport(Record):
 
     def describe(self) -> str:
         """In words, for a repair trial's record."""
-        pairs = ", ".join(f"{p.first} -> {p.second}" for p in self.pairs)
+        pairs = ", ".join(
+            f"{p.first} -> {p.second}"
+            + (
+                f" ({p.unread_channels} channel(s) left: no weight of {p.second} reads them)"
+                if p.unread_channels
+                else ""
+            )
+            for p in self.pairs
+        )
         skipped = "; ".join(f"{s.first}: {s.reason}" for s in self.skipped)
         found = f"equalized {len(self.pairs)} pair(s) ({pairs})" if self.pairs else "no pair of layers to equalize"
         return found + (f"; not equalized: {skipped}" if skipped else "")
@@ -505,6 +514,10 @@ def equalize(
             layers[name].set_weights([v.astype(d) for v, d in zip(values, dtypes[name], strict=True)])
 
     before = [_ratio(_output_ranges(weights[p.first.name][0], p.first)) for p in pairs]
+    unread = [
+        int(((r1 > 0) & (_input_ranges(weights[p.second.name][0], p.second, p.channels) == 0)).sum())
+        for p, r1 in ((p, _output_ranges(weights[p.first.name][0], p.first)) for p in pairs)
+    ]
     scales, iterations, converged = _equalize_pairs(pairs, weights, max_iterations, tolerance)
     store()
     absorbed: dict[str, float] = {}
@@ -524,6 +537,7 @@ def equalize(
                 scale_max=float(scales[k].max()),
                 range_ratio_before=before[k],
                 range_ratio_after=_ratio(_output_ranges(weights[p.first.name][0], p.first)),
+                unread_channels=unread[k],
                 bias_absorbed=absorbed.get(p.first.name),
                 bias_not_absorbed=not_absorbed.get(p.first.name),
             )

@@ -165,6 +165,37 @@ def make_residual_with_outliers(
     return destination
 
 
+def make_activation_spikes(model_path: Path, destination: Path, scale: float = 3000.0, threshold: float = 25.5) -> Path:
+    """The model with one more channel in its first Conv2D that fires only on near-white 3 x 3 patches (about 1% of
+    its positions), `scale` times larger than the others there, and that the next Conv2D ignores (zero weights): the
+    same function. Per-tensor 8-bit activations spend their grid on the spikes; no equalization helps (there is no
+    weight reading the channel to trade its range with); 16-bit activations do (the Ethos-U precision rung's test).
+    The inputs must be the sample's, in [0, 1]: a patch's sum reaches 27 on white."""
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(model_path, compile=False)
+    config = model.get_config()
+    convs = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.Conv2D)]
+    first, second = convs[0], convs[1]
+    entry = next(e for e in config["layers"] if e["config"]["name"] == first.name)
+    entry["config"]["filters"] += 1
+    wider = type(model).from_config(config)
+    for old, new in zip(model.layers, wider.layers, strict=True):
+        weights = old.get_weights()
+        if old is first:
+            kernel, bias = weights
+            spike = np.full((*kernel.shape[:3], 1), scale, kernel.dtype)
+            weights = [np.concatenate([kernel, spike], -1), np.append(bias, -threshold * scale).astype(bias.dtype)]
+        elif old is second:
+            kernel, bias = weights
+            ignored = np.zeros((*kernel.shape[:2], 1, kernel.shape[3]), kernel.dtype)
+            weights = [np.concatenate([kernel, ignored], 2), bias]
+        new.set_weights(weights)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    wider.save(destination)
+    return destination
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m core.data.sample_data",

@@ -1,4 +1,4 @@
-"""The repair search's cost on two models PTQ breaks, both the same function as a model trained on the digits sample:
+"""The repair search's cost on three models PTQ breaks, each the same function as a model trained on the digits sample:
 the sample's CNN given a channel-range imbalance between two consecutive layers (core.data.sample_data.
 make_imbalanced), a residual CNN whose residual stream carries outlier channels (make_residual_with_outliers), and
 the sample's CNN with an unread first-layer channel whose activations spike (make_activation_spikes).

@@ -36,6 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.analysis.analyse_layers import models_to_analyse
+from core.analysis.records import LayerAnalysis
 from core.build.recipes import (
     BuildSettings,
     Recipe,
@@ -217,7 +218,7 @@ def quantize_evaluate(
             evaluations=evaluated, built=built, float_tflite=c.float_tflite, max_accuracy_drop=c.max_accuracy_drop
         ).items()
     }
-    layer_analysis = {name: future.result() for name, future in analysing.items()}
+    finished = {name: future.result(raise_on_failure=False) for name, future in analysing.items()}
     repair = search_repair_task(
         config=c,
         class_count=len(validated.class_names),
@@ -226,7 +227,8 @@ def quantize_evaluate(
         evaluations=evaluated,
         built=built,
         hardware=hardware,
-        layer_analysis=layer_analysis,
+        # A failed analysis fails the run when the results are recorded, not before the search
+        layer_analysis={name: a for name, a in finished.items() if isinstance(a, LayerAnalysis)},
     )
     repaired = repair.chosen_trial.model if repair.chosen_trial else None
     if repaired is not None:
@@ -253,7 +255,7 @@ def quantize_evaluate(
             latencies=latencies,
             hardware=hardware,
             repair=repair,
-            layer_analysis=layer_analysis,
+            layer_analysis={name: future.result() for name, future in analysing.items()},
         )
     )
 

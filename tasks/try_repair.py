@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import task
 
 from core.caching import ContentCachePolicy
+from core.kinds.registry import kind_named
 from core.repair.ladder import TRIAL_FILE_INPUTS
 from core.repair.records import RepairRecipe, RepairTrial, TrialInputs
 from core.repair.try_repair import try_repair
@@ -48,8 +49,9 @@ def try_repair_task(*, recipe: RepairRecipe, inputs: TrialInputs) -> RepairTrial
 
     trial = try_repair(recipe=recipe, inputs=inputs, out_dir=new_work_dir("repair"))
     get_run_logger().info(
-        "Repair trial %s: tuning Top-1 %s, %s (%.1f s)",
+        "Repair trial %s: tuning %s %s, %s (%.1f s)",
         trial.recipe.name,
+        kind_named(inputs.task).score_label,
         "-" if trial.tuning_top_1 is None else f"{trial.tuning_top_1:.4f}",
         trial.reason,
         trial.seconds,

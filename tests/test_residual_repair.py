@@ -76,6 +76,35 @@ def test_a_stream_that_starts_at_the_model_input_is_left_and_the_report_says_why
     assert report.describe().startswith("left the stream of skip: ")
 
 
+def test_a_tensor_joins_an_add_through_batch_norm_and_activations_and_a_concatenate_is_told_apart():
+    import tensorflow as tf
+
+    from core.analysis.layer_causes import Join, joins
+
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((4, 4, 3))
+    stem = layers.Conv2D(4, 1, name="stem")(inputs)
+    branch = layers.ReLU(name="branch_relu")(
+        layers.BatchNormalization(name="branch_bn")(layers.Conv2D(4, 1, name="branch")(stem))
+    )
+    added = layers.ReLU(name="after")(layers.Add(name="add")([stem, branch]))
+    side = layers.Conv2D(4, 1, name="side")(added)
+    joined = layers.Concatenate(name="concat")([added, side])
+    model = tf.keras.Model(inputs, layers.Dense(2, name="head")(layers.GlobalAveragePooling2D(name="pool")(joined)))
+    found = joins(model)
+    residual = Join("add", residual=True)
+    assert {name for name, join in found.items() if join == residual} == {
+        "add",
+        "stem",
+        "branch_relu",
+        "branch_bn",
+        "branch",
+        "after",
+    }
+    assert found["side"] == Join("concat", residual=False) and found["pool"] == Join("concat", residual=False)
+    assert "head" not in found and not any(name.startswith("input") for name in found)
+
+
 @pytest.fixture(scope="module")
 def residual_model(sample_dir, tmp_path_factory):
     from core.data.sample_data import make_residual_with_outliers

@@ -29,6 +29,7 @@ import numpy as np
 
 from core.analysis.layer_causes import (
     Cause,
+    Join,
     activation_stats,
     inbound_layers,
     joins,
@@ -171,7 +172,7 @@ def _noise(sqnr_db: float | None) -> float:
     return 0.0 if sqnr_db is None else 10 ** (-max(sqnr_db, -100.0) / 10)
 
 
-def _causes(stats: dict, unsigned: dict[str, bool], joined: dict[str, str]) -> dict[str, list[Cause]]:
+def _causes(stats: dict, unsigned: dict[str, bool], joined: dict[str, Join]) -> dict[str, list[Cause]]:
     return {
         name: range_causes(layer_stats, unsigned.get(name, False), joined.get(name))
         for name, layer_stats in stats.items()

@@ -10,7 +10,7 @@ precision whatever its ranges: the input's and the logits' errors reach the resu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -43,7 +43,8 @@ class ActivationStats:
 # What a cause is, for the repair search to choose its first recipe from (core/repair/ladder.py).
 CauseKind = Literal[
     "channel_spread",  # between consecutive layers: cross-layer equalization
-    "channel_spread_at_join",  # on a tensor that also feeds or is an Add / Concatenate: pairwise equalization stops
+    "channel_spread_at_join",  # on a tensor joined at an Add (a residual stream): pairwise equalization stops there
+    "channel_spread_at_concat",  # on a tensor joined at a Concatenate: no equalization reaches it
     "outliers",
     "negative_into_unsigned",
     "sensitive_first",
@@ -132,19 +133,25 @@ def _summarize(rows: np.ndarray, low: float, high: float, negative_share: float)
     )
 
 
-def range_causes(stats: ActivationStats, unsigned_quantizer: bool, joins: str | None = None) -> list[Cause]:
-    """The causes a layer's float output range points to, most severe first. `joins`: the Add or Concatenate the
-    layer's output is, or feeds, if any."""
+def range_causes(stats: ActivationStats, unsigned_quantizer: bool, joined_at: Join | None = None) -> list[Cause]:
+    """The causes a layer's float output range points to, most severe first. `joined_at`: the Add or Concatenate
+    the layer's output is, or joins (`joins`), if any."""
     causes = []
     if stats.channel_spread is not None and stats.channel_spread > CHANNEL_SPREAD_LIMIT:
         spread = f"channels' ranges differ by {stats.channel_spread:.0f}x"
         severity = stats.channel_spread / CHANNEL_SPREAD_LIMIT
-        if joins:
+        if joined_at is not None and joined_at.residual:
             text = (
-                f"{spread} on a tensor joined at {joins}, where pairwise equalization stops (equalization that "
-                "follows the residual, or 16 bits there, helps)"
+                f"{spread} on a tensor joined at {joined_at.layer}, where pairwise equalization stops (equalization "
+                "that follows the residual, or 16 bits there, helps)"
             )
             causes.append(Cause(severity, text, "channel_spread_at_join"))
+        elif joined_at is not None:
+            text = (
+                f"{spread} on a tensor concatenated at {joined_at.layer}, which no equalization reaches (16 bits "
+                "there helps)"
+            )
+            causes.append(Cause(severity, text, "channel_spread_at_concat"))
         else:
             causes.append(Cause(severity, f"{spread} (cross-layer equalization helps)", "channel_spread"))
     if stats.outlier_ratio is not None and stats.outlier_ratio > OUTLIER_RATIO_LIMIT:
@@ -173,10 +180,16 @@ def sensitive_cause(position: Literal["first", "last"]) -> Cause:
     return Cause(1.0, f"sensitive {position} layer (keep it at higher precision)", kind)
 
 
-def joins(model) -> dict[str, str]:
+class Join(NamedTuple):
+    layer: str  # the Add or Concatenate
+    residual: bool  # an Add: a residual stream
+
+
+def joins(model) -> dict[str, Join]:
     """Layer name -> the Add or Concatenate its output joins, for the layers whose output does: the join itself, the
     layers that feed it up to and including the first one with weights, and those after it up to the first with
-    weights (through single-input layers, such as an activation or a pooling, which carry the same channels)."""
+    weights (through single-input layers that carry the same channels: an activation, a pooling, a batch
+    normalization, which the quantizers fold into the layer before it)."""
     import tensorflow as tf
 
     inbound = inbound_layers(model)
@@ -185,25 +198,28 @@ def joins(model) -> dict[str, str]:
         for source in sources:
             consumers.setdefault(source, []).append(name)
 
-    def carries(name: str) -> bool:  # passes its one input's channels on, without weights of its own
+    def carries(name: str) -> bool:  # passes its one input's channels on, without weights that mix them
         layer = model.get_layer(name)
-        return not layer.weights and len(inbound.get(name, [])) == 1
+        per_channel = not layer.weights or isinstance(layer, tf.keras.layers.BatchNormalization)
+        return per_channel and len(inbound.get(name, [])) == 1
 
-    found: dict[str, str] = {}
-    for join in inbound:
-        if not isinstance(model.get_layer(join), tf.keras.layers.Add | tf.keras.layers.Concatenate):
+    found: dict[str, Join] = {}
+    for name in inbound:
+        layer = model.get_layer(name)
+        if not isinstance(layer, tf.keras.layers.Add | tf.keras.layers.Concatenate):
             continue
-        found.setdefault(join, join)
-        for source in inbound[join]:
+        join = Join(name, residual=isinstance(layer, tf.keras.layers.Add))
+        found.setdefault(name, join)
+        for source in inbound[name]:
             while True:
                 found.setdefault(source, join)
                 if not carries(source):
                     break
                 source = inbound[source][0]
-        pending = list(consumers.get(join, []))
+        pending = list(consumers.get(name, []))
         while pending:
-            name = pending.pop()
-            if carries(name) and name not in found:
-                found[name] = join
-                pending += consumers.get(name, [])
+            reader = pending.pop()
+            if carries(reader) and reader not in found:
+                found[reader] = join
+                pending += consumers.get(reader, [])
     return found

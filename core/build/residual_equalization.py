@@ -14,8 +14,9 @@ stream (on a few images) and w_c the largest weight reading it, s_c = sqrt((a_c 
 brings both to the geometric mean of their spreads: the outlier channels leave the activation grid and the
 readers' weights for them grow back to the others' size.
 
-A stream that reaches a model input or output, a shared layer, or a layer that is not positively homogeneous
-(Concatenate, Multiply, sigmoid, ...) cannot be rescaled; `ResidualEqualizationReport.skipped` says which and why.
+A stream that reaches a model input or output, a shared layer, a layer that is not positively homogeneous (Multiply,
+sigmoid, ...) or a Concatenate (which moves channels to other indices) cannot be rescaled;
+`ResidualEqualizationReport.skipped` says which and why.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from core.build.equalization import (
     _activation_problem,
     _Graph,
     _graph_of,
+    _input_axis,
     _input_ranges,
     _is_weight_layer,
     _out_channels,
@@ -95,6 +97,11 @@ def _is_add(layer: Any) -> bool:
     return type(layer) is tf.keras.layers.Add
 
 
+def has_add(model: Any) -> bool:
+    """Whether the model has an Add layer: a residual stream to rescale (Keras's `x + y` is a TFOpLambda, not seen)."""
+    return any(_is_add(layer) for layer in model.layers)
+
+
 def _trace(model: Any, graph: _Graph, start: str, channels: int) -> _Stream:
     """The stream through `start` (an Add): walking up from every member to what writes it and down to what reads
     it. Role "out": the layer's output is in the stream; "in": the layer reads a tensor of the stream."""
@@ -116,7 +123,7 @@ def _trace(model: Any, graph: _Graph, start: str, channels: int) -> _Stream:
         elif _is_weight_layer(layer):
             problem = _weight_layer_problem(layer)
             if role == "in":
-                width = layer.get_weights()[0].shape[0 if type(layer) is tf.keras.layers.Dense else 2]
+                width = layer.get_weights()[0].shape[_input_axis(layer)]
                 problem = problem or (
                     f"{name}'s {width} inputs are not a multiple of {channels}" if width % channels else None
                 )

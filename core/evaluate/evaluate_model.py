@@ -82,7 +82,7 @@ def evaluate_model(
         return kind_named(task).evaluate(
             model_name=model_name,
             model_path=model_path,
-            predict=make_predictor(model_name, model_path, allow_unsafe_code),
+            load_predictor=lambda: make_predictor(model_name, model_path, allow_unsafe_code),
             images_path=images_path,
             labels_path=labels_path,
             batch_size=batch_size,

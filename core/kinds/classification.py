@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ class Classification(ModelKind):
         *,
         model_name: str,
         model_path: str,
-        predict: Predict,
+        load_predictor: Callable[[], Predict],
         images_path: str,
         labels_path: str,
         batch_size: int,
@@ -47,6 +48,7 @@ class Classification(ModelKind):
     ) -> ClassificationEvaluation:
         """`class_count` sizes the confusion matrix (default: the model's output size)."""
         started = time.perf_counter()
+        predict = load_predictor()
         top_k, model_classes = _predict_top_k(model_name, predict, images_path, batch_size, progress, start, stop)
         seconds = time.perf_counter() - started
         labels = np.load(labels_path)[start:stop]

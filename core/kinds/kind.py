@@ -43,7 +43,7 @@ class ModelKind(ABC):
         *,
         model_name: str,
         model_path: str,
-        predict: Predict,
+        load_predictor: Callable[[], Predict],
         images_path: str,
         labels_path: str,
         batch_size: int,
@@ -52,7 +52,8 @@ class ModelKind(ABC):
         start: int,
         stop: int | None,
     ) -> Evaluation:
-        """The model's predictions on images [start, stop) scored against the truth in `labels_path`."""
+        """The model's predictions on images [start, stop) scored against the truth in `labels_path`; the
+        evaluation's seconds include loading the model (`load_predictor`)."""
 
     @abstractmethod
     def merged(self, parts: list[Evaluation]) -> Evaluation:

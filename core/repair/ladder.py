@@ -1,5 +1,5 @@
 """Repairing a model that quantization broke: when a repair is due, the ladder of recipes to try (cheapest
-first), and the split of the evaluation images that keeps the search from choosing on the images it reports.
+first), and the order the layer analysis' causes give them (each recipe names the causes it cures).
 
 Like the accuracy-aware searches of Intel Neural Compressor, OpenVINO NNCF and AIMET, the search stops at the
 first recipe whose model is deployable on the target and within the accuracy budget; unlike them it targets
@@ -151,7 +151,13 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
         ),
         RepairRecipe(
             name="converter_16x8",
-            cures=("channel_spread_at_join", "outliers", "sensitive_first", "sensitive_last"),
+            cures=(
+                "channel_spread_at_join",
+                "channel_spread_at_concat",
+                "outliers",
+                "sensitive_first",
+                "sensitive_last",
+            ),
             description="equalization and 16-bit activations throughout (the converter's 16x8 mode, int16 "
             "input/output, int8 weights), which Vela runs on the NPU",
             builder="converter",

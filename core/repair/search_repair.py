@@ -18,10 +18,12 @@ import numpy as np
 from core.analysis.records import LayerAnalysis
 from core.build.recipes import BuildSettings
 from core.build.records import BuiltModel
+from core.build.residual_equalization import has_add
 from core.build.variants import REPAIRED_MODEL
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
 from core.evaluate.evaluate_model import evaluate_model
+from core.evaluate.models import load_keras_model
 from core.files import atomic_save_numpy
 from core.kinds.kind import ModelKind
 from core.kinds.records import Evaluation
@@ -112,6 +114,8 @@ def search_repair(
     spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
     stopped = "the ladder is exhausted"
     recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
+    if not has_add(load_keras_model(config.source_keras_model, config.allow_unsafe_model_code)):
+        recipes = [recipe for recipe in recipes if not recipe.residual]  # no residual stream: nothing for them
     # The analyses of the models the target's builders make: MCT's (XQuant) for the IMX500, the converter's for an
     # Ethos-U, both with no device.
     methods = {ANALYSIS_METHODS[builder] for builder in target_for(config.target_device).builders}

@@ -22,6 +22,7 @@ from core.data.load_calibration_set import load_calibration_set
 from core.errors import StepError
 from core.evaluate.evaluate_model import evaluate_model
 from core.evaluate.models import load_keras_model
+from core.kinds.registry import kind_named
 from core.repair.ladder import MIN_EQUALIZATION_AGREEMENT
 from core.repair.records import RepairRecipe, RepairTrial, TrialInputs
 from core.targets.compile_for_ethos_u import compile_for_ethos_u
@@ -140,7 +141,8 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
             **common,
             deployable=False,
             qualifies=False,
-            reason=f"Top-1 drop {drop:.4f} on the tuning images exceeds the budget {p.max_accuracy_drop:.4f}",
+            reason=f"{kind_named(p.task).score_label} drop {drop:.4f} on the tuning images exceeds the budget "
+            f"{p.max_accuracy_drop:.4f}",
         )
     deployable, why, hardware = _deployable(quantized, built, p.target_device, p.ethos_u_accelerator, out_dir)
     return trial(**common, **hardware, deployable=deployable, qualifies=deployable, reason=why)

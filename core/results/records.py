@@ -40,7 +40,7 @@ class Recommendation(Record):
     """The model to ship, or why none qualifies; results.json's `recommendation`."""
 
     objective: str
-    max_accuracy_drop: float
+    max_accuracy_drop: float | int  # as configured: results.json writes 0 as 0, not 0.0
     baseline_top_1: float  # the float model's headline score
     target_device: str | None
     chosen: str | None

@@ -55,7 +55,8 @@ def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_
     float_model = next(m for m in results["models"] if m["model"] == "tflite")["ethos_u"]
     assert float_model == {
         "compiled": False,
-        "reason": "not for Ethos-U: needs a full-integer model (variant float32 is not; build full_int8 or full_uint8)",
+        "reason": "not for Ethos-U: needs a full-integer model "
+        "(variant float32 is not; build full_int8, full_uint8 or full_int16x8)",
     }
 
 

@@ -63,7 +63,10 @@ def test_a_record_and_its_results_row_get_the_same_verdict():
     ("device", "problem"),
     [
         ("imx500", "target_device 'imx500' needs target_platform 'imx500', got 'tflite'"),
-        ("ethos-u55-128", "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8'"),
+        (
+            "ethos-u55-128",
+            "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8', 'full_uint8' or 'full_int16x8'",
+        ),
     ],
 )
 def test_a_configuration_that_contradicts_its_target_is_refused(device, problem):

@@ -268,8 +268,8 @@ def test_mixed_precision_is_refused_for_a_platform_without_it(sample_dir, tmp_pa
 def test_an_ethos_u_target_needs_a_full_integer_variant(sample_dir, tmp_path):
     message = error_for(sdk_config(sample_dir, tmp_path, target_device="ethos-u55-128", variants=["mct_ptq"]), tmp_path)
     assert (
-        "target_device 'ethos-u55-128' needs a full-integer model: add 'full_int8' or 'full_uint8' to variants"
-        in message
+        "target_device 'ethos-u55-128' needs a full-integer model: "
+        "add 'full_int8', 'full_uint8' or 'full_int16x8' to variants" in message
     )
 
 

@@ -147,6 +147,14 @@ MCT_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.builder == "mct")
 DEFAULT_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.default)
 CALIBRATED_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.calibrated)
 FULL_INTEGER_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.full_integer)
+
+
+def one_of(names: tuple[str, ...] | list[str], quote: bool = False) -> str:
+    """'a', 'a or b', 'a, b or c' (each in quotes with `quote`)."""
+    shown = [repr(n) if quote else n for n in names]
+    return " or ".join(shown) if len(shown) < 3 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
 OPTIONAL_VARIANTS = tuple(v for v, s in VARIANTS.items() if s.optional)
 MCT_METHODS: dict[str, MctMethod] = {v: s.mct_method for v, s in VARIANTS.items() if s.mct_method}
 

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from core.build.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, EthosU, TargetDevice, model_id
+from core.build.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, EthosU, TargetDevice, model_id, one_of
 
 Builder = Literal["mct", "converter"]
 Compiler = Literal["imx500_converter", "vela"]
@@ -88,7 +88,7 @@ class EthosUTarget(Target):
 
     def configuration_problem(self, *, target_platform: str, variants: Sequence[str] | None) -> str | None:
         if variants is not None and not set(FULL_INTEGER_VARIANTS) & set(variants):
-            choices = " or ".join(repr(v) for v in FULL_INTEGER_VARIANTS)
+            choices = one_of(FULL_INTEGER_VARIANTS, quote=True)
             return f"target_device {self.device!r} needs a full-integer model: add {choices} to variants"
         return None
 

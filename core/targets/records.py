@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.build.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, model_id
+from core.build.variants import FULL_INTEGER_VARIANTS, IMX500_VARIANT, model_id, one_of
 from core.records import Record
 
 
@@ -55,7 +55,7 @@ class EthosUReport(Record):
         return cls(
             compiled=False,
             reason=f"not for Ethos-U: needs a full-integer model (variant {variant or 'keras'} is not; "
-            f"build {' or '.join(FULL_INTEGER_VARIANTS)})",
+            f"build {one_of(FULL_INTEGER_VARIANTS)})",
         )
 
     def as_results(self) -> dict:

@@ -105,6 +105,43 @@ def test_a_tensor_joins_an_add_through_batch_norm_and_activations_and_a_concaten
     assert "head" not in found and not any(name.startswith("input") for name in found)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("application", "streams", "adds"),
+    [("MobileNetV2", 5, 10), ("ResNet50V2", 4, 16)],
+)
+def test_every_residual_stream_of_a_keras_application_is_rescaled_and_its_function_kept(application, streams, adds):
+    """Not only the test's model. MobileNetV2's Adds are written by the blocks' projections (batch norms folded) and
+    read by the next expansions; ResNet50V2's (pre-activation) streams pass through the next block's batch norm,
+    whose mean and offset follow the scale. Batch norm statistics are drawn at random so that they matter."""
+    import tensorflow as tf
+
+    from core.build.equalization import prediction_agreement
+    from core.build.residual_equalization import equalize_residual_streams
+
+    tf.keras.utils.set_random_seed(0)
+    model = getattr(tf.keras.applications, application)(input_shape=(32, 32, 3), weights=None, classes=10)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, 0.1, beta.shape),
+                    rng.normal(0, 0.1, mean.shape),
+                    rng.uniform(0.5, 1.5, variance.shape),
+                ]
+            )
+    images = rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32)
+    streamed, report = equalize_residual_streams(model, images)
+    assert len(report.streams) == streams and not report.skipped
+    assert sum(len(stream.adds) for stream in report.streams) == adds
+    assert max(stream.scale_max for stream in report.streams) > 1.1  # the scales did something
+    kept = prediction_agreement(model, streamed, images)
+    assert kept.agreement == 1.0 and kept.max_abs_difference < 1e-4
+
+
 @pytest.fixture(scope="module")
 def residual_model(sample_dir, tmp_path_factory):
     from core.data.sample_data import make_residual_with_outliers

@@ -7,9 +7,10 @@ on those few channels, and the layers reading the stream hold weights for them t
 which per-channel weight quantization rounds away.
 
 A stream is every tensor joined to an `Add` through positively homogeneous layers (f(x / s) = f(x) / s for
-s > 0: ReLU, pooling, Dropout, ...). Dividing channel c of every one of them by s_c is the same function when
-every weight layer producing into the stream divides its output channel c (kernel and bias) by s_c, and every
-weight layer reading it multiplies its input channel c by s_c. With a_c the channel's largest activation over the
+s > 0: ReLU, pooling, Dropout, ...) and batch normalizations (whose mean and offset are divided too). Dividing
+channel c of every one of them by s_c is the same function when every weight layer producing into the stream
+divides its output channel c (kernel and bias) by s_c, and every weight layer reading it multiplies its input
+channel c by s_c. With a_c the channel's largest activation over the
 stream (on a few images) and w_c the largest weight reading it, s_c = sqrt((a_c / median a) / (w_c / median w))
 brings both to the geometric mean of their spreads: the outlier channels leave the activation grid and the
 readers' weights for them grow back to the others' size.
@@ -83,18 +84,31 @@ class _Stream:
         self.producers: list[str] = []
         self.consumers: list[str] = []
         self.through: list[str] = []
+        self.normalizations: list[str] = []  # batch norms inside the stream: their mean and offset follow the scale
         self.problem: str | None = None
 
     @property
     def members(self) -> list[str]:
         """The layers whose outputs are the stream's tensors."""
-        return self.adds + self.through + self.producers
+        return self.adds + self.through + self.normalizations + self.producers
 
 
 def _is_add(layer: Any) -> bool:
     import tensorflow as tf
 
     return type(layer) is tf.keras.layers.Add
+
+
+def _is_normalization(layer: Any) -> bool:
+    """A batch normalization of the channels-last axis: y = gamma (x - mean) / sqrt(var + eps) + beta is divided by
+    s when x is, once its mean and beta are (a pre-activation ResNet's stream passes through one)."""
+    import tensorflow as tf
+
+    return (
+        type(layer) is tf.keras.layers.BatchNormalization
+        and list(layer.axis) == [len(layer.input_shape) - 1]
+        and not getattr(layer, "renorm", False)
+    )
 
 
 def has_add(model: Any) -> bool:
@@ -140,13 +154,16 @@ def _trace(model: Any, graph: _Graph, start: str, channels: int) -> _Stream:
             stream.problem = problem
             stream.producers.append(name)
             queue += [(reader, "in") for reader in graph.consumers[name]]
-        elif _is_add(layer) or _passthrough_problem(layer, channels) is None:
-            if name in stream.adds or name in stream.through:
+        elif _is_add(layer) or _is_normalization(layer) or _passthrough_problem(layer, channels) is None:
+            if name in stream.adds or name in stream.through or name in stream.normalizations:
                 continue  # reached again from the other side
             if len(graph.inputs[name]) != 1 and not _is_add(layer):
                 stream.problem = f"{name} reads several tensors"
                 continue
-            (stream.adds if _is_add(layer) else stream.through).append(name)
+            group = (
+                stream.adds if _is_add(layer) else stream.normalizations if _is_normalization(layer) else stream.through
+            )
+            group.append(name)
             queue += [(writer, "out") for writer in graph.inputs[name]]
             queue += [(reader, "in") for reader in graph.consumers[name]]
         else:
@@ -238,3 +255,8 @@ def _rescale(model: Any, stream: _Stream, scales: np.ndarray) -> None:
     for name, values in weights.items():
         layer = model.get_layer(name)
         layer.set_weights([v.astype(w.dtype) for v, w in zip(values, layer.get_weights(), strict=True)])
+    for name in stream.normalizations:
+        layer = model.get_layer(name)
+        if layer.center:
+            layer.beta.assign(layer.beta.numpy() / scales)
+        layer.moving_mean.assign(layer.moving_mean.numpy() / scales)

@@ -155,14 +155,10 @@ def test_pairwise_equalization_cannot_reach_the_stream_and_the_one_that_follows_
 ):
     from core.build.equalization import equalize, prediction_agreement
     from core.build.residual_equalization import equalize_residual_streams
-    from core.config import Preprocessing
-    from core.data.images import decode_rgb, find_jpegs
-    from core.data.preprocessing import preprocess
+    from core.data.sample_data import sample_images
     from core.evaluate.models import load_keras_model
 
-    images = np.stack(
-        [preprocess(decode_rgb(f), 32, Preprocessing()) for f in find_jpegs(sample_dir / "training")[:128]]
-    )
+    images, _ = sample_images(sample_dir, "training", 128)
     model = load_keras_model(str(residual_model))
     pairwise, report = equalize(model)
     assert "stem_pool's output feeds 2 layers" in report.describe()  # the stream's first tensor: where it stops
@@ -246,22 +242,14 @@ def test_16_bit_activations_run_whole_on_the_ethos_u_but_cannot_cure_weights_tha
     equalization is the cure (the search above)."""
     from core.build.build_model import build_model
     from core.build.recipes import BuildSettings, Recipe
-    from core.config import Preprocessing
-    from core.data.images import decode_rgb, find_jpegs
-    from core.data.preprocessing import preprocess
+    from core.data.sample_data import sample_images
     from core.evaluate.evaluate_model import evaluate_model
     from core.targets.compile_for_ethos_u import compile_for_ethos_u
 
-    def images(folder: str, count: int | None = None) -> list:
-        return find_jpegs(sample_dir / folder)[:count]
-
-    np.save(
-        tmp_path / "calibration.npy",
-        np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in images("training", 100)]),
-    )
-    evaluation = images("validation")
-    np.save(tmp_path / "images.npy", np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in evaluation]))
-    np.save(tmp_path / "labels.npy", np.array([int(f.parent.name) for f in evaluation]))
+    np.save(tmp_path / "calibration.npy", sample_images(sample_dir, "training", 100)[0])
+    images, labels = sample_images(sample_dir, "validation")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", labels)
     settings = BuildSettings(model_path=str(residual_model), batch_size=20, target_platform="imx500")
     top_1 = {}
     for variant in ("full_int8", "full_int16x8"):
@@ -298,14 +286,11 @@ def test_on_the_imx500_16_bit_activations_cannot_reach_the_stream_tensors_a_conv
     tensors, only block_b's output (read by the Add alone) qualifies."""
     from core.build.platforms import choose_platform
     from core.build.precision import sixteen_bit_layers
-    from core.config import Preprocessing
-    from core.data.images import decode_rgb, find_jpegs
-    from core.data.preprocessing import preprocess
+    from core.data.sample_data import sample_images
 
     if choose_platform("imx500").tpc_version < "4.0":
         pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
-    files = find_jpegs(sample_dir / "training")[:20]
-    np.save(tmp_path / "calibration.npy", np.stack([preprocess(decode_rgb(f), 32, Preprocessing()) for f in files]))
+    np.save(tmp_path / "calibration.npy", sample_images(sample_dir, "training", 20)[0])
     candidates = sixteen_bit_layers(
         model_path=str(residual_model),
         calibration_path=str(tmp_path / "calibration.npy"),

@@ -35,6 +35,7 @@ from core.build.equalization import (
     _is_weight_layer,
     _out_channels,
     _passthrough_problem,
+    _ratio,
     _scale_inputs,
     _weight_layer_problem,
     fold_batch_norm,
@@ -184,11 +185,6 @@ def _channel_maxima(model: Any, stream: _Stream, images: np.ndarray, channels: i
         for output in outputs if isinstance(outputs, list | tuple) else [outputs]:
             maxima = np.maximum(maxima, np.abs(np.asarray(output, dtype=np.float64)).reshape(-1, channels).max(axis=0))
     return maxima
-
-
-def _ratio(values: np.ndarray) -> float:
-    live = values[values > 0]
-    return float(live.max() / live.min()) if live.size else 1.0
 
 
 def equalize_residual_streams(model: Any, images: np.ndarray) -> tuple[Any, ResidualEqualizationReport]:

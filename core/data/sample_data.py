@@ -42,15 +42,20 @@ def write_images(dest: Path, train_count: int, validation_count: int, seed: int 
     atomic_write_json(dest / "labels.json", {str(d): d for d in range(10)})
 
 
+def sample_images(sample: Path, split: str = "training", count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` (default all) images of the sample's `split` (training or validation), read through the
+    workflow's own preprocessing, and their labels."""
+    files = find_jpegs(Path(sample) / split)[:count]
+    x = np.stack([preprocess(decode_rgb(f), IMAGE_SIZE, Preprocessing()) for f in files])
+    return x, np.array([int(f.parent.name) for f in files])
+
+
 def train_model(dest: Path, epochs: int = 30, seed: int = 0) -> Path:
     """Train the small CNN on the training JPEGs, read through the workflow's own preprocessing."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
-    spec = Preprocessing()
-    files = find_jpegs(dest / "training")
-    x = np.stack([preprocess(decode_rgb(f), IMAGE_SIZE, spec) for f in files])
-    y = np.array([int(f.parent.name) for f in files])
+    x, y = sample_images(dest)
     layers = tf.keras.layers
     model = tf.keras.Sequential(
         [
@@ -130,10 +135,7 @@ def make_residual_with_outliers(
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)
-    spec = Preprocessing()
-    files = find_jpegs(Path(sample) / "training")
-    x = np.stack([preprocess(decode_rgb(f), IMAGE_SIZE, spec) for f in files])
-    y = np.array([int(f.parent.name) for f in files])
+    x, y = sample_images(sample)
     layers = tf.keras.layers
     inputs = tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3))
     stream = layers.MaxPooling2D(name="stem_pool")(

@@ -22,7 +22,13 @@ class RunnerConfig(BaseModel):
         ),
     )
     workers: StrictInt = Field(
-        2, ge=1, le=256, description="Worker processes of the local cluster (one task at a time each)."
+        2,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes of the local cluster (one task at a time each); also how many repair trials run at "
+            "once on the cluster."
+        ),
     )
     address: StrictStr | None = Field(
         None, description="The scheduler's address, e.g. tcp://10.0.0.5:8786, with kind 'address'."

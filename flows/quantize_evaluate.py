@@ -48,7 +48,7 @@ from core.build.recipes import (
     variant_recipes,
 )
 from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
-from core.build.variants import KERAS_MODELS, REPAIRED_MODEL, in_catalogue_order, model_id
+from core.build.variants import KERAS_MODELS, in_catalogue_order, model_id
 from core.config import QuantizeConfig, load_config_file
 from core.data.records import CalibrationSource
 from core.kinds.registry import kind_named
@@ -229,10 +229,11 @@ def quantize_evaluate(
         hardware=hardware,
         # A failed analysis fails the run when the results are recorded, not before the search
         layer_analysis={name: a for name, a in finished.items() if isinstance(a, LayerAnalysis)},
+        runner=runner,  # with Dask, independent trials run on the workers
     )
-    repaired = repair.chosen_trial.model if repair.chosen_trial else None
+    repaired = repair.repaired
     if repaired is not None:
-        model_paths[REPAIRED_MODEL] = repaired.path
+        model_paths[repaired[0]] = repaired[1]
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
     latencies = {
         name: measure_latency_task(
@@ -242,7 +243,7 @@ def quantize_evaluate(
             repeats=c.latency_repeats,
             allow_unsafe_code=unsafe,
         )
-        for name in [*evaluated, *([REPAIRED_MODEL] if repaired else [])]
+        for name in [*evaluated, *([repaired[0]] if repaired else [])]
     }
     return record_results_task(
         run=RunRecords(

@@ -7,7 +7,11 @@ The step's logic: core/repair/search_repair.py.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
 from prefect import task
+from prefect.futures import wait
 
 from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
@@ -16,8 +20,9 @@ from core.data.records import CalibrationSet, EvaluationSet
 from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
-from core.repair.search_repair import search_repair
+from core.repair.search_repair import RunTrials, search_repair
 from core.retry import RETRY_OPTIONS
+from core.runners import RunnerConfig, make_task_runner
 from core.storage import new_work_dir
 from core.targets.records import HardwareReports
 from tasks.try_repair import try_repair_task
@@ -26,6 +31,26 @@ from tasks.try_repair import try_repair_task
 def _trial_in_its_own_task(recipe: RepairRecipe, inputs: TrialInputs) -> tuple[RepairTrial, bool]:
     state = try_repair_task(recipe=recipe, inputs=inputs, return_state=True)
     return state.result(), state.name == "Cached"
+
+
+@contextmanager
+def _trial_runner(runner: RunnerConfig) -> Iterator[tuple[RunTrials, int]]:
+    """How the trials run, and how many at once: here, one after the other; with a Dask runner, on its workers,
+    as many as it has (its cluster started only when a trial is due)."""
+    if not runner.distributed:
+        yield (lambda recipes, inputs: [_trial_in_its_own_task(recipe, inputs) for recipe in recipes]), 1
+        return
+    with ExitStack() as stack:
+        remote = None
+
+        def on_workers(recipes: list[RepairRecipe], inputs: TrialInputs) -> list[tuple[RepairTrial, bool]]:
+            nonlocal remote
+            remote = remote or stack.enter_context(make_task_runner(runner))
+            futures = [remote.submit(try_repair_task, {"recipe": recipe, "inputs": inputs}) for recipe in recipes]
+            wait(futures)
+            return [(future.result(), future.state.name == "Cached") for future in futures]
+
+        yield on_workers, runner.workers
 
 
 @task(name="search-repair", persist_result=False, **RETRY_OPTIONS)
@@ -39,23 +64,26 @@ def search_repair_task(
     built: list[BuiltModel],
     hardware: HardwareReports,
     layer_analysis: dict[str, LayerAnalysis],
+    runner: RunnerConfig = RunnerConfig(),
 ) -> RepairOutcome:
     """When quantization lost too much accuracy: try the repair ladder's recipes, cheapest first, each its own
     cached task, until one gives a model the target takes within the budget."""
     from prefect.logging import get_run_logger
 
-    outcome = search_repair(
-        config=config,
-        class_count=class_count,
-        calibration=calibration,
-        evaluation_set=evaluation_set,
-        evaluations=evaluations,
-        built=built,
-        hardware=hardware,
-        out_dir=new_work_dir("repair-split"),
-        run_trial=_trial_in_its_own_task,
-        layer_analysis=layer_analysis,
-    )
+    with _trial_runner(runner) as (run_trials, parallel_trials):
+        outcome = search_repair(
+            config=config,
+            class_count=class_count,
+            calibration=calibration,
+            evaluation_set=evaluation_set,
+            evaluations=evaluations,
+            built=built,
+            hardware=hardware,
+            out_dir=new_work_dir("repair-split"),
+            run_trials=run_trials,
+            parallel_trials=parallel_trials,
+            layer_analysis=layer_analysis,
+        )
     logger = get_run_logger()
     if not outcome.needed:
         logger.info("Repair: %s", outcome.why)

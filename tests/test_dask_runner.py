@@ -79,3 +79,31 @@ def test_the_batch_flow_on_a_local_cluster_gives_the_single_process_results(pref
     for row in local["rows"]:
         assert rows[row["configuration"]] == row
     assert json.loads((tmp_path / "a" / "results" / "results.json").read_text())["image_count"] == 120
+
+
+@pytest.mark.slow
+@pytest.mark.dask
+@pytest.mark.hardware
+def test_repair_trials_run_side_by_side_on_the_workers_and_the_search_ends_as_on_one_machine(
+    prefect_harness, sample_dir, tmp_path
+):
+    """The imbalanced sample with no target device: the ladder's first two rungs (MCT's and the converter's
+    equalization) run at once on the two workers; the first qualifies, so the outcome is the one-by-one search's."""
+    from core.data.sample_data import make_imbalanced
+
+    model = make_imbalanced(sample_dir / "model.h5", tmp_path / "broken" / "model.h5")
+
+    def config(name: str) -> dict:
+        return sdk_config(sample_dir, tmp_path / name, source_keras_model=str(model), max_accuracy_drop=0.05)
+
+    state = quantize_evaluate(
+        config=config("cluster"), progress=False, runner=RunnerConfig(**CLUSTER), return_state=True
+    )
+    assert state.is_completed(), state.message
+    cluster = state.result()["repair"]
+    states = task_states(state, expected=2)
+    assert {"try-repair-mct_cle", "try-repair-converter_cle"} <= set(states), states  # both ran, side by side
+    single = quantize_evaluate(config=config("single"), progress=False)["repair"]
+    assert [t["recipe"] for t in cluster["trials"]] == [t["recipe"] for t in single["trials"]] == ["mct_cle"]
+    same = ("chosen", "stopped_because", "chosen_top_1_tuning", "chosen_top_1_reporting", "chosen_drop_reporting")
+    assert {k: cluster[k] for k in same} == {k: single[k] for k in same}

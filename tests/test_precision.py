@@ -91,3 +91,125 @@ def test_activation_spikes_no_equalization_can_trade_are_repaired_for_an_ethos_u
     repaired = rows["tflite_repaired"]
     assert repaired["input_dtype"] == "int16" and repaired["ethos_u"]["compiled"]
     assert results["recommendation"]["chosen"] == "tflite_repaired"
+
+
+@pytest.fixture(scope="module")
+def offset_logits_run(prefect_harness, sample_dir, tmp_path_factory):
+    """The sample CNN giving its logits with a common offset of 3000 (core.data.sample_data.make_offset_logits): the
+    same predictions, which 8-bit logits lose."""
+    import json
+
+    from core.data.sample_data import make_offset_logits
+    from tests.helpers import run, sdk_config, write_config
+
+    if choose_platform("imx500").tpc_version < "4.0":
+        pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
+    out = tmp_path_factory.mktemp("offset-logits")
+    model = make_offset_logits(sample_dir / "model.h5", out / "logits" / "model.h5")
+    config = sdk_config(sample_dir, out, source_keras_model=str(model), max_accuracy_drop=0.05, target_device="imx500")
+    state = run(write_config(out / "configuration.json", config))
+    assert state.is_completed(), state.message
+    return out, json.loads((out / "results" / "results.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_8_bit_logits_lose_the_gaps_between_classes_and_the_analysis_names_the_last_layer(offset_logits_run):
+    _, results = offset_logits_run
+    assert results["top_1_accuracy_keras"] - results["top_1_accuracy_tflite_quantized"] > 0.2
+    worst = results["layer_analysis"]["tflite_quantized"]["layers"][0]
+    assert worst["layer"] == "dense" and "sensitive_last" in worst["cause_kinds"], worst
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_16_bits_on_the_last_layer_alone_repair_it_for_the_imx500_and_the_sensor_takes_the_model(offset_logits_run):
+    out, results = offset_logits_run
+    repair = results["repair"]
+    trials = {trial["recipe"]: trial for trial in repair["trials"]}
+    assert repair["chosen"] == "mct_16bit" and repair["chosen_model"] == "keras_repaired"
+    promoted = trials["mct_16bit"]
+    assert promoted["sixteen_bit_activations"] == ["dense"]  # the analysis's worst layer, and no other
+    assert promoted["chosen_because"].startswith("the analysis: dense lost")
+    assert promoted["imx500_fits"]  # Sony's converter compiled the 16-bit model and it fits the sensor
+    assert repair["chosen_drop_reporting"] <= 0.05  # on the images the search never saw
+    rows = {row["model"]: row for row in results["models"]}
+    repaired = rows["keras_repaired"]
+    assert repaired["file"].endswith("model_repaired.keras") and repaired["imx500"]["fits"]
+    assert repaired["imx500"]["memory_usage_bytes"] > 0  # the memory report's figure, beside PTQ's
+    assert results["recommendation"]["chosen"] == "keras_repaired"
+    assert (out / "models" / "model_repaired.keras").stat().st_size > 0
+    assert not (out / "models" / "model_repaired.tflite").exists()
+
+
+def analysis_of(losses: dict[str, float]):
+    from core.analysis.records import LayerAnalysis, LayerReport
+
+    layers = [
+        LayerReport(
+            layer=name,
+            type="Dense",
+            rank=rank,
+            loss_db=loss,
+            loss_seen_at=[name],
+            metrics={},
+            output_range=None,
+            channel_spread=None,
+            negative_share=None,
+            outlier_ratio=None,
+            causes=[],
+        )
+        for rank, (name, loss) in enumerate(sorted(losses.items(), key=lambda item: -item[1]), 1)
+    ]
+    return LayerAnalysis(model="tflite_quantized", method="xquant", layers=layers, model_metrics={}, summary="")
+
+
+def test_candidates_are_promoted_worst_first_and_those_the_analysis_did_not_measure_nearest_the_output_first():
+    from core.repair.precision_search import groups, ranked_candidates
+
+    ranked = ranked_candidates(["a", "b", "c", "d", "e"], [analysis_of({"b": 3.0, "d": 20.0, "x": 50.0})])
+    assert ranked == ["d", "b", "e", "c", "a"]  # x is not a candidate: the TPC does not let it take 16 bits
+    assert list(groups(ranked)) == [("d",), ("b",), ("e", "c"), ("a",)]
+    assert list(groups([])) == []
+
+
+def test_the_group_grows_until_a_trial_qualifies_and_a_promotion_that_does_not_help_is_dropped():
+    from core.repair.precision_search import grow_precision
+    from core.repair.records import RepairRecipe, RepairTrial
+
+    # A model that 16 bits on "tail" and "join" cure together; "noise" changes nothing.
+    def score(layers: tuple[str, ...]) -> float:
+        return 0.5 + 0.2 * ("tail" in layers) + 0.25 * ("join" in layers)
+
+    ran: list[tuple[str, ...]] = []
+
+    def run(recipe: RepairRecipe, why: str) -> RepairTrial:
+        layers = recipe.sixteen_bit_activations
+        ran.append(layers)
+        qualifies = score(layers) >= 0.9
+        return RepairTrial.not_run(recipe, why, "").model_copy(
+            update={"tuning_top_1": score(layers), "qualifies": qualifies}
+        )
+
+    recipe = RepairRecipe(name="mct_16bit", description="", builder="mct", precision=True)
+    found = grow_precision(recipe, "the analysis", ["tail", "noise", "join", "other"], run)
+    assert ran == [("tail",), ("tail", "noise"), ("tail", "join", "other")]  # noise did not help: dropped
+    assert found is not None and found.qualifies and found.recipe.sixteen_bit_activations == ("tail", "join", "other")
+    assert "16 bits on tail, join, other (kept: tail)" in found.chosen_because
+
+
+def test_the_group_stops_growing_when_the_search_runs_out_of_trials():
+    from core.repair.precision_search import grow_precision
+    from core.repair.records import RepairRecipe, RepairTrial
+
+    budget = [2]
+
+    def run(recipe: RepairRecipe, why: str) -> RepairTrial | None:
+        if not budget[0]:
+            return None
+        budget[0] -= 1
+        return RepairTrial.not_run(recipe, why, "").model_copy(update={"tuning_top_1": 0.1})
+
+    recipe = RepairRecipe(name="mct_16bit", description="", builder="mct", precision=True)
+    found = grow_precision(recipe, "", ["a", "b", "c", "d"], run)
+    assert found is not None and found.recipe.sixteen_bit_activations == ("a", "b")  # the last one that ran

@@ -12,9 +12,10 @@ A layer's loss is in dB: how much more noise, relative to its signal, it adds th
 anyway (HEALTHY_SQNR_DB). The debugger's noise-to-signal is taken per channel (the median channel), so a
 grid too coarse for most channels shows even where the biggest channel's error looks like plain rounding;
 its RMSE/scale (the debugger guide's metric) is reported beside it. XQuant's is the drop in SQNR from the
-layer's inputs to its output. XQuant sees the quantization of a layer's output only where that output is
-consumed (at the next weighted layer, or at the model output), so a drop is charged to the layer feeding it
-when that layer's output has a range cause (core.analysis.layer_causes), and to the layer where it shows otherwise.
+layer's inputs to its output; at the model output, the SQNR is ours, taken about each output's mean (an offset
+common to a classifier's outputs is no signal). XQuant sees the quantization of a layer's output only where that
+output is consumed (at the next weighted layer, or at the model output), so a drop is charged to the layer feeding
+it when that layer's output has a range cause (core.analysis.layer_causes), and to the layer where it shows otherwise.
 The causes come from the float model's activations on the calibration images.
 """
 
@@ -43,6 +44,7 @@ from core.analysis.layer_tools import (
     debugger_layer_metrics,
     input_noise_to_signal,
     mct_unsigned_outputs,
+    output_noise_to_signal,
     run_xquant,
     xquant_layer_metrics,
     xquant_output_metrics,
@@ -116,10 +118,12 @@ def analyse_mct_model(
         charge = Charge(loss, name, noise_before <= _CLEAN_INPUT_NOISE)
         charges.setdefault(_charged(name, path, causes), []).append(charge)
     output_metrics = xquant_output_metrics(result)
+    output_noise = output_noise_to_signal(float_model, quantized, evaluation, batch_size)
+    output_metrics["output_sqnr_db_about_mean"] = -10 * math.log10(output_noise) if output_noise > 0 else math.inf
     for output in float_model.output_names:  # the output quantizer's loss shows only at the model output
         before, path = ({output}, []) if output in metrics else _upstream(output, inbound, metrics.keys())
         noise_before = max(noise[p] for p in before)
-        loss = loss_db(_noise(output_metrics.get("output_sqnr_db")), noise_before)
+        loss = loss_db(output_noise, noise_before)
         charge = Charge(loss, "model output", noise_before <= _CLEAN_INPUT_NOISE)
         charges.setdefault(_charged(output, [output, *path], causes), []).append(charge)
     return _assemble(model_name, "xquant", float_model, stats, causes, metrics, charges, output_metrics)

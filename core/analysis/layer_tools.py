@@ -143,6 +143,25 @@ def input_noise_to_signal(quantized_model, images: np.ndarray, batch_size: int) 
     return noise / signal if signal > 0 else 0.0
 
 
+def output_noise_to_signal(float_model, quantized_model, images: np.ndarray, batch_size: int) -> float:
+    """Noise over signal power at the model outputs, both taken about each output's mean over its last axis. An
+    offset common to all of a classifier's outputs carries nothing (argmax and softmax ignore it), so it must not
+    count as signal: XQuant's output SQNR counts it, and logits near 3000 that 8 bits cannot tell apart still read
+    55 dB there."""
+    noise = signal = 0.0
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size])
+        expected = float_model(batch, training=False)
+        got = quantized_model(batch, training=False)
+        pairs = zip(expected, got, strict=True) if isinstance(expected, (list, tuple)) else [(expected, got)]
+        for reference, quantized in pairs:
+            wanted = np.asarray(reference, np.float64)
+            error = wanted - np.asarray(quantized, np.float64)
+            noise += float(((error - error.mean(axis=-1, keepdims=True)) ** 2).sum())
+            signal += float(((wanted - wanted.mean(axis=-1, keepdims=True)) ** 2).sum())
+    return noise / signal if signal > 0 else 0.0
+
+
 def channel_noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
     """The median channel's noise power over its signal power in one op's output (the last axis: channels)."""
     reference = np.asarray(float_values, np.float64)

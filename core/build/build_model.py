@@ -26,6 +26,8 @@ def build_model(
         quantized = quantize_with_mct(
             **mct_arguments(recipe, settings, calibration_path), out_dir=out_dir, progress=False
         )
+        if quantized.sixteen_bit_activations:
+            return Built(quantized=quantized)  # what Sony's IMX500 converter takes; no TFLite (precision.py says why)
         return Built(model=export_quantized_tflite(quantized_model=quantized, out_dir=out_dir), quantized=quantized)
     if saved_model is None:
         saved_model = export_saved_model(

@@ -27,6 +27,7 @@ class Recipe(Record):
     weights_memory_ratio: float | None = None  # mixed precision: of the all-8-bit weights memory
     z_threshold: float | None = None  # MCT's outlier removal
     shift_negative_params_search: bool = False
+    sixteen_bit_activations: tuple[str, ...] = ()  # MCT: the layers whose outputs get 16 bits (core/build/precision)
 
     @property
     def builder(self) -> str:
@@ -93,6 +94,8 @@ def mct_arguments(recipe: Recipe, settings: BuildSettings, calibration_path: str
         options["z_threshold"] = recipe.z_threshold
     if recipe.shift_negative_params_search:
         options["shift_negative_params_search"] = True
+    if recipe.sixteen_bit_activations:
+        options["sixteen_bit_activations"] = recipe.sixteen_bit_activations
     return options
 
 
@@ -109,8 +112,9 @@ def conversion_arguments(
 
 
 class Built(Record):
-    """What `build_model` made: the TFLite model and, for MCT, the quantized Keras model it was exported from; or
-    why the converter could not make the variant."""
+    """What `build_model` made: the TFLite model and, for MCT, the quantized Keras model it was exported from (only
+    that one when some activations have 16 bits: MCT's TFLite export cannot write them); or why the converter could
+    not make the variant."""
 
     model: BuiltModel | None = None
     quantized: QuantizedModel | None = None

@@ -167,7 +167,10 @@ IMX500_VARIANT = "mct_ptq"
 
 # The models the results name. The SDK compared four; results.json keeps a top_1_accuracy_<name> key for each.
 SDK_MODELS = ("keras", "keras_quantized", "tflite", "tflite_quantized")
-KERAS_MODELS = ("keras", "keras_quantized")
+# The repair's chosen model when it exists in MCT's Keras format only (16-bit activations, which MCT's TFLite export
+# cannot write): what Sony's IMX500 converter takes.
+REPAIRED_KERAS_MODEL = "keras_repaired"
+KERAS_MODELS = ("keras", "keras_quantized", REPAIRED_KERAS_MODEL)
 KERAS_DESCRIPTIONS = {"keras": "Keras (float)", "keras_quantized": "Keras quantized (MCT PTQ)"}
 QUANTIZED_KERAS_FILE = "model_quantized.keras"  # the MCT PTQ model in MCT's Keras format, as the SDK named it
 # The repair search's chosen model (tasks/search_repair.py), and its MCT Keras model when MCT made it.

@@ -198,6 +198,26 @@ def make_activation_spikes(model_path: Path, destination: Path, scale: float = 3
     return destination
 
 
+def make_offset_logits(model_path: Path, destination: Path, offset: float = 3000.0) -> Path:
+    """The model giving its logits (its last layer's softmax left out, as a model trained `from_logits` is exported)
+    with `offset` added to every class's logit: the same predictions, as argmax and softmax ignore an offset common
+    to all classes. The logits then lie within a few units of `offset`, so an 8-bit grid over them has steps
+    (about offset / 128) wider than the gaps between the classes, and no rescaling of the weights can move the
+    offset; 16 bits on the last layer keep the gaps (the IMX500 precision rung's test)."""
+    import tensorflow as tf
+
+    model = tf.keras.models.load_model(model_path, compile=False)
+    config = model.get_config()
+    config["layers"][-1]["config"]["activation"] = "linear"
+    logits = type(model).from_config(config)
+    logits.set_weights(model.get_weights())
+    kernel, bias = logits.layers[-1].get_weights()
+    logits.layers[-1].set_weights([kernel, bias + np.float32(offset)])
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    logits.save(destination)
+    return destination
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m core.data.sample_data",

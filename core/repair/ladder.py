@@ -11,6 +11,7 @@ from __future__ import annotations
 from itertools import zip_longest
 
 from core.analysis.layer_analysis import SIGNIFICANT_LOSS_DB
+from core.analysis.layer_causes import CauseKind
 from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
 from core.build.variants import VARIANTS, model_id
@@ -26,6 +27,14 @@ OUTLIER_Z_THRESHOLD = 8.0  # standard deviations: MCT's outlier removal before t
 MORE_CALIBRATION = 4  # times the configured number of calibration batches
 REPAIR_GPTQ_EPOCHS = 20
 ANALYSIS_METHODS = {"mct": "xquant", "converter": "quantization_debugger"}  # how each builder's models are analysed
+# What more bits cure: a spread no equalization reaches, outliers, a layer sensitive whatever its ranges.
+PRECISION_CURES: tuple[CauseKind, ...] = (
+    "channel_spread_at_join",
+    "channel_spread_at_concat",
+    "outliers",
+    "sensitive_first",
+    "sensitive_last",
+)
 CAUSE_LAYERS = 3  # of each analysed model, worst first: the layers whose causes choose the first recipes
 
 
@@ -110,6 +119,15 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
             shift_negative_params_search=True,
         ),
         RepairRecipe(
+            name="mct_16bit",
+            cures=PRECISION_CURES,
+            description="equalization and 16-bit activations on the layers the analysis ranks worst, where the TPC "
+            "allows them, the group grown until the budget holds (MCT's Keras model, which Sony's converter takes)",
+            builder="mct",
+            equalize=True,
+            precision=True,
+        ),
+        RepairRecipe(
             name="mct_cle_error_method",
             description=f"equalization and MCT's '{other_error}' threshold error method",
             builder="mct",
@@ -151,13 +169,7 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
         ),
         RepairRecipe(
             name="converter_16x8",
-            cures=(
-                "channel_spread_at_join",
-                "channel_spread_at_concat",
-                "outliers",
-                "sensitive_first",
-                "sensitive_last",
-            ),
+            cures=PRECISION_CURES,
             description="equalization and 16-bit activations throughout (the converter's 16x8 mode, int16 "
             "input/output, int8 weights), which Vela runs on the NPU",
             builder="converter",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from core.analysis.layer_causes import CauseKind
 from core.build.recipes import BuildSettings, Recipe
 from core.build.records import BuiltModel, QuantizedModel
+from core.build.variants import REPAIRED_KERAS_MODEL, REPAIRED_MODEL
 from core.data.records import CalibrationSource
 from core.kinds.records import Evaluation
 from core.records import Record
@@ -28,6 +29,9 @@ class RepairRecipe(Record):
     gptq_epochs: int | None = None
     converter_variant: str | None = None  # for the converter: full_int8 (Ethos-U) or int8_float_io
     cures: tuple[CauseKind, ...] = ()  # the analysis's causes this recipe is the cure for (core/repair/ladder.py)
+    # MCT: 16-bit activations on a group of layers the search grows (core/repair/precision_search.py) ...
+    precision: bool = False
+    sixteen_bit_activations: tuple[str, ...] = ()  # ... and, in each of its trials, the group
 
     def build_recipe(self, error_method: str) -> Recipe:
         """How the model is made once the float model is equalized and the calibration drawn (`error_method`: the
@@ -40,6 +44,7 @@ class RepairRecipe(Record):
             gptq_epochs=self.gptq_epochs,
             z_threshold=self.z_threshold,
             shift_negative_params_search=self.shift_negative_params_search,
+            sixteen_bit_activations=self.sixteen_bit_activations,
         )
 
 
@@ -59,6 +64,16 @@ class TrialInputs(Record):
     task: str  # the kind of model, which scores the trials
     baseline_score: float  # the float model's on the tuning images
     max_accuracy_drop: float
+
+
+def deliverable(model: BuiltModel | None, quantized: QuantizedModel | None) -> tuple[str, str] | None:
+    """The model a trial made, as (its row's name, its file): the TFLite model, or MCT's Keras model when there is no
+    TFLite (16-bit activations, which Sony's IMX500 converter takes and MCT's TFLite export cannot write)."""
+    if model is not None:
+        return REPAIRED_MODEL, model.path
+    if quantized is not None:
+        return REPAIRED_KERAS_MODEL, quantized.path
+    return None
 
 
 class RepairTrial(Record):
@@ -82,11 +97,31 @@ class RepairTrial(Record):
     ethos_u: EthosUReport | None = None
     cached: bool = False
 
+    @property
+    def deliverable(self) -> tuple[str, str] | None:
+        return deliverable(self.model, self.quantized)
+
+    @classmethod
+    def not_run(cls, recipe: RepairRecipe, chosen_because: str, reason: str) -> RepairTrial:
+        """A rung with nothing to try on this model, recorded with why."""
+        return cls(
+            recipe=recipe,
+            chosen_because=chosen_because,
+            tuning_top_1=None,
+            tuning_drop=None,
+            within_budget=False,
+            deployable=False,
+            qualifies=False,
+            reason=reason,
+            seconds=0.0,
+        )
+
     def summary(self) -> dict[str, Any]:
         """As results.json's repair.trials lists it."""
         return {
             "recipe": self.recipe.name,
             "changed": self.recipe.description,
+            "sixteen_bit_activations": list(self.recipe.sixteen_bit_activations) or None,
             "chosen_because": self.chosen_because,
             "tuning_top_1": self.tuning_top_1,
             "tuning_drop": None if self.tuning_drop is None else round(self.tuning_drop, 6),
@@ -126,6 +161,12 @@ class RepairOutcome(Record):
     def chosen_trial(self) -> RepairTrial | None:
         return None if self.chosen is None else self.trials[self.chosen]
 
+    @property
+    def repaired(self) -> tuple[str, str] | None:
+        """The chosen model as (its row's name, its file), or None."""
+        chosen = self.chosen_trial
+        return chosen.deliverable if chosen else None
+
     def summary(self) -> dict[str, Any]:
         chosen = self.chosen_trial
         closest = None if self.closest is None else self.trials[self.closest]
@@ -141,6 +182,7 @@ class RepairOutcome(Record):
             "float_top_1_reporting": self.baseline_reporting_top_1,
             "trials": [t.summary() for t in self.trials],
             "chosen": chosen.recipe.name if chosen else None,
+            "chosen_model": self.repaired[0] if self.repaired else None,
             "closest": closest.recipe.name if closest else None,
             "stopped_because": self.stopped_because,
             "seconds": round(self.seconds, 2),

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 
 import numpy as np
 
 from core.analysis.records import LayerAnalysis
+from core.build.precision import sixteen_bit_layers
 from core.build.recipes import BuildSettings
 from core.build.records import BuiltModel
 from core.build.residual_equalization import has_add
-from core.build.variants import REPAIRED_MODEL
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
 from core.evaluate.evaluate_model import evaluate_model
@@ -29,11 +30,14 @@ from core.kinds.kind import ModelKind
 from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.repair.ladder import ANALYSIS_METHODS, TUNING_SHARE, by_causes, ladder, repair_due
+from core.repair.precision_search import grow_precision, ranked_candidates
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
 from core.targets.devices import target_for
 from core.targets.records import HardwareReports
 
-RunTrial = Callable[[RepairRecipe, TrialInputs], tuple[RepairTrial, bool]]  # the trial, and whether it was cached
+# Runs recipes' trials, together where it can (each its own cached task; on Dask workers with a Dask runner): each
+# trial, and whether it was cached, in the recipes' order.
+RunTrials = Callable[[list[RepairRecipe], TrialInputs], list[tuple[RepairTrial, bool]]]
 
 
 def split_evaluation_set(evaluation_set: EvaluationSet, kind: ModelKind, seed: int, out_dir: Path) -> dict[str, str]:
@@ -49,6 +53,18 @@ def split_evaluation_set(evaluation_set: EvaluationSet, kind: ModelKind, seed: i
     return paths
 
 
+def sixteen_bit_candidates(config: QuantizeConfig, calibration: CalibrationSet) -> list[str]:
+    """The layers MCT may give 16-bit activations under the run's TPC, in the graph's order (equalization keeps
+    the layers' names)."""
+    return sixteen_bit_layers(
+        model_path=config.source_keras_model,
+        calibration_path=calibration.path,
+        batch_size=config.batch_size,
+        target_platform=config.target_platform,
+        allow_unsafe_code=config.allow_unsafe_model_code,
+    )
+
+
 def search_repair(
     *,
     config: QuantizeConfig,
@@ -59,11 +75,13 @@ def search_repair(
     built: list[BuiltModel],
     hardware: HardwareReports,
     out_dir: Path,
-    run_trial: RunTrial,
+    run_trials: RunTrials,
+    parallel_trials: int = 1,
     layer_analysis: dict[str, LayerAnalysis] | None = None,
 ) -> RepairOutcome:
-    """`run_trial` runs one trial (the cached task in a flow, `try_repair` itself in a test); `layer_analysis`
-    (by model name) chooses the first recipes: the cures of the causes it found."""
+    """`run_trials` runs trials (the cached tasks in a flow), up to `parallel_trials` at once: the next recipes in
+    order run together, and only those up to the first that qualifies are recorded, so the outcome is the one-by-one
+    search's. `layer_analysis` (by model name) chooses the first recipes: the cures of the causes it found."""
     started = time.perf_counter()
     budget = float(config.max_accuracy_drop)
     due, why = repair_due(
@@ -120,30 +138,68 @@ def search_repair(
     # Ethos-U, both with no device.
     methods = {ANALYSIS_METHODS[builder] for builder in target_for(config.target_device).builders}
     analyses = [a for a in (layer_analysis or {}).values() if a.method in methods]
-    for recipe, why in by_causes(recipes, analyses):
-        if len(trials) >= config.repair_max_trials:
-            stopped = f"repair_max_trials ({config.repair_max_trials}) reached"
+    limit: str | None = None
+    ran = 0  # trials run (a rung with nothing to try is recorded, not run)
+
+    def limit_reached() -> bool:
+        nonlocal limit
+        if ran >= config.repair_max_trials:
+            limit = f"repair_max_trials ({config.repair_max_trials}) reached"
+        elif spent >= config.repair_time_budget_s:
+            limit = f"repair_time_budget_s ({config.repair_time_budget_s:g} s) spent"
+        return limit is not None
+
+    def run_together(batch: list[tuple[RepairRecipe, str]]) -> list[RepairTrial]:
+        """The batch's trials up to the first that qualifies, recorded; none when a limit stops the search."""
+        nonlocal spent, ran
+        if limit_reached():
+            return []
+        batch = batch[: config.repair_max_trials - ran]
+        batch_started = time.perf_counter()
+        done = run_trials([recipe for recipe, _ in batch], inputs)
+        ran += len(batch)
+        spent += 0.0 if all(cached for _, cached in done) else time.perf_counter() - batch_started
+        recorded = []
+        for (trial, cached), (_, why) in zip(done, batch, strict=True):
+            recorded.append(trial.model_copy(update={"cached": cached, "chosen_because": why}))
+            if trial.qualifies:
+                break
+        trials.extend(recorded)
+        return recorded
+
+    def run(recipe: RepairRecipe, why: str) -> RepairTrial | None:
+        return next(iter(run_together([(recipe, why)])), None)
+
+    order = by_causes(recipes, analyses)
+    while order and not limit_reached():
+        recipe, why = order[0]
+        found: RepairTrial | None = None
+        if not recipe.precision:
+            batch = list(takewhile(lambda step: not step[0].precision, order[:parallel_trials]))
+            order = order[len(batch) :]
+            found = next((trial for trial in run_together(batch) if trial.qualifies), None)
+        else:
+            order = order[1:]
+            if ranked := ranked_candidates(sixteen_bit_candidates(config, calibration), analyses):
+                found = grow_precision(recipe, why, ranked, run)
+            else:
+                no_layer = f"no layer may take 16-bit activations under {config.target_platform}'s TPC (MCT's answer)"
+                trials.append(RepairTrial.not_run(recipe, why, no_layer))
+        if found is not None and found.qualifies:
+            stopped = f"{found.recipe.name} qualifies"
             break
-        if spent >= config.repair_time_budget_s:
-            stopped = f"repair_time_budget_s ({config.repair_time_budget_s:g} s) spent"
-            break
-        trial_started = time.perf_counter()
-        trial, cached = run_trial(recipe, inputs)
-        trials.append(trial.model_copy(update={"cached": cached, "chosen_because": why}))
-        spent += 0.0 if cached else time.perf_counter() - trial_started
-        if trial.qualifies:
-            stopped = f"{recipe.name} qualifies"
-            break
+    else:
+        stopped = limit or stopped  # the ladder ran out, or a limit stopped it
     chosen = next((i for i, t in enumerate(trials) if t.qualifies), None)
     measured = [(t.tuning_drop, i) for i, t in enumerate(trials) if t.tuning_drop is not None]
     closest = chosen if chosen is not None else (min(measured)[1] if measured else None)
     reporting = None
     if chosen is not None:
-        model = trials[chosen].model
-        assert model is not None
+        made = trials[chosen].deliverable
+        assert made is not None
         reporting = evaluate_model(
-            model_name=REPAIRED_MODEL,
-            model_path=model.path,
+            model_name=made[0],
+            model_path=made[1],
             images_path=split["reporting_images"],
             labels_path=split["reporting_labels"],
             batch_size=config.evaluation_batch_size,

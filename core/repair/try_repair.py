@@ -17,17 +17,16 @@ from core.build.build_model import build_model
 from core.build.equalization import equalize, prediction_agreement
 from core.build.records import BuiltModel, QuantizedModel
 from core.build.residual_equalization import equalize_residual_streams
-from core.build.variants import REPAIRED_MODEL
 from core.data.load_calibration_set import load_calibration_set
 from core.errors import StepError
 from core.evaluate.evaluate_model import evaluate_model
 from core.evaluate.models import load_keras_model
 from core.kinds.registry import kind_named
 from core.repair.ladder import MIN_EQUALIZATION_AGREEMENT
-from core.repair.records import RepairRecipe, RepairTrial, TrialInputs
+from core.repair.records import RepairRecipe, RepairTrial, TrialInputs, deliverable
 from core.targets.compile_for_ethos_u import compile_for_ethos_u
 from core.targets.compile_for_imx500 import compile_for_imx500, converter_and_java
-from core.targets.devices import target_for, within_budget
+from core.targets.devices import imx500_problem, target_for, within_budget
 from core.targets.records import EthosUReport, Imx500Report
 
 STREAM_STATISTICS_IMAGES = 256  # calibration images that measure a residual stream's channels
@@ -110,13 +109,15 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         )
     except StepError as exc:
         return failed(f"the recipe failed: {exc}")
-    if made.model is None:
-        assert made.unsupported is not None
+    if made.unsupported is not None:
         return failed(f"the recipe failed: {made.unsupported.reason}")
     built, quantized = made.model, made.quantized
+    made_model = deliverable(built, quantized)
+    assert made_model is not None, "build_model makes a TFLite model, an MCT model or says why not"
+    name, path = made_model
     evaluation = evaluate_model(
-        model_name=REPAIRED_MODEL,
-        model_path=built.path,
+        model_name=name,
+        model_path=path,
         images_path=p.tuning_images_path,
         labels_path=p.tuning_labels_path,
         batch_size=p.evaluation_batch_size,
@@ -134,7 +135,7 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
         equalization_agreement=agreement,
         model=built,
         quantized=quantized,
-        size_bytes=Path(built.path).stat().st_size,
+        size_bytes=Path(path).stat().st_size,
     )
     if not within:
         return trial(
@@ -149,11 +150,16 @@ def try_repair(*, recipe: RepairRecipe, inputs: TrialInputs, out_dir: Path) -> R
 
 
 def _deployable(
-    quantized: QuantizedModel | None, built: BuiltModel, target_device: str | None, accelerator: str, out_dir: Path
+    quantized: QuantizedModel | None,
+    built: BuiltModel | None,
+    target_device: str | None,
+    accelerator: str,
+    out_dir: Path,
 ) -> tuple[bool, str, dict[str, Imx500Report | EthosUReport]]:
-    """(the target takes it, why, the compiler's report) for a model within the budget."""
+    """(the target takes it, why, the compiler's report) for a model within the budget. A model with no TFLite (MCT's
+    with 16-bit activations) runs on the IMX500 only, so Sony's converter judges it whatever the target."""
     target = target_for(target_device)
-    if target.compiler == "imx500_converter":
+    if target.compiler == "imx500_converter" or built is None:
         if quantized is None:
             return False, "the IMX500 takes MCT models only", {}
         converter, java = converter_and_java()
@@ -166,10 +172,11 @@ def _deployable(
                 f"within the budget, but the IMX500 fit cannot be checked: {report.reason}",
                 {"imx500": report},
             )
-        fits = target.problem({"imx500": report.as_results()}) is None
+        fits = imx500_problem(report.as_results()) is None
         why = "within the budget and fits the IMX500" if fits else "within the budget but does not fit the IMX500"
         return fits, why, {"imx500": report}
     if target.compiler == "vela":
+        assert built is not None
         vela = compile_for_ethos_u(
             model_path=built.path, variant=built.variant, accelerator=accelerator, out_dir=out_dir
         )

@@ -20,6 +20,7 @@ from core.build.variants import (
     QUANTIZED_KERAS_FILE,
     REPAIRED_FILE,
     REPAIRED_KERAS_FILE,
+    REPAIRED_KERAS_MODEL,
     REPAIRED_MODEL,
     SDK_MODELS,
     model_id,
@@ -128,7 +129,7 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
     baseline = evaluations["keras"].score
     for m in models:
         m["top_1_change_vs_keras"] = round(m[kind.score_key] - m.get("baseline_top_1", baseline), 6)
-        if m["model"] == REPAIRED_MODEL:
+        if m["model"] in (REPAIRED_MODEL, REPAIRED_KERAS_MODEL):
             continue
         if m["model"].startswith("tflite"):
             m["ethos_u"], vela_file = _ethos_u(m, hardware.ethos_u.get(m["model"]), output_dir)
@@ -189,17 +190,20 @@ def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], li
     against the float model's Top-1 on the same images; and its files to publish."""
     repair = run.repair
     chosen = repair.chosen_trial if repair else None
-    if repair is None or chosen is None or chosen.model is None or repair.reporting is None:
+    if repair is None or chosen is None or chosen.deliverable is None or repair.reporting is None:
         return None
     assert repair.baseline_reporting is not None
-    published = output_dir / REPAIRED_FILE
+    name, source = chosen.deliverable
+    published = output_dir / (REPAIRED_FILE if chosen.model else REPAIRED_KERAS_FILE)
+    sixteen_bits = chosen.recipe.sixteen_bit_activations
+    on = f" (16 bits on {', '.join(sixteen_bits)})" if sixteen_bits else ""
     row = model_row(
-        name=REPAIRED_MODEL,
-        description=f"Repaired ({chosen.recipe.name}): {chosen.recipe.description}",
+        name=name,
+        description=f"Repaired ({chosen.recipe.name}{on}): {chosen.recipe.description}",
         published=str(published),
-        source=chosen.model.path,
+        source=source,
         evaluation=repair.reporting,
-        latency=run.latencies[REPAIRED_MODEL],
+        latency=run.latencies[name],
         reference=repair.baseline_reporting,
         class_names=run.validated.class_names,
         built=chosen.model,
@@ -207,12 +211,11 @@ def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], li
     )
     row["baseline_top_1"] = repair.baseline_reporting.score
     row["tuning_top_1"] = chosen.tuning_top_1
-    files = [(Path(chosen.model.path), published)]
-    if chosen.quantized is not None:
+    files = [(Path(source), published)]
+    if chosen.model is not None and chosen.quantized is not None:
         files.append((Path(chosen.quantized.path), output_dir / REPAIRED_KERAS_FILE))
-    row["ethos_u"] = (
-        chosen.ethos_u.as_results() if chosen.ethos_u else EthosUReport.declined(chosen.model.variant).as_results()
-    )
+    variant = chosen.model.variant if chosen.model else None
+    row["ethos_u"] = chosen.ethos_u.as_results() if chosen.ethos_u else EthosUReport.declined(variant).as_results()
     if chosen.ethos_u and chosen.ethos_u.compiled and chosen.ethos_u.vela_model:
         destination = output_dir / vela_file_name(published)
         row["ethos_u"]["vela_model"] = str(destination)

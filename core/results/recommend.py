@@ -46,7 +46,8 @@ def recommend(
     summary = dict(
         objective=objective, max_accuracy_drop=max_accuracy_drop, baseline_top_1=baseline, target_device=target_device
     )
-    deployable = [m for m in models if str(m["file"]).endswith(".tflite")]
+    # A TFLite model, or one Sony's IMX500 converter judged (the repair's MCT model with 16-bit activations)
+    deployable = [m for m in models if str(m["file"]).endswith(".tflite") or m.get("imx500")]
     drop = {m["model"]: round(m.get("baseline_top_1", baseline) - m[score], 6) for m in deployable}
     unfit = [
         Rejection(model=m["model"], top_1_drop=drop[m["model"]], reason=target.problem(m))
@@ -87,8 +88,9 @@ def recommend(
     )
     chosen_baseline = chosen.get("baseline_top_1", baseline)
     same_images = " on the same images" if "baseline_top_1" in chosen else ""
+    what = "TFLite model" if str(chosen["file"]).endswith(".tflite") else "model (MCT's Keras format, for the IMX500)"
     reason = (
-        f"{chosen['model']} is the {adjective} TFLite model{among} ({_describe(chosen, objective)}) whose {label} "
+        f"{chosen['model']} is the {adjective} {what}{among} ({_describe(chosen, objective)}) whose {label} "
         f"{chosen[score]:.4f} stays within {max_accuracy_drop:.4f} of the float Keras model's "
         f"{chosen_baseline:.4f}{same_images} (drop {drop[chosen['model']]:.4f})"
     )

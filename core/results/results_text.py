@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 import pandas as pd
 
-from core.build.variants import REPAIRED_FILE as REPAIRED_FILE_NAME
+from core.build.variants import REPAIRED_FILE, REPAIRED_KERAS_FILE, REPAIRED_KERAS_MODEL
 from core.kinds.registry import kind_of_results
 
 
@@ -126,8 +126,9 @@ def repair_text(results: dict[str, Any]) -> str:
             f"({row['seconds']} s{cached})"
         )
     if repair.get("chosen"):
+        file = REPAIRED_KERAS_FILE if repair.get("chosen_model") == REPAIRED_KERAS_MODEL else REPAIRED_FILE
         lines.append(
-            f"  chosen: {repair['chosen']} -> {REPAIRED_FILE_NAME}: {label} {repair['chosen_top_1_reporting']:.4f} "
+            f"  chosen: {repair['chosen']} -> {file}: {label} {repair['chosen_top_1_reporting']:.4f} "
             f"on the {repair['reporting_image_count']} images the search never saw "
             f"(float {repair['float_top_1_reporting']:.4f}, drop {repair['chosen_drop_reporting']:.4f}); "
             f"{repair['chosen_top_1_tuning']:.4f} on the "

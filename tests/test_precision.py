@@ -140,6 +140,9 @@ def test_16_bits_on_the_last_layer_alone_repair_it_for_the_imx500_and_the_sensor
     assert results["recommendation"]["chosen"] == "keras_repaired"
     assert (out / "models" / "model_repaired.keras").stat().st_size > 0
     assert not (out / "models" / "model_repaired.tflite").exists()
+    # What the device takes, published: Sony's converter's output for the repaired model, beside PTQ's imx500/
+    assert (out / "models" / "imx500_repaired" / "packerOut.zip").stat().st_size > 0
+    assert repaired["imx500"]["packer_out"] == str(out / "models" / "imx500_repaired" / "packerOut.zip")
 
 
 def analysis_of(losses: dict[str, float]):

@@ -20,3 +20,11 @@ def test_nothing_is_removed_when_the_run_made_it_all(tmp_path):
     (tmp_path / "imx500").mkdir()
     assert remove_stale_outputs(tmp_path, kept={"model_float16.tflite"}, imx500_published=True) == []
     assert (tmp_path / "imx500").is_dir()
+
+
+def test_the_converter_output_of_an_earlier_repaired_model_goes_unless_this_run_repaired_one_too(tmp_path):
+    (tmp_path / "imx500_repaired").mkdir()
+    (tmp_path / "imx500_repaired" / "packerOut.zip").write_bytes(b"x")
+    assert remove_stale_outputs(tmp_path, kept={"imx500_repaired"}, imx500_published=False) == []
+    assert remove_stale_outputs(tmp_path, kept=set(), imx500_published=False) == ["imx500_repaired/"]
+    assert not (tmp_path / "imx500_repaired").exists()

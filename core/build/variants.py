@@ -177,6 +177,7 @@ QUANTIZED_KERAS_FILE = "model_quantized.keras"  # the MCT PTQ model in MCT's Ker
 REPAIRED_MODEL = "tflite_repaired"
 REPAIRED_FILE = "model_repaired.tflite"
 REPAIRED_KERAS_FILE = "model_repaired.keras"
+REPAIRED_IMX500_FOLDER = "imx500_repaired"  # Sony's converter's output for the repaired MCT model
 
 
 # What a run writes, or removes as stale, inside each output folder: no input may sit there.

@@ -19,6 +19,7 @@ from core.build.variants import (
     PROMISES,
     QUANTIZED_KERAS_FILE,
     REPAIRED_FILE,
+    REPAIRED_IMX500_FOLDER,
     REPAIRED_KERAS_FILE,
     REPAIRED_KERAS_MODEL,
     REPAIRED_MODEL,
@@ -33,7 +34,7 @@ from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.results.recommend import recommend
 from core.results.records import RunRecords
-from core.targets.records import EthosUReport, HardwareReports
+from core.targets.records import EthosUReport, HardwareReports, Imx500Report
 
 EDGE_TPU = "not supported: the Edge TPU compiler is not installable from the package registries this project uses"
 
@@ -220,8 +221,9 @@ def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], li
         destination = output_dir / vela_file_name(published)
         row["ethos_u"]["vela_model"] = str(destination)
         files.append((Path(chosen.ethos_u.vela_model), destination))
-    if chosen.imx500 is not None:
-        row["imx500"] = chosen.imx500.as_results()  # its files stay in the cache: compile model_repaired.keras
+    if chosen.imx500 is not None:  # Sony's converter's output, for the device, beside the PTQ model's imx500/
+        row["imx500"], folder = _published_imx500(chosen.imx500, output_dir / REPAIRED_IMX500_FOLDER)
+        files += [folder] if folder else []
     return row, files
 
 
@@ -241,13 +243,14 @@ def _ethos_u(
 
 def _imx500(hardware: HardwareReports, output_dir: Path) -> tuple[dict[str, Any] | None, tuple[Path, Path] | None]:
     """The IMX500 converter's verdict, and its folder to publish as output_dir/imx500 when it ran."""
-    report = hardware.imx500
-    if report is None:
-        return None, None
+    return (None, None) if hardware.imx500 is None else _published_imx500(hardware.imx500, output_dir / "imx500")
+
+
+def _published_imx500(report: Imx500Report, folder: Path) -> tuple[dict[str, Any], tuple[Path, Path] | None]:
+    """The converter's verdict with its files where they are published (`folder`), and the folder's move."""
     found = report.as_results()
     if report.skipped or report.folder is None:
         return found, None
-    folder = output_dir / "imx500"
     for key in ("memory_report", "packer_out", "dnn_params"):
         if key in found:
             found[key] = str(folder / Path(found[key]).name)

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from core.build.variants import own_output_file_names
+from core.build.variants import REPAIRED_IMX500_FOLDER, own_output_file_names
 from core.config import QuantizeConfig
 from core.errors import InputError
 from core.results.build_results import PublicationPlan, build_results
@@ -63,6 +63,8 @@ def stale_outputs(output_dir: Path, kept: set[str], imx500_published: bool) -> l
     stale = [name for name in sorted(own_output_file_names() - kept) if (output_dir / name).is_file()]
     if not imx500_published and (output_dir / "imx500").is_dir():
         stale.append("imx500/")
+    if REPAIRED_IMX500_FOLDER not in kept and (output_dir / REPAIRED_IMX500_FOLDER).is_dir():
+        stale.append(f"{REPAIRED_IMX500_FOLDER}/")
     return stale
 
 

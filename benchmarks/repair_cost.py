@@ -136,7 +136,7 @@ def search(sample: Path, broken: Path, out: Path, device: str, variants: list[st
     else:
         print(f"  no trial qualified: {repair['stopped_because']}")
     cached = figures[1][2]["repair"]
-    every = all(t["cached"] for t in cached["trials"])
+    every = all(t["cached"] for t in cached["trials"] if t["ran"])
     print(f"  cached rerun: search {cached['seconds']} s, every trial cached: {every}", flush=True)
 
 

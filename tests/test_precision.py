@@ -216,3 +216,32 @@ def test_the_group_stops_growing_when_the_search_runs_out_of_trials():
     recipe = RepairRecipe(name="mct_16bit", description="", builder="mct", precision=True)
     found = grow_precision(recipe, "", ["a", "b", "c", "d"], run)
     assert found is not None and found.recipe.sixteen_bit_activations == ("a", "b")  # the last one that ran
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_for_an_ethos_u_the_debuggers_analysis_names_the_logits_and_16x8_repairs_them_first(
+    prefect_harness, sample_dir, tmp_path
+):
+    import json
+
+    from core.data.sample_data import make_offset_logits
+    from tests.helpers import run, sdk_config, write_config
+
+    model = make_offset_logits(sample_dir / "model.h5", tmp_path / "logits" / "model.h5")
+    config = sdk_config(
+        sample_dir,
+        tmp_path,
+        source_keras_model=str(model),
+        max_accuracy_drop=0.05,
+        target_device="ethos-u55-128",
+        variants=["full_int8"],
+    )
+    state = run(write_config(tmp_path / "configuration.json", config))
+    assert state.is_completed(), state.message
+    results = json.loads((tmp_path / "results" / "results.json").read_text())
+    worst = results["layer_analysis"]["tflite_full_int8"]["layers"][0]
+    assert worst["layer"] == "dense" and "sensitive_last" in worst["cause_kinds"], worst
+    repair = results["repair"]
+    assert repair["trials"][0]["recipe"] == "converter_16x8" and repair["chosen"] == "converter_16x8"
+    assert repair["chosen_drop_reporting"] <= 0.05

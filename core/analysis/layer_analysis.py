@@ -157,6 +157,9 @@ def analyse_converter_model(
     charges = {}
     for name, values in metrics.items():  # each op's own error: its inputs are the quantized model's, dequantized
         noise = values.get("channel_noise_to_signal")
+        if name in model.output_names:  # a model output's noise counts about its mean too (an offset is no signal)
+            about_mean = values.get("noise_to_signal_about_mean")
+            noise = max(v for v in (noise, about_mean, 0.0) if v is not None and math.isfinite(v))
         values["lost_here_db"] = loss = loss_db(noise if noise is not None and math.isfinite(noise) else 0.0)
         charges[name] = [Charge(loss, name, clean_inputs=True)]
     return _assemble(

@@ -174,6 +174,16 @@ def channel_noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, sca
     return float(np.median(noise[live] / signal[live])) if live.any() else math.nan
 
 
+def noise_to_signal_about_mean(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
+    """One op's output noise power over its signal power, both about each row's mean over the last axis: for a model
+    output, where an offset common to all of a classifier's outputs carries nothing (see output_noise_to_signal)."""
+    reference = np.asarray(float_values, np.float64)
+    error = reference - (np.asarray(quantized).astype(np.int32) - zero_point) * scale
+    signal = float(((reference - reference.mean(axis=-1, keepdims=True)) ** 2).sum())
+    noise = float(((error - error.mean(axis=-1, keepdims=True)) ** 2).sum())
+    return noise / signal if signal > 0 else math.nan
+
+
 def layer_for_tensor(tensor_name: str, layer_names: Collection[str], output_names: list[str]) -> str | None:
     """The Keras layer producing a TFLite tensor: the first of its fused ops (the last to run) that names one.
     The converter names a Keras model's output tensor 'StatefulPartitionedCall:<n>'."""
@@ -228,7 +238,10 @@ def debugger_layer_metrics(
         debug_dataset=data,
         debug_options=debug(
             layer_debug_metrics={"mean_abs_error": lambda diff: float(np.mean(np.abs(diff)))},
-            layer_direct_compare_metrics={"channel_noise_to_signal": channel_noise_to_signal},
+            layer_direct_compare_metrics={
+                "channel_noise_to_signal": channel_noise_to_signal,
+                "noise_to_signal_about_mean": noise_to_signal_about_mean,
+            },
             model_debug_metrics={"argmax_agreement": _argmax_agreement, "output_mean_squared_error": _output_mse},
             fully_quantize=full_integer,
         ),

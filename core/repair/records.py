@@ -96,6 +96,7 @@ class RepairTrial(Record):
     imx500: Imx500Report | None = None
     ethos_u: EthosUReport | None = None
     cached: bool = False
+    ran: bool = True  # False: the rung had nothing to try on this model (RepairTrial.not_run)
 
     @property
     def deliverable(self) -> tuple[str, str] | None:
@@ -114,6 +115,7 @@ class RepairTrial(Record):
             qualifies=False,
             reason=reason,
             seconds=0.0,
+            ran=False,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -134,6 +136,7 @@ class RepairTrial(Record):
             "reason": self.reason,
             "seconds": round(self.seconds, 2),
             "cached": self.cached,
+            "ran": self.ran,
         }
 
 

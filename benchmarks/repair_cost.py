@@ -8,10 +8,12 @@ met the budget, the repaired model's Top-1 on the images the search never saw ag
 images, what the repaired model costs in size and latency against the broken one, and a cached rerun's search time.
 
     .venv/bin/python -m benchmarks.repair_cost          # part of make benchmark
+    .venv/bin/python -m benchmarks.repair_cost logits   # only the named models
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -30,6 +32,11 @@ BUDGETS = {
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="*", metavar="MODEL", help=f"of {', '.join(BUDGETS)} (default: all)")
+    only = parser.parse_args().models or list(BUDGETS)
+    if unknown := [name for name in only if name not in BUDGETS]:
+        parser.error(f"unknown model(s) {', '.join(unknown)}: expected some of {', '.join(BUDGETS)}")
     scratch = Path(tempfile.mkdtemp(prefix="quantize-repair-benchmark-"))
     os.environ.update(
         {
@@ -51,23 +58,25 @@ def main() -> int:
     print(f"scratch: {scratch}", flush=True)
     models = {
         "imbalanced": (
-            make_imbalanced(sample / "model.h5", scratch / "imbalanced" / "model.h5"),
+            lambda to: make_imbalanced(sample / "model.h5", to),
             "the digits sample's CNN with two of its first layer's channels 500x wider",
         ),
         "residual": (
-            make_residual_with_outliers(sample, scratch / "residual" / "model.h5"),
+            lambda to: make_residual_with_outliers(sample, to),
             "a residual CNN whose residual stream carries two channels 300x larger than the rest",
         ),
         "spikes": (
-            make_activation_spikes(sample / "model.h5", scratch / "spikes" / "model.h5"),
+            lambda to: make_activation_spikes(sample / "model.h5", to),
             "the digits sample's CNN with one more first-layer channel spiking 3000x on near-white patches, unread",
         ),
         "logits": (
-            make_offset_logits(sample / "model.h5", scratch / "logits" / "model.h5"),
+            lambda to: make_offset_logits(sample / "model.h5", to),
             "the digits sample's CNN giving its logits, each offset by 3000 (the same predictions)",
         ),
     }
-    for name, (model, description) in models.items():
+    for name in only:
+        make, description = models[name]
+        model = make(scratch / name / "model.h5")
         print(f"\n== {name}: {description}; budget {100 * BUDGETS[name]:.0f} point(s)", flush=True)
         for device, variants in (("imx500", ["mct_ptq"]), ("ethos-u55-128", ["full_int8"])):
             search(sample, model, scratch / name / device, device, variants, BUDGETS[name])

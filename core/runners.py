@@ -27,7 +27,7 @@ class RunnerConfig(BaseModel):
         le=256,
         description=(
             "Worker processes of the local cluster (one task at a time each); also how many repair trials run at "
-            "once on the cluster."
+            "once on the cluster, with kind 'address' too."
         ),
     )
     address: StrictStr | None = Field(

@@ -21,8 +21,11 @@ from core.targets.devices import target_for
 
 
 def _verdict_environment(inputs: dict) -> tuple[str | None, str | None] | None:
-    """What a trial's verdict depends on besides its inputs: the IMX500 converter and Java installed."""
-    needs_converter = target_for(inputs["inputs"].target_device).compiler == "imx500_converter"
+    """What a trial's verdict depends on besides its inputs: the IMX500 converter and Java installed (for the IMX500,
+    and for a model with 16-bit activations, which only the IMX500 runs)."""
+    needs_converter = target_for(inputs["inputs"].target_device).compiler == "imx500_converter" or bool(
+        inputs["recipe"].sixteen_bit_activations
+    )
     return converter_and_java() if needs_converter else None
 
 

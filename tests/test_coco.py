@@ -85,3 +85,15 @@ def test_every_problem_is_reported_at_once_and_a_missing_file_says_what_to_give(
         read_coco_annotations(path, images)
     with pytest.raises(AnnotationError, match="does not exist: give the COCO annotations JSON"):
         read_coco_annotations(tmp_path / "none.json", images)
+
+
+def test_a_box_that_is_not_a_number_and_detections_on_unlisted_images_are_refused(detection_sample, tmp_path):
+    content = json.loads((detection_sample / "validation.json").read_text())
+    content["annotations"][0]["bbox"] = [float("nan"), 0, 10, 10]
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(content))  # JSON's NaN, which Python's json reads and writes
+    with pytest.raises(AnnotationError, match=r"annotations\[0\] \(id 1\): box \[nan, 0, 10, 10\] is not four finite"):
+        read_coco_annotations(path, detection_sample / "validation")
+    coco = read_coco_annotations(detection_sample / "validation.json", detection_sample / "validation")
+    with pytest.raises(ValueError, match=r"image ids \[999\] that the annotations do not list"):
+        coco_scores(coco, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}])

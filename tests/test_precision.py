@@ -245,3 +245,14 @@ def test_for_an_ethos_u_the_debuggers_analysis_names_the_logits_and_16x8_repairs
     repair = results["repair"]
     assert repair["trials"][0]["recipe"] == "converter_16x8" and repair["chosen"] == "converter_16x8"
     assert repair["chosen_drop_reporting"] <= 0.05
+
+
+def test_a_layers_own_activation_is_ranked_by_the_analysis_of_its_layer():
+    from core.repair.precision_search import ranked_candidates
+
+    analysis = analysis_of({"conv": 15.0, "tail": 2.0})
+    assert ranked_candidates(["conv_post_activation", "tail", "other"], [analysis]) == [
+        "conv_post_activation",
+        "tail",
+        "other",
+    ]

@@ -123,7 +123,8 @@ def analyse_mct_model(
     for output in float_model.output_names:  # the output quantizer's loss shows only at the model output
         before, path = ({output}, []) if output in metrics else _upstream(output, inbound, metrics.keys())
         noise_before = max(noise[p] for p in before)
-        loss = loss_db(output_noise, noise_before)
+        # The larger of ours and XQuant's: ours has no signal for an output of one value.
+        loss = loss_db(max(output_noise, _noise(output_metrics.get("output_sqnr_db"))), noise_before)
         charge = Charge(loss, "model output", noise_before <= _CLEAN_INPUT_NOISE)
         charges.setdefault(_charged(output, [output, *path], causes), []).append(charge)
     return _assemble(model_name, "xquant", float_model, stats, causes, metrics, charges, output_metrics)

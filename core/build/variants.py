@@ -190,6 +190,7 @@ WRITTEN_IN = {
         REPAIRED_KERAS_FILE,
         "model_*.tflite",
         "imx500",
+        REPAIRED_IMX500_FOLDER,
     ),
     "evaluate_result_dir": RESULT_FILES,
 }

@@ -5,6 +5,7 @@ problem names the entry (its place in the file and its id) and what was expected
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def read_coco_annotations(annotation_file: str | Path, image_dir: str | Path) ->
         raise AnnotationError(path, ["the file does not exist: give the COCO annotations JSON"]) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise AnnotationError(path, [f"not JSON: {exc}"]) from None
+    except OSError as exc:
+        raise AnnotationError(path, [f"cannot be read: {exc.strerror or exc}"]) from None
     try:
         coco = CocoAnnotations.model_validate(raw)
     except ValidationError as exc:
@@ -98,7 +101,9 @@ def read_coco_annotations(annotation_file: str | Path, image_dir: str | Path) ->
             known = ", ".join(str(c) for c in sorted(categories))
             problems.append(f"{entry}: category_id {annotation.category_id} is not a category (ids: {known})")
         x, y, width, height = annotation.bbox
-        if width <= 0 or height <= 0:
+        if not all(math.isfinite(v) for v in annotation.bbox):
+            problems.append(f"{entry}: box {_box(annotation.bbox)} is not four finite numbers [x, y, width, height]")
+        elif width <= 0 or height <= 0:
             problems.append(
                 f"{entry}: box {_box(annotation.bbox)} has no area: expected [x, y, width, height], both > 0"
             )

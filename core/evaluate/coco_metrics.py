@@ -25,11 +25,15 @@ def coco_scores(annotations: CocoAnnotations, detections: list[dict[str, Any]]) 
     from pycocotools.cocoeval import COCOeval
 
     names = {category.id: category.name for category in annotations.categories}
+    image_ids = {image.id for image in annotations.images}
+    if unknown := sorted({d["image_id"] for d in detections} - image_ids):
+        raise ValueError(f"detections on image ids {unknown[:5]} that the annotations do not list")
     if not detections:
+        boxed = {annotation.category_id for annotation in annotations.annotations}
         return DetectionScores(
             map_50_95=0.0,
             map_50=0.0,
-            per_category_ap={name: 0.0 for name in names.values()},
+            per_category_ap={name: 0.0 if category in boxed else None for category, name in names.items()},
             detection_count=0,
         )
     dataset = annotations.model_dump(mode="json")  # boxes as lists, as pycocotools wants them

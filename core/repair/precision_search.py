@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from core.analysis.records import LayerAnalysis
 from core.repair.records import RepairRecipe, RepairTrial
 
+POST_ACTIVATION = "_post_activation"  # MCT's suffix for the node of a layer's own activation
+
 # Runs one trial and records it (the search's limits checked first): None when a limit stopped the search.
 RunStep = Callable[[RepairRecipe, str], RepairTrial | None]
 
@@ -27,8 +29,14 @@ def ranked_candidates(candidates: list[str], analyses: list[LayerAnalysis]) -> l
     for analysis in analyses:
         for layer in analysis.layers:
             loss[layer.layer] = max(loss.get(layer.layer, layer.loss_db), layer.loss_db)
-    measured = sorted((c for c in candidates if c in loss), key=lambda c: -loss[c])
-    return measured + [c for c in reversed(candidates) if c not in loss]
+
+    def measured(candidate: str) -> float | None:
+        # MCT names a layer's own activation (Conv2D(activation="relu")) `<layer>_post_activation`; the analysis
+        # reports it under the layer's name.
+        return loss.get(candidate, loss.get(candidate.removesuffix(POST_ACTIVATION)))
+
+    ranked = sorted((c for c in candidates if measured(c) is not None), key=lambda c: -(measured(c) or 0.0))
+    return ranked + [c for c in reversed(candidates) if measured(c) is None]
 
 
 def groups(ranked: list[str]) -> Iterator[tuple[str, ...]]:

@@ -129,7 +129,7 @@ def search_repair(
         max_accuracy_drop=budget,
     )
     trials: list[RepairTrial] = []
-    spent = 0.0  # seconds of trials actually run: a cached trial costs nothing
+    spent = 0.0  # the trials' own seconds: a cached trial costs nothing
     stopped = "the ladder is exhausted"
     recipes = ladder(target_device=config.target_device, error_method=config.mct_error_method)
     if not has_add(load_keras_model(config.source_keras_model, config.allow_unsafe_model_code)):
@@ -150,18 +150,20 @@ def search_repair(
         return limit is not None
 
     def run_together(batch: list[tuple[RepairRecipe, str]]) -> list[RepairTrial]:
-        """The batch's trials up to the first that qualifies, recorded; none when a limit stops the search."""
+        """The batch's trials, recorded as the one-by-one search would have: each counted against the limits in
+        turn, up to the first that qualifies or the limit; none when a limit stops the search before."""
         nonlocal spent, ran
         if limit_reached():
             return []
         batch = batch[: config.repair_max_trials - ran]
-        batch_started = time.perf_counter()
         done = run_trials([recipe for recipe, _ in batch], inputs)
-        ran += len(batch)
-        spent += 0.0 if all(cached for _, cached in done) else time.perf_counter() - batch_started
-        recorded = []
+        recorded: list[RepairTrial] = []
         for (trial, cached), (_, why) in zip(done, batch, strict=True):
+            if recorded and limit_reached():
+                break
             recorded.append(trial.model_copy(update={"cached": cached, "chosen_because": why}))
+            ran += 1
+            spent += 0.0 if cached else trial.seconds
             if trial.qualifies:
                 break
         trials.extend(recorded)

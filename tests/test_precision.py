@@ -142,6 +142,9 @@ def test_16_bits_on_the_last_layer_alone_repair_it_for_the_imx500_and_the_sensor
     assert not (out / "models" / "model_repaired.tflite").exists()
     # What the device takes, published: Sony's converter's output for the repaired model, beside PTQ's imx500/
     assert (out / "models" / "imx500_repaired" / "packerOut.zip").stat().st_size > 0
+    from core.results.results_text import repair_text
+
+    assert "trial 1 mct_16bit (16 bits on dense): tuning Top-1" in repair_text(results)  # the terminal's lines
     assert repaired["imx500"]["packer_out"] == str(out / "models" / "imx500_repaired" / "packerOut.zip")
 
 

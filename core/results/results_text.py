@@ -96,6 +96,7 @@ def repair_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "trial": i + 1,
             "recipe": t["recipe"],
+            "sixteen_bit_layers": ", ".join(t.get("sixteen_bit_activations") or []) or None,
             "changed": t["changed"],
             "tuning_top_1": None if t["tuning_top_1"] is None else round(t["tuning_top_1"], 4),
             "tuning_drop": None if t["tuning_drop"] is None else round(t["tuning_drop"], 4),
@@ -121,8 +122,9 @@ def repair_text(results: dict[str, Any]) -> str:
     for row in repair_rows(results):
         top_1 = "-" if row["tuning_top_1"] is None else f"{row['tuning_top_1']:.4f}"
         cached = ", cached" if row["cached"] == "yes" else ""
+        on = f" (16 bits on {row['sixteen_bit_layers']})" if row["sixteen_bit_layers"] else ""
         lines.append(
-            f"  trial {row['trial']} {row['recipe']}: tuning {label} {top_1}; {row['reason']} "
+            f"  trial {row['trial']} {row['recipe']}{on}: tuning {label} {top_1}; {row['reason']} "
             f"({row['seconds']} s{cached})"
         )
     if repair.get("chosen"):

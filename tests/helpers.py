@@ -80,6 +80,14 @@ def run(config_path, **kwargs):
     return quantize_evaluate(config_path=str(config_path), progress=False, return_state=True, **kwargs)
 
 
+def completed_results(sample: Path, out: Path, **overrides) -> dict:
+    """The flow on the sample's configuration with `overrides` (written to out/configuration.json), which must
+    complete: its results.json."""
+    state = run(write_config(out / "configuration.json", sdk_config(sample, out, **overrides)))
+    assert state.is_completed(), state.message
+    return json.loads((out / "results" / "results.json").read_text())
+
+
 def command_environment(**overrides: str) -> dict[str, str]:
     """This environment for a command of the project's, without a PREFECT_API_URL (its own ephemeral API, then)."""
     environment = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}

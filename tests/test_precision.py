@@ -60,13 +60,11 @@ def test_activation_spikes_no_equalization_can_trade_are_repaired_for_an_ethos_u
 ):
     """The sample CNN with one more first-layer channel that spikes 3000x on near-white patches and that nothing
     reads (core.data.sample_data.make_activation_spikes): the same function, which full-integer 8 bits breaks."""
-    import json
-
     from core.data.sample_data import make_activation_spikes
-    from tests.helpers import run, sdk_config, write_config
+    from tests.helpers import completed_results
 
     model = make_activation_spikes(sample_dir / "model.h5", tmp_path / "spiky" / "model.h5")
-    config = sdk_config(
+    results = completed_results(
         sample_dir,
         tmp_path,
         source_keras_model=str(model),
@@ -74,9 +72,6 @@ def test_activation_spikes_no_equalization_can_trade_are_repaired_for_an_ethos_u
         target_device="ethos-u55-128",
         variants=["full_int8"],
     )
-    state = run(write_config(tmp_path / "configuration.json", config))
-    assert state.is_completed(), state.message
-    results = json.loads((tmp_path / "results" / "results.json").read_text())
     rows = {row["model"]: row for row in results["models"]}
     assert results["top_1_accuracy_keras"] - rows["tflite_full_int8"]["top_1_accuracy"] > 0.2
     trials = {trial["recipe"]: trial for trial in results["repair"]["trials"]}
@@ -97,19 +92,15 @@ def test_activation_spikes_no_equalization_can_trade_are_repaired_for_an_ethos_u
 def offset_logits_run(prefect_harness, sample_dir, tmp_path_factory):
     """The sample CNN giving its logits with a common offset of 3000 (core.data.sample_data.make_offset_logits): the
     same predictions, which 8-bit logits lose."""
-    import json
-
     from core.data.sample_data import make_offset_logits
-    from tests.helpers import run, sdk_config, write_config
+    from tests.helpers import completed_results
 
     if choose_platform("imx500").tpc_version < "4.0":
         pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
     out = tmp_path_factory.mktemp("offset-logits")
     model = make_offset_logits(sample_dir / "model.h5", out / "logits" / "model.h5")
-    config = sdk_config(sample_dir, out, source_keras_model=str(model), max_accuracy_drop=0.05, target_device="imx500")
-    state = run(write_config(out / "configuration.json", config))
-    assert state.is_completed(), state.message
-    return out, json.loads((out / "results" / "results.json").read_text())
+    settings = dict(source_keras_model=str(model), max_accuracy_drop=0.05, target_device="imx500")
+    return out, completed_results(sample_dir, out, **settings)
 
 
 @pytest.mark.slow
@@ -226,13 +217,11 @@ def test_the_group_stops_growing_when_the_search_runs_out_of_trials():
 def test_for_an_ethos_u_the_debuggers_analysis_names_the_logits_and_16x8_repairs_them_first(
     prefect_harness, sample_dir, tmp_path
 ):
-    import json
-
     from core.data.sample_data import make_offset_logits
-    from tests.helpers import run, sdk_config, write_config
+    from tests.helpers import completed_results
 
     model = make_offset_logits(sample_dir / "model.h5", tmp_path / "logits" / "model.h5")
-    config = sdk_config(
+    results = completed_results(
         sample_dir,
         tmp_path,
         source_keras_model=str(model),
@@ -240,9 +229,6 @@ def test_for_an_ethos_u_the_debuggers_analysis_names_the_logits_and_16x8_repairs
         target_device="ethos-u55-128",
         variants=["full_int8"],
     )
-    state = run(write_config(tmp_path / "configuration.json", config))
-    assert state.is_completed(), state.message
-    results = json.loads((tmp_path / "results" / "results.json").read_text())
     worst = results["layer_analysis"]["tflite_full_int8"]["layers"][0]
     assert worst["layer"] == "dense" and "sensitive_last" in worst["cause_kinds"], worst
     repair = results["repair"]

@@ -8,14 +8,12 @@ function, which 8-bit quantization breaks."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from core.analysis.records import LayerAnalysis, LayerReport
 from core.repair.ladder import by_causes, ladder
-from tests.helpers import run, sdk_config, write_config
+from tests.helpers import completed_results
 
 BUDGET = 0.05  # 60 reporting images: one image is 1.7 points
 STREAM = {"stem", "stem_pool", "block_b", "residual", "residual_relu", "pool"}  # the layers whose outputs join it
@@ -175,12 +173,8 @@ def test_pairwise_equalization_cannot_reach_the_stream_and_the_one_that_follows_
 @pytest.fixture(scope="module")
 def imx500_run(prefect_harness, sample_dir, residual_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("residual-imx500")
-    config = sdk_config(
-        sample_dir, out, source_keras_model=str(residual_model), max_accuracy_drop=BUDGET, target_device="imx500"
-    )
-    state = run(write_config(out / "configuration.json", config))
-    assert state.is_completed(), state.message
-    return out, json.loads((out / "results" / "results.json").read_text())
+    settings = dict(source_keras_model=str(residual_model), max_accuracy_drop=BUDGET, target_device="imx500")
+    return out, completed_results(sample_dir, out, **settings)
 
 
 @pytest.mark.slow
@@ -213,7 +207,7 @@ def test_the_analysis_leads_the_search_to_the_residual_equalization_which_repair
 def test_the_same_cure_repairs_a_full_integer_model_for_an_ethos_u(
     prefect_harness, sample_dir, residual_model, tmp_path
 ):
-    config = sdk_config(
+    results = completed_results(
         sample_dir,
         tmp_path,
         source_keras_model=str(residual_model),
@@ -221,9 +215,6 @@ def test_the_same_cure_repairs_a_full_integer_model_for_an_ethos_u(
         target_device="ethos-u55-128",
         variants=["full_int8"],
     )
-    state = run(write_config(tmp_path / "configuration.json", config))
-    assert state.is_completed(), state.message
-    results = json.loads((tmp_path / "results" / "results.json").read_text())
     broken = next(m for m in results["models"] if m["model"] == "tflite_full_int8")
     assert results["top_1_accuracy_keras"] - broken["top_1_accuracy"] > 0.2
     repair = results["repair"]

@@ -155,11 +155,17 @@ def output_noise_to_signal(float_model, quantized_model, images: np.ndarray, bat
         got = quantized_model(batch, training=False)
         pairs = zip(expected, got, strict=True) if isinstance(expected, (list, tuple)) else [(expected, got)]
         for reference, quantized in pairs:
-            wanted = np.asarray(reference, np.float64)
-            error = wanted - np.asarray(quantized, np.float64)
-            noise += float(((error - error.mean(axis=-1, keepdims=True)) ** 2).sum())
-            signal += float(((wanted - wanted.mean(axis=-1, keepdims=True)) ** 2).sum())
+            batch_noise, batch_signal = _powers_about_mean(np.asarray(reference), np.asarray(quantized, np.float64))
+            noise, signal = noise + batch_noise, signal + batch_signal
     return noise / signal if signal > 0 else 0.0
+
+
+def _powers_about_mean(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    """(noise power, signal power) summed, each taken about its mean over the last axis."""
+    wanted = np.asarray(reference, np.float64)
+    error = wanted - got
+    noise = float(((error - error.mean(axis=-1, keepdims=True)) ** 2).sum())
+    return noise, float(((wanted - wanted.mean(axis=-1, keepdims=True)) ** 2).sum())
 
 
 def channel_noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
@@ -177,10 +183,8 @@ def channel_noise_to_signal(float_values: np.ndarray, quantized: np.ndarray, sca
 def noise_to_signal_about_mean(float_values: np.ndarray, quantized: np.ndarray, scale: float, zero_point: int) -> float:
     """One op's output noise power over its signal power, both about each row's mean over the last axis: for a model
     output, where an offset common to all of a classifier's outputs carries nothing (see output_noise_to_signal)."""
-    reference = np.asarray(float_values, np.float64)
-    error = reference - (np.asarray(quantized).astype(np.int32) - zero_point) * scale
-    signal = float(((reference - reference.mean(axis=-1, keepdims=True)) ** 2).sum())
-    noise = float(((error - error.mean(axis=-1, keepdims=True)) ** 2).sum())
+    dequantized = (np.asarray(quantized).astype(np.int32) - zero_point) * float(scale)
+    noise, signal = _powers_about_mean(float_values, dequantized)
     return noise / signal if signal > 0 else math.nan
 
 

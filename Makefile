@@ -8,10 +8,11 @@ IMX500_VENV := .venv-imx500
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup imx500 sample demo test test-fast lint format benchmark benchmark-e2e server stop clean help
+.PHONY: setup imx500 sample demo demo-detection test test-fast lint format benchmark benchmark-e2e server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
+	@echo "make demo-detection  the same for an object detector, scored in COCO mAP (trains the sample detector first)"
 	@echo "make test   set up .venv and run the tests"
 	@echo "make test-fast  run only the quick tests (no sample, flow, server, cluster or device compiler; under a minute)"
 	@echo "make lint   check formatting (ruff format --check), lint (ruff check) and types (mypy)"
@@ -45,6 +46,11 @@ sample: setup
 
 demo: sample imx500
 	$(BIN)/python -m flows.quantize_evaluate configs/digits/configuration.json
+
+# A detector: digits placed on canvases, its COCO annotations and a small detector trained here (about 90 s).
+demo-detection: setup imx500
+	$(BIN)/python -m core.data.sample_detector
+	$(BIN)/python -m flows.quantize_evaluate configs/digits_detection/configuration.json
 
 test: setup imx500
 	$(BIN)/python -m pytest

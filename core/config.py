@@ -54,6 +54,7 @@ PATH_KEYS = (
     "evaluate_label_file",
     "evaluate_result_dir",
 )
+OPTIONAL_PATH_KEYS = ("evaluate_annotation_file",)  # paths too, when given
 
 
 def _finite(value: float | int) -> float | int:
@@ -118,6 +119,29 @@ class Preprocessing(BaseModel):
         if self.scale == 0:
             raise ValueError("'scale' must not be 0: every image would become the same")
         return self
+
+
+class DetectionDecoding(BaseModel):
+    """How a detector's raw head becomes boxes (task 'detection'; see README, "Detection"): the head is a
+    [grid, grid, 5 + classes] map, each cell holding an objectness logit, one logit per class, the box centre's
+    offsets in the cell (logits) and its log width and height over `anchor_size`."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    anchor_size: Number = Field(
+        28.0, gt=0, description="The box side, in input pixels, that a log size of 0 stands for (the sample's: 28)."
+    )
+    score_threshold: Number = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Boxes scoring below it are dropped before non-maximum suppression; keep it low, as COCO's AP "
+        "wants the whole precision-recall curve.",
+    )
+    iou_threshold: Number = Field(
+        0.5, gt=0, le=1, description="Non-maximum suppression drops a box overlapping a better one by more."
+    )
+    max_detections: StrictInt = Field(100, ge=1, le=1000, description="Boxes kept per image (COCO counts 100).")
 
 
 class QuantizeConfig(BaseModel):
@@ -190,10 +214,22 @@ class QuantizeConfig(BaseModel):
     seed: StrictInt = Field(
         0, ge=0, le=MAX_SEED, description="Seed of the calibration sample, so a run can be reproduced (0 .. 2^63-1)."
     )
-    task: Literal["classification"] = Field(
+    task: Literal["classification", "detection"] = Field(
         "classification",
         description="What the model does, which says how it is scored: 'classification', an image classifier with "
-        "one score per class, judged by its Top-1 accuracy.",
+        "one score per class, judged by its Top-1 accuracy; 'detection', an object detector (its raw head, see "
+        "'detection'), judged by COCO's mAP@[.5:.95] on the boxes of evaluate_annotation_file.",
+    )
+    evaluate_annotation_file: StrictStr | None = Field(
+        None,
+        min_length=1,
+        description="With task 'detection': the COCO annotations JSON of the evaluation images (images, annotations "
+        "with [x, y, width, height] boxes in pixels, categories); its file names are relative to evaluate_image_dir, "
+        "its category names are the label file's class names.",
+    )
+    detection: DetectionDecoding = Field(
+        default_factory=DetectionDecoding,
+        description="With task 'detection': how the detector's head is decoded into boxes.",
     )
     target_platform: Literal["imx500", "tflite", "qnnpack"] = Field(
         "imx500",
@@ -234,8 +270,8 @@ class QuantizeConfig(BaseModel):
         0.01,
         ge=0,
         le=1,
-        description="Largest Top-1 drop (absolute, against the float Keras model) a recommended model may have: 0.01 "
-        "is one point.",
+        description="Largest drop of the headline score (Top-1, or a detector's mAP@[.5:.95]; absolute, against the "
+        "float Keras model) a recommended model may have: 0.01 is one point.",
     )
     objective: Literal["size", "latency"] = Field(
         "size",
@@ -299,6 +335,32 @@ class QuantizeConfig(BaseModel):
                 raise ValueError(
                     f"target_device {self.target_device!r} and ethos_u_accelerator {self.ethos_u_accelerator!r} "
                     "differ: give one, or the same in both"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _detection_keys_agree(self) -> QuantizeConfig:
+        if self.task == "detection":
+            if self.evaluate_annotation_file is None:
+                raise ValueError(
+                    "task 'detection' needs key 'evaluate_annotation_file': the COCO annotations JSON of the "
+                    'evaluation images (see README, "Detection")'
+                )
+            if self.preprocessing.resize != "stretch":
+                raise ValueError(
+                    f"task 'detection' needs preprocessing.resize 'stretch', got {self.preprocessing.resize!r}: a "
+                    "crop would cut boxes off the image"
+                )
+        else:
+            if self.evaluate_annotation_file is not None:
+                raise ValueError(
+                    f"key 'evaluate_annotation_file' is read only with task 'detection' (task is {self.task!r}): "
+                    "set task to 'detection' or remove the key"
+                )
+            if "detection" in self.model_fields_set:
+                raise ValueError(
+                    f"key 'detection' is read only with task 'detection' (task is {self.task!r}): set task to "
+                    "'detection' or remove the key"
                 )
         return self
 
@@ -471,7 +533,9 @@ def describe_error(error: dict) -> str:
     if kind == "missing":
         return f"key '{loc}' is missing: {_expected(loc)}"
     if kind == "extra_forbidden":
-        known = list(QuantizeConfig.model_fields) if len(error["loc"]) == 1 else list(Preprocessing.model_fields)
+        nested: dict[str, type[BaseModel]] = {"preprocessing": Preprocessing, "detection": DetectionDecoding}
+        section = nested.get(str(error["loc"][0]), QuantizeConfig) if len(error["loc"]) > 1 else QuantizeConfig
+        known = list(section.model_fields)
         close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
         return f"unknown key '{loc}'{hint}: keys are case sensitive"

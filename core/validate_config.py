@@ -15,6 +15,7 @@ from typing import Any
 from core.build.variants import WRITTEN_IN
 from core.config import (
     MAX_FREE_INPUT_SIZE,
+    OPTIONAL_PATH_KEYS,
     PATH_KEYS,
     QuantizeConfig,
     ValidatedConfig,
@@ -22,11 +23,18 @@ from core.config import (
     loads_json,
     parse_config,
 )
+from core.data.coco import AnnotationError, category_problems, read_coco_annotations
 from core.data.images import class_key, find_jpegs, has_extension, is_junk, symlinks_below
 from core.errors import ConfigError, InputError
 from core.evaluate.models import keras_model_format, model_signature
 
-INPUT_KEYS = ("source_keras_model", "dataset_image_dir", "evaluate_image_dir", "evaluate_label_file")
+INPUT_KEYS = (
+    "source_keras_model",
+    "dataset_image_dir",
+    "evaluate_image_dir",
+    "evaluate_label_file",
+    "evaluate_annotation_file",
+)
 LINKS_SHOWN = 3
 
 
@@ -59,7 +67,8 @@ def check_against_files(
     config: QuantizeConfig, base_dir: Path, source: str, config_file: Path | None = None
 ) -> ValidatedConfig:
     problems: list[str] = []
-    paths = {key: _absolute(getattr(config, key), base_dir) for key in PATH_KEYS}
+    given = [*PATH_KEYS, *(key for key in OPTIONAL_PATH_KEYS if getattr(config, key) is not None)]
+    paths = {key: _absolute(getattr(config, key), base_dir) for key in given}
     for key, path in paths.items():
         link = _symlink_in(path, base_dir)
         if link is not None:
@@ -74,7 +83,13 @@ def check_against_files(
     calibration_count = _check_calibration_dir(config, paths["dataset_image_dir"], problems)
     _check_outputs(config, paths, config_file, problems)
     class_names = _check_labels(config, paths["evaluate_label_file"], problems)
-    evaluation_count, without_folder = _check_evaluation_dir(config, paths["evaluate_image_dir"], class_names, problems)
+    without_folder: list[str] = []
+    if config.task == "detection":
+        evaluation_count = _check_detection_set(config, paths, class_names, problems)
+    else:
+        evaluation_count, without_folder = _check_evaluation_dir(
+            config, paths["evaluate_image_dir"], class_names, problems
+        )
     input_shape: list[int | None] = []
     if model_format and class_names is not None and not problems:
         input_shape = _check_model(config, paths["source_keras_model"], len(class_names), problems)
@@ -113,7 +128,7 @@ def _symlink_in(path: Path, base_dir: Path) -> Path | None:
 
 
 def _check_outputs(config: QuantizeConfig, paths: dict[str, Path], config_file: Path | None, problems: list[str]):
-    inputs = {f"key '{key}'": paths[key] for key in INPUT_KEYS}
+    inputs = {f"key '{key}'": paths[key] for key in INPUT_KEYS if key in paths}
     if config_file is not None:
         inputs["the configuration file"] = config_file
     for key in WRITTEN_IN:
@@ -326,6 +341,43 @@ def _check_evaluation_dir(
     return count, [name for name in class_names if class_key(name) not in present]
 
 
+def _check_detection_set(
+    config: QuantizeConfig, paths: dict[str, Path], class_names: list[str] | None, problems: list[str]
+) -> int:
+    """The evaluation images of a detector: the COCO file's, checked entry by entry; their count."""
+    folder, annotation_file = paths["evaluate_image_dir"], paths["evaluate_annotation_file"]
+    if not folder.is_dir():
+        state = "is a file" if folder.exists() else "does not exist"
+        problems.append(
+            f"key 'evaluate_image_dir' = {config.evaluate_image_dir!r}: {folder} {state}; expected the folder of the "
+            "evaluation images that evaluate_annotation_file lists"
+        )
+        return 0
+    _refuse_links_below("evaluate_image_dir", config.evaluate_image_dir, folder, problems)
+    key = f"key 'evaluate_annotation_file' = {config.evaluate_annotation_file!r}"
+    try:
+        coco = read_coco_annotations(annotation_file, folder)
+    except AnnotationError as exc:
+        problems += [f"{key}: {problem}" for problem in exc.problems]
+        return 0
+    extension = config.evaluate_image_extension
+    wrong = [
+        f"images[{i}] (id {image.id}) {image.file_name!r}"
+        for i, image in enumerate(coco.images)
+        if not has_extension(Path(image.file_name), extension)
+    ]
+    if wrong:
+        problems.append(
+            f"key 'evaluate_image_extension' = {extension!r}: {len(wrong)} image(s) of {annotation_file} have another "
+            f"extension ({', '.join(wrong[:LINKS_SHOWN])}); expected every listed image to be a '*.{extension}' file"
+        )
+    if class_names is not None:
+        problems += [
+            f"{key}: {problem}" for problem in category_problems(coco, class_names, config.evaluate_label_file)
+        ]
+    return len(coco.images)
+
+
 def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems: list[str]) -> list[int | None]:
     try:
         signature = model_signature(path, config.allow_unsafe_model_code)
@@ -355,7 +407,9 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
             f"key 'input_tensor_size' = {config.input_tensor_size}: the model's input is {in_shape[1]} x {in_shape[2]} "
             f"(not fixed), so input_tensor_size sets it; expected at most {MAX_FREE_INPUT_SIZE} for such a model"
         )
-    if len(out_shape) != 2:
+    if config.task == "detection":
+        _check_detector_output(config, out_shape, class_count, problems)
+    elif len(out_shape) != 2:
         problems.append(
             f"key 'source_keras_model': the model's output shape is {out_shape}; expected [batch, number of classes]"
         )
@@ -365,3 +419,21 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
             f"model outputs {out_shape[1]} scores; expected one label per output"
         )
     return in_shape
+
+
+def _check_detector_output(
+    config: QuantizeConfig, out_shape: list[int | None], class_count: int, problems: list[str]
+) -> None:
+    """The detector's output is its raw head: [batch, grid, grid, 5 + classes] (README, "Detection")."""
+    expected = (
+        f"expected a detector's raw head, [batch, grid, grid, 5 + classes] = [batch, grid, grid, {5 + class_count}] "
+        "for the label file's classes (objectness, one logit per class, then the box: x and y offsets, log width and "
+        "log height); a model with its decoding or NMS in the graph is not taken yet"
+    )
+    if len(out_shape) != 4 or out_shape[1] is None or out_shape[1] != out_shape[2]:
+        problems.append(f"key 'source_keras_model': the model's output shape is {out_shape}; {expected}")
+    elif out_shape[3] != 5 + class_count:
+        problems.append(
+            f"key 'evaluate_label_file' = {config.evaluate_label_file!r}: it names {class_count} classes but the "
+            f"model's head has {out_shape[3]} channels; {expected}"
+        )

@@ -114,6 +114,8 @@ def quantize_evaluate(
         class_names=validated.class_names,
         input_tensor_size=c.input_tensor_size,
         preprocessing=c.preprocessing,
+        annotation_file=c.evaluate_annotation_file,
+        decoding=c.detection if c.task == "detection" else None,
         progress=progress,
     )
 

@@ -152,3 +152,25 @@ def _duplicates(key: str, entries: list) -> list[str]:
             problems.append(f"{key}[{i}]: id {entry.id} is used twice: each of the {key} needs its own id")
         seen.add(entry.id)
     return problems
+
+
+def category_problems(coco: CocoAnnotations, class_names: list[str], label_file: str) -> list[str]:
+    """The annotations' categories against the label file's classes (the model's outputs): each boxed category must
+    be a class, each class a category, so that every box can be matched and every detection scored."""
+    names = {category.name for category in coco.categories}
+    boxed = {category.name for category in coco.categories if category.id in {a.category_id for a in coco.annotations}}
+    problems = []
+    if missing := sorted(boxed - set(class_names)):
+        problems.append(
+            f"categories {missing} have boxes but no entry in the label file {label_file!r}: add them to it (name -> "
+            "the model's class id)"
+        )
+    if unknown := [name for name in class_names if name not in names]:
+        problems.append(
+            f"classes {unknown} of the label file {label_file!r} are not among the categories' names "
+            f"({', '.join(sorted(names))}): name each class as its category"
+        )
+    duplicated = sorted(name for name in names if sum(c.name == name for c in coco.categories) > 1)
+    if duplicated:
+        problems.append(f"categories {duplicated} are named twice: each category needs its own name")
+    return problems

@@ -43,6 +43,45 @@ def decode_one(file: Path, input_tensor_size: int, preprocessing: Preprocessing)
         return str(exc)
 
 
+def decode_to_store(
+    files: list[Path],
+    input_tensor_size: int,
+    preprocessing: Preprocessing,
+    images_path: Path,
+    progress: bool,
+    chunk_size: int = DECODE_CHUNK,
+) -> tuple[list[int], list[SkippedImage]]:
+    """Decode `files` in parallel, chunk by chunk, appending to the .npy at `images_path`: memory stays bounded by
+    one chunk whatever the number of images. The indices of the files kept, and the skipped ones with the reason."""
+    kept: list[int] = []
+    skipped: list[SkippedImage] = []
+    with (
+        NpyBatchWriter(images_path, (input_tensor_size, input_tensor_size, 3)) as writer,
+        ThreadPoolExecutor(os.cpu_count()) as pool,
+        tqdm(total=len(files), desc="evaluation images", unit="img", disable=not progress) as bar,
+    ):
+        for first in range(0, len(files), chunk_size):
+            chunk = files[first : first + chunk_size]
+            decoded = list(pool.map(lambda file: decode_one(file, input_tensor_size, preprocessing), chunk))
+            images = []
+            for index, (file, image) in enumerate(zip(chunk, decoded, strict=True), start=first):
+                if isinstance(image, str):
+                    skipped.append(SkippedImage(file=str(file), reason=image))
+                else:
+                    kept.append(index)
+                    images.append(image)
+            if images:
+                writer.append(np.stack(images))
+            bar.update(len(chunk))
+        if not kept:
+            folder = files[0].parent if files else "the evaluation folder"
+            raise InputError(
+                f"none of the {len(files)} evaluation images in {folder} can be decoded; first problem: "
+                f"{skipped[0].reason if skipped else 'there are none'}"
+            )
+    return kept, skipped
+
+
 def load_evaluation_set(
     *,
     evaluate_image_dir: str,
@@ -54,44 +93,19 @@ def load_evaluation_set(
     progress: bool = True,
     chunk_size: int = DECODE_CHUNK,
 ) -> EvaluationSet:
-    """Decode every image once, in parallel, chunk by chunk, appending to images.npy: memory stays
-    bounded by one chunk whatever the number of images."""
+    """Decode every image once (see decode_to_store); labels.npy holds their class ids."""
     listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
     out_dir = Path(out_dir)
-    files: list[str] = []
-    labels: list[int] = []
-    skipped: list[SkippedImage] = []
-    with (
-        NpyBatchWriter(out_dir / "images.npy", (input_tensor_size, input_tensor_size, 3)) as writer,
-        ThreadPoolExecutor(os.cpu_count()) as pool,
-    ):
-        with tqdm(total=len(listed), desc="evaluation images", unit="img", disable=not progress) as bar:
-            for first in range(0, len(listed), chunk_size):
-                chunk = listed[first : first + chunk_size]
-                decoded = list(pool.map(lambda pair: decode_one(pair[0], input_tensor_size, preprocessing), chunk))
-                kept = [(pair, image) for pair, image in zip(chunk, decoded, strict=True) if not isinstance(image, str)]
-                skipped += [
-                    SkippedImage(file=str(pair[0]), reason=image)
-                    for pair, image in zip(chunk, decoded, strict=True)
-                    if isinstance(image, str)
-                ]
-                if kept:
-                    writer.append(np.stack([image for _, image in kept]))
-                files += [str(file) for (file, _), _ in kept]
-                labels += [label for (_, label), _ in kept]
-                bar.update(len(chunk))
-        if not files:
-            raise InputError(
-                f"none of the {len(listed)} evaluation images in {evaluate_image_dir} can be decoded; "
-                f"first problem: {skipped[0].reason}"
-            )
-    atomic_save_numpy(out_dir / "labels.npy", np.array(labels, np.int64))
-    atomic_write_json(out_dir / "files.json", files)
+    kept, skipped = decode_to_store(
+        [file for file, _ in listed], input_tensor_size, preprocessing, out_dir / "images.npy", progress, chunk_size
+    )
+    atomic_save_numpy(out_dir / "labels.npy", np.array([listed[i][1] for i in kept], np.int64))
+    atomic_write_json(out_dir / "files.json", [str(listed[i][0]) for i in kept])
     return EvaluationSet(
         images_path=str(out_dir / "images.npy"),
         labels_path=str(out_dir / "labels.npy"),
         files_path=str(out_dir / "files.json"),
-        image_count=len(files),
+        image_count=len(kept),
         class_names=class_names,
         skipped=skipped,
     )

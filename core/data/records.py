@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from core.config import Preprocessing, QuantizeConfig
+from core.config import DetectionDecoding, Preprocessing, QuantizeConfig
+from core.data.coco import CocoAnnotations
+from core.files import atomic_write_text
 from core.records import Record
 
 
@@ -54,7 +57,8 @@ class CalibrationSet(Record):
 
 
 class EvaluationSet(Record):
-    """The evaluation images, decoded once for every model: images.npy, labels.npy (class ids), files.json."""
+    """The evaluation images, decoded once for every model: images.npy, the truth (a classifier's labels.npy of
+    class ids, a detector's truth.json: see DetectionTruth), files.json."""
 
     images_path: str
     labels_path: str
@@ -62,3 +66,31 @@ class EvaluationSet(Record):
     image_count: int
     class_names: list[str]
     skipped: list[SkippedImage]
+
+
+class DetectionTruth(Record):
+    """A detector's evaluation truth, beside images.npy: `coco.images[i]` is the image stored at row i (its
+    file_name the absolute path, its width and height the original's, which boxes are measured in), with its
+    boxes; the model's class k is category `category_of_class[k]`; the model sees input_size x input_size, and
+    its head is decoded as `decoding` says."""
+
+    coco: CocoAnnotations
+    category_of_class: list[int]
+    input_size: int
+    decoding: DetectionDecoding
+
+    @classmethod
+    def read(cls, path: str | Path) -> DetectionTruth:
+        return cls.model_validate_json(Path(path).read_text())
+
+    def write(self, path: Path) -> Path:
+        return atomic_write_text(path, self.model_dump_json())
+
+    def subset(self, rows: list[int] | Any) -> DetectionTruth:
+        """The truth of images `rows` (in that order), as if only they had been stored."""
+        images = [self.coco.images[int(row)] for row in rows]
+        ids = {image.id for image in images}
+        coco = self.coco.model_copy(
+            update={"images": images, "annotations": [a for a in self.coco.annotations if a.image_id in ids]}
+        )
+        return self.model_copy(update={"coco": coco})

@@ -1,23 +1,28 @@
 """A small Keras detector for the detection sample (core/data/detection_sample.py), trained here in about a minute on
 2 cores, and the decoder that turns its raw output into COCO detections.
 
+    python -m core.data.sample_detector [--dest sample_data/digits_detection]
+
+writes the sample, its label file (labels.json: category name -> the model's class id) and the trained detector
+(model.h5): what `make demo-detection` runs on (configs/digits_detection/configuration.json).
+
 The model's output is its head, untouched: a GRID x GRID map (one cell per STRIDE pixels) whose cells each hold an
 objectness logit, one logit per category, and a box: the centre's offset in the cell (a logit: sigmoid gives 0..1)
-and the log of its width and height over ANCHOR pixels. `decode` runs on the host, as an Ethos-U application does
-(and the IMX500's host, for a model without NMS in its graph): score = sigmoid(objectness) x softmax(categories),
-boxes in pixels, then TensorFlow's own `combined_non_max_suppression` per category.
+and the log of its width and height over ANCHOR pixels: the raw head the workflow's decoder reads
+(core/evaluate/decode_grid.py, README "Detection").
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 import numpy as np
 
-from core.config import Preprocessing
+from core.config import DetectionDecoding, Preprocessing
 from core.data.coco import CocoAnnotations, read_coco_annotations
-from core.data.detection_sample import CANVAS
+from core.data.detection_sample import CANVAS, DEFAULT_DEST, make_detection_sample
 from core.data.images import decode_rgb
 from core.data.preprocessing import preprocess
 
@@ -26,9 +31,7 @@ GRID = CANVAS // STRIDE
 ANCHOR = 28.0  # pixels: the typical digit's side
 CATEGORIES = 10
 CHANNELS = 1 + CATEGORIES + 4  # objectness, categories, box (x, y offsets in the cell; log width, log height)
-SCORE_THRESHOLD = 0.05  # low, as COCO's AP wants the whole precision-recall curve
-IOU_THRESHOLD = 0.5
-MAX_DETECTIONS = 20  # per image
+DECODING = DetectionDecoding(anchor_size=ANCHOR)  # the configuration's `detection` for this model
 
 
 def images_of(coco: CocoAnnotations, image_dir: Path) -> np.ndarray:
@@ -95,41 +98,39 @@ def train_detector(sample: Path, destination: Path, epochs: int = 40, seed: int 
 
 
 def decode(output: np.ndarray, image_ids: list[int]) -> list[dict]:
-    """COCO detections ({"image_id", "category_id", "bbox": [x, y, width, height], "score"}) from the head's output
-    (images, GRID, GRID, CHANNELS) for the images `image_ids`, in order."""
-    import tensorflow as tf
+    """COCO detections of the sample's canvases from the head's output (images, GRID, GRID, CHANNELS), for the
+    images `image_ids`, in order: the workflow's own decoder (core/evaluate/decode_grid.py) with the sample's
+    anchor, as `DECODING` configures it."""
+    from core.evaluate.decode_grid import decode_grid
 
-    output = np.asarray(output, np.float32).reshape(len(image_ids), GRID * GRID, CHANNELS)
-    objectness = tf.sigmoid(output[..., 0:1])
-    scores = objectness * tf.nn.softmax(output[..., 1 : 1 + CATEGORIES], axis=-1)
-    rows, columns = np.divmod(np.arange(GRID * GRID), GRID)
-    cx = (columns + tf.sigmoid(output[..., -4])) * STRIDE
-    cy = (rows + tf.sigmoid(output[..., -3])) * STRIDE
-    width, height = ANCHOR * np.exp(output[..., -2]), ANCHOR * np.exp(output[..., -1])
-    corners = tf.stack([cy - height / 2, cx - width / 2, cy + height / 2, cx + width / 2], axis=-1) / CANVAS
-    boxes, kept_scores, classes, valid = tf.image.combined_non_max_suppression(
-        corners[:, :, None, :],
-        scores,
-        max_output_size_per_class=MAX_DETECTIONS,
-        max_total_size=MAX_DETECTIONS,
-        iou_threshold=IOU_THRESHOLD,
-        score_threshold=SCORE_THRESHOLD,
-        clip_boxes=True,
+    return decode_grid(
+        output,
+        image_ids=image_ids,
+        image_sizes=[(CANVAS, CANVAS)] * len(image_ids),
+        input_size=CANVAS,
+        category_of_class=[digit + 1 for digit in range(CATEGORIES)],
+        decoding=DECODING,
     )
-    detections = []
-    for i, image_id in enumerate(image_ids):
-        count = int(valid[i])
-        kept = zip(
-            boxes[i, :count].numpy() * CANVAS, kept_scores[i, :count].numpy(), classes[i, :count].numpy(), strict=True
-        )
-        for box, score, category in kept:
-            top, left, bottom, right = (float(v) for v in box)
-            detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(category) + 1,
-                    "bbox": [left, top, right - left, bottom - top],
-                    "score": float(score),
-                }
-            )
-    return detections
+
+
+def make_detection_demo(dest: Path = DEFAULT_DEST) -> Path:
+    """The sample, labels.json and model.h5 in `dest`, each made only when missing."""
+    from core.files import atomic_write_json
+
+    make_detection_sample(dest)
+    if not (dest / "labels.json").exists():
+        atomic_write_json(dest / "labels.json", {str(digit): digit for digit in range(CATEGORIES)})
+    if not (dest / "model.h5").exists():
+        print(f"training the sample detector on {dest / 'training'} (about a minute and a half on 2 cores)")
+        train_detector(dest, dest / "model.h5")
+    return dest
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dest", type=Path, default=DEFAULT_DEST, help=f"where to write it (default {DEFAULT_DEST})")
+    print(make_detection_demo(parser.parse_args().dest))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 from typing import Any
 
 from core.data.coco import CocoAnnotations
 from core.records import Record
+
+_QUIET = threading.Lock()
 
 
 class DetectionScores(Record):
@@ -39,7 +42,9 @@ def coco_scores(annotations: CocoAnnotations, detections: list[dict[str, Any]]) 
     dataset = annotations.model_dump(mode="json")  # boxes as lists, as pycocotools wants them
     for annotation in dataset["annotations"]:
         annotation.setdefault("area", annotation["bbox"][2] * annotation["bbox"][3])
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and its table
+    # pycocotools prints its progress. sys.stdout is one for the whole process: evaluations in threads that each
+    # swapped it would restore each other's, and could leave the command's own output in a StringIO.
+    with _QUIET, contextlib.redirect_stdout(io.StringIO()):
         truth = COCO()
         truth.dataset = dataset
         truth.createIndex()
@@ -47,16 +52,22 @@ def coco_scores(annotations: CocoAnnotations, detections: list[dict[str, Any]]) 
         evaluation = COCOeval(truth, found, "bbox")
         evaluation.evaluate()
         evaluation.accumulate()
-        evaluation.summarize()
-    precision = evaluation.eval["precision"]  # [IoU threshold, recall, category, area range, max detections]
+    # [IoU threshold, recall, category, area range, max detections]: every area, 100 detections per image, as
+    # COCOeval.summarize() reads it for its first two lines (without printing them).
+    precision = evaluation.eval["precision"][..., 0, -1]
     per_category: dict[str, float | None] = {}
     for k, category_id in enumerate(evaluation.params.catIds):
-        values = precision[:, :, k, 0, -1]  # every area, 100 detections per image
-        values = values[values > -1]  # -1: no box of the category
-        per_category[names[category_id]] = float(values.mean()) if values.size else None
+        per_category[names[category_id]] = _mean(precision[:, :, k])
+    iou_50 = list(evaluation.params.iouThrs).index(0.5)
     return DetectionScores(
-        map_50_95=max(0.0, float(evaluation.stats[0])),
-        map_50=max(0.0, float(evaluation.stats[1])),
+        map_50_95=_mean(precision) or 0.0,
+        map_50=_mean(precision[iou_50]) or 0.0,
         per_category_ap=per_category,
         detection_count=len(detections),
     )
+
+
+def _mean(precision: Any) -> float | None:
+    """The mean precision over the entries that exist (-1: no box of the category), or None if none does."""
+    values = precision[precision > -1]
+    return float(values.mean()) if values.size else None

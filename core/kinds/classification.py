@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from core.build.variants import SDK_MODELS
 from core.data.image_store import image_count, iter_batches
 from core.evaluate.metrics import agreement, confusion_matrix, per_class_accuracy, top_k_correct
+from core.files import atomic_save_numpy
 from core.kinds.kind import ModelKind, Picture, Predict
 from core.kinds.records import ClassificationEvaluation
 from core.pictures import DPI, figure_png, remembered_png
@@ -22,7 +24,7 @@ TOP_K = 5
 MAX_ANNOTATED_CLASSES = 20
 
 
-class Classification(ModelKind):
+class Classification(ModelKind[ClassificationEvaluation]):
     name = "classification"
     score_key = "top_1_accuracy"
     score_label = "Top-1"
@@ -69,6 +71,9 @@ class Classification(ModelKind):
 
     def split(self, labels_path: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return stratified_split(np.load(labels_path), share, seed)
+
+    def subset(self, labels_path: str, indices: np.ndarray, destination: Path) -> Path:
+        return atomic_save_numpy(destination, np.load(labels_path)[indices])
 
     def row_figures(
         self, evaluation: ClassificationEvaluation, reference: ClassificationEvaluation, class_names: list[str]

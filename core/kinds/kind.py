@@ -2,7 +2,8 @@
 and what its rows in results.json, its columns in the tables and its pictures in the report show.
 
 Everything after a model's predictions reads them through the run's kind (core/kinds/registry.py), so a new kind
-(detection, scored in COCO mAP) is one module here and one registry entry, not an edit in every step.
+(detection, core/kinds/detection.py, scored in COCO mAP) is one module here and one registry entry, not an edit
+in every step.
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from core.kinds.records import Evaluation
+from core.kinds.records import ClassificationEvaluation, DetectionEvaluation
 
 Predict = Callable[[np.ndarray], Any]  # a batch of images -> the model's outputs
+E = TypeVar("E", ClassificationEvaluation, DetectionEvaluation)  # the kind's own evaluation record
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class Picture:
     alt: str
 
 
-class ModelKind(ABC):
+class ModelKind(ABC, Generic[E]):
     name: ClassVar[str]  # the configuration's `task` value and results.json's
     score_key: ClassVar[str]  # the headline score's key in a results row: what `max_accuracy_drop` is measured in
     score_label: ClassVar[str]  # the headline score in words
@@ -51,12 +54,12 @@ class ModelKind(ABC):
         class_count: int | None,
         start: int,
         stop: int | None,
-    ) -> Evaluation:
+    ) -> E:
         """The model's predictions on images [start, stop) scored against the truth in `labels_path`; the
         evaluation's seconds include loading the model (`load_predictor`)."""
 
     @abstractmethod
-    def merged(self, parts: list[Evaluation]) -> Evaluation:
+    def merged(self, parts: list[E]) -> E:
         """One evaluation from its shards', exactly as if the images had been evaluated at once."""
 
     @abstractmethod
@@ -64,11 +67,16 @@ class ModelKind(ABC):
         """(tuning, reporting) image indices, seeded, each part representative of the whole."""
 
     @abstractmethod
-    def row_figures(self, evaluation: Evaluation, reference: Evaluation, class_names: list[str]) -> dict[str, Any]:
+    def subset(self, labels_path: str, indices: np.ndarray, destination: Path) -> Path:
+        """The truth of images `indices` (in that order) written at `destination`, as the evaluation of those
+        images alone reads it."""
+
+    @abstractmethod
+    def row_figures(self, evaluation: E, reference: E, class_names: list[str]) -> dict[str, Any]:
         """The kind's figures in the model's results row; `reference` is the float model on the same images."""
 
     @abstractmethod
-    def sdk_results(self, evaluations: dict[str, Evaluation]) -> dict[str, Any]:
+    def sdk_results(self, evaluations: dict[str, E]) -> dict[str, Any]:
         """The keys results.json opens with (the SDK's, for classification)."""
 
     @abstractmethod

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from core.records import Record
 
@@ -87,7 +89,35 @@ class ClassificationEvaluation(Record):
         )
 
 
+class DetectionEvaluation(Record):
+    """One detector's detections on the evaluation set (or a shard of it, images [shard[0], shard[1])), scored by
+    COCO's evaluator against the truth at `truth_path` (core/data/records.py: DetectionTruth)."""
+
+    kind: Literal["detection"] = "detection"
+    model: str
+    model_path: str
+    map_50_95: float
+    map_50: float
+    per_category_ap: dict[str, float | None]
+    detections: list[dict[str, Any]]  # COCO's results format, boxes in the images' own pixels
+    image_count: int
+    seconds: float
+    shard: tuple[int, int]
+    truth_path: str
+    shards: int = 1
+
+    @property
+    def score(self) -> float:
+        """The headline figure, the one `max_accuracy_drop` is measured in: COCO's mAP@[.5:.95]."""
+        return self.map_50_95
+
+    def describe(self) -> str:
+        return (
+            f"mAP@[.5:.95] {self.map_50_95:.4f}, mAP@.5 {self.map_50:.4f} ({len(self.detections)} boxes on "
+            f"{self.image_count} images) in {self.seconds:.1f} s"
+        )
+
+
 # Every step after the evaluation takes an `Evaluation` and reads its `score`, `image_count`, `seconds` and
-# `describe()`. A second kind adds its record above and turns this alias into a union told apart by `kind`:
-# Annotated[ClassificationEvaluation | DetectionEvaluation, Field(discriminator="kind")].
-Evaluation = ClassificationEvaluation
+# `describe()`; the kind's own module reads the rest.
+Evaluation = Annotated[ClassificationEvaluation | DetectionEvaluation, Field(discriminator="kind")]

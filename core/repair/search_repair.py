@@ -41,15 +41,16 @@ RunTrials = Callable[[list[RepairRecipe], TrialInputs], list[tuple[RepairTrial, 
 
 
 def split_evaluation_set(evaluation_set: EvaluationSet, kind: ModelKind, seed: int, out_dir: Path) -> dict[str, str]:
-    """Tuning and reporting images and labels, as .npy files in `out_dir` (same content for the same set), split
+    """Tuning and reporting images and their truth, as files in `out_dir` (same content for the same set), split
     as the kind of model splits them (a classifier's: stratified by class)."""
     images = np.load(evaluation_set.images_path, mmap_mode="r")
-    labels = np.load(evaluation_set.labels_path)
+    truth = Path(evaluation_set.labels_path)
     tuning, reporting = kind.split(evaluation_set.labels_path, TUNING_SHARE, seed)
     paths = {}
     for part, indices in (("tuning", tuning), ("reporting", reporting)):
         paths[f"{part}_images"] = str(atomic_save_numpy(out_dir / f"{part}_images.npy", np.asarray(images[indices])))
-        paths[f"{part}_labels"] = str(atomic_save_numpy(out_dir / f"{part}_labels.npy", labels[indices]))
+        labels = out_dir / f"{part}_{truth.stem}{truth.suffix}"
+        paths[f"{part}_labels"] = str(kind.subset(evaluation_set.labels_path, indices, labels))
     return paths
 
 
@@ -209,7 +210,7 @@ def search_repair(
             class_count=class_count,
             task=config.task,
         )
-    tuning_count = len(np.load(split["tuning_labels"]))
+    tuning_count = len(np.load(split["tuning_images"], mmap_mode="r"))
     return RepairOutcome(
         needed=True,
         **outcome,

@@ -1,0 +1,178 @@
+"""Detection (`task: detection`): a detector's raw head is decoded into boxes and scored by COCO's own evaluator;
+the configuration names the COCO annotations file, and a bad one is refused up front, entry by entry, before any
+work, with nothing produced before lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.data.coco import read_coco_annotations
+from core.errors import ConfigError
+from core.validate_config import validate_config
+from tests.helpers import write_config
+
+CANVAS = 96
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    """A few canvases of digits with their COCO file, and an untrained model of the documented head's shape."""
+    import tensorflow as tf
+
+    from core.data.detection_sample import make_detection_sample
+
+    folder = tmp_path_factory.mktemp("detection")
+    make_detection_sample(folder / "sample", train_count=8, validation_count=6)
+    (folder / "sample" / "labels.json").write_text(json.dumps({str(d): d for d in range(10)}))
+    inputs = tf.keras.Input((CANVAS, CANVAS, 3))
+    hidden = tf.keras.layers.Conv2D(8, 3, strides=8, padding="same", activation="relu")(inputs)
+    head = tf.keras.layers.Conv2D(15, 1, name="head")(hidden)
+    tf.keras.Model(inputs, head).save(folder / "sample" / "detector.h5")
+    flat = tf.keras.layers.Dense(10)(tf.keras.layers.Flatten()(hidden))
+    tf.keras.Model(inputs, flat).save(folder / "sample" / "classifier.h5")
+    return folder / "sample"
+
+
+def detection_config(sample: Path, out: Path, **overrides) -> dict:
+    return {
+        "source_keras_model": str(sample / "detector.h5"),
+        "dataset_image_dir": str(sample / "training"),
+        "batch_size": 4,
+        "input_tensor_size": CANVAS,
+        "iteration_count": 1,
+        "output_dir": str(out / "models"),
+        "evaluate_image_dir": str(sample / "validation"),
+        "evaluate_image_extension": "jpg",
+        "evaluate_label_file": str(sample / "labels.json"),
+        "evaluate_result_dir": str(out / "results"),
+        "task": "detection",
+        "evaluate_annotation_file": str(sample / "validation.json"),
+        **overrides,
+    }
+
+
+def problems_of(config: dict, tmp_path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(config_path=write_config(tmp_path / "cfg" / "configuration.json", config))
+    return str(info.value)
+
+
+def test_a_detection_configuration_passes_with_the_annotated_images_counted(small_set, tmp_path):
+    validated = validate_config(config=detection_config(small_set, tmp_path))
+    assert validated.config.task == "detection"
+    assert validated.evaluation_image_count == 6
+    assert validated.class_names == [str(d) for d in range(10)]
+    assert validated.config.evaluate_annotation_file == str(small_set / "validation.json")
+
+
+def test_detection_needs_the_annotations_file_and_a_classifier_refuses_one(small_set, tmp_path):
+    config = detection_config(small_set, tmp_path)
+    del config["evaluate_annotation_file"]
+    assert "task 'detection' needs key 'evaluate_annotation_file'" in problems_of(config, tmp_path)
+    classifier = detection_config(small_set, tmp_path, task="classification")
+    assert "key 'evaluate_annotation_file' is read only with task 'detection'" in problems_of(classifier, tmp_path)
+    cropped = detection_config(small_set, tmp_path, preprocessing={"resize": "shorter_side_center_crop"})
+    assert "a crop would cut boxes off the image" in problems_of(cropped, tmp_path)
+
+
+def test_a_model_that_is_not_a_raw_detection_head_is_refused_naming_the_expected_shape(small_set, tmp_path):
+    config = detection_config(small_set, tmp_path, source_keras_model=str(small_set / "classifier.h5"))
+    message = problems_of(config, tmp_path)
+    assert "the model's output shape is [None, 10]" in message
+    assert "[batch, grid, grid, 15]" in message
+
+
+def test_a_bad_annotations_file_is_refused_entry_by_entry_and_nothing_produced_is_lost(small_set, tmp_path):
+    coco = json.loads((small_set / "validation.json").read_text())
+    coco["images"][1]["file_name"] = "missing.jpg"
+    coco["annotations"][0]["bbox"] = [80, 80, 30, 30]  # past the 96 x 96 canvas
+    coco["annotations"][2]["category_id"] = 42
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(coco))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "results.json").write_text('{"earlier": "run"}')
+    message = problems_of(detection_config(small_set, tmp_path, evaluate_annotation_file=str(bad)), tmp_path)
+    first = coco["annotations"][0]["id"]
+    assert f"images[1] (id {coco['images'][1]['id']}): {small_set / 'validation' / 'missing.jpg'} does not exist" in (
+        message
+    )
+    assert f"annotations[0] (id {first}): box [80, 80, 30, 30] ([x, y, width, height]) reaches outside image" in (
+        message
+    )
+    assert "annotations[2] (id 3): category_id 42 is not a category (ids: 1, 2, 3" in message
+    assert (results / "results.json").read_text() == '{"earlier": "run"}'
+
+
+def test_categories_must_match_the_label_files_classes(small_set, tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({**{str(d): d for d in range(9)}, "nine": 9}))
+    message = problems_of(detection_config(small_set, tmp_path, evaluate_label_file=str(labels)), tmp_path)
+    assert "categories ['9'] have boxes but no entry in the label file" in message or "categories ['9']" in message
+    assert "classes ['nine'] of the label file" in message
+
+
+def perfect_head(coco, anchor: float = 28.0) -> np.ndarray:
+    """The head a perfect detector would give for the images of `coco`, in its order (the sample's targets,
+    with confident logits)."""
+    from core.data.sample_detector import targets
+
+    target = targets(coco)
+    head = np.full(target.shape, -12.0, np.float32)
+    present = target[..., 0] > 0
+    head[..., 0] = np.where(present, 12.0, -12.0)
+    head[..., 1:11] = np.where(target[..., 1:11] > 0, 12.0, -12.0)
+    offsets = np.clip(target[..., 11:13], 1e-4, 1 - 1e-4)
+    head[..., 11:13] = np.log(offsets / (1 - offsets))
+    head[..., 13:15] = target[..., 13:15]
+    return head
+
+
+def test_the_decoder_and_cocos_evaluator_score_a_perfect_head_1_and_shards_merge_to_the_whole(small_set, tmp_path):
+    from core.config import DetectionDecoding, Preprocessing
+    from core.data.load_detection_set import load_detection_set
+    from core.kinds.registry import DETECTION
+
+    evaluation_set = load_detection_set(
+        evaluate_image_dir=str(small_set / "validation"),
+        annotation_file=str(small_set / "validation.json"),
+        class_names=[str(d) for d in range(10)],
+        input_tensor_size=CANVAS,
+        preprocessing=Preprocessing(),
+        decoding=DetectionDecoding(),
+        out_dir=tmp_path,
+        progress=False,
+    )
+    coco = read_coco_annotations(small_set / "validation.json", small_set / "validation")
+    heads = perfect_head(coco)
+    stored = np.load(evaluation_set.images_path, mmap_mode="r")
+
+    def predictor():
+        return lambda batch: heads[[int(np.flatnonzero((stored == image).all(axis=(1, 2, 3)))[0]) for image in batch]]
+
+    def evaluate(start: int, stop: int | None):
+        return DETECTION.evaluate(
+            model_name="perfect",
+            model_path="-",
+            load_predictor=predictor,
+            images_path=evaluation_set.images_path,
+            labels_path=evaluation_set.labels_path,
+            batch_size=4,
+            progress=False,
+            class_count=10,
+            start=start,
+            stop=stop,
+        )
+
+    whole = evaluate(0, None)
+    assert whole.map_50 == pytest.approx(1.0) and whole.map_50_95 > 0.95, whole.describe()
+    merged = DETECTION.merged([evaluate(3, 6), evaluate(0, 3)])
+    assert (merged.map_50_95, merged.map_50, merged.shards) == (whole.map_50_95, whole.map_50, 2)
+    assert sorted(map(json.dumps, merged.detections)) == sorted(map(json.dumps, whole.detections))
+    row = DETECTION.row_figures(whole, whole, [str(d) for d in range(10)])
+    assert row["agreement_with_keras"] == pytest.approx(1.0)
+    assert len(row["examples"]) == 3 and row["examples"][0]["detections"]

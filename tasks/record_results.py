@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import task
 
+from core.kinds.registry import kind_named
 from core.results.record_results import record_results, require_imx500_fit
 from core.results.records import RunRecords
 from core.results.report import markdown_figures
@@ -35,22 +36,24 @@ def record_results_task(*, run: RunRecords) -> dict[str, Any]:
 
     results = record_results(run)
     validated = run.validated
+    kind = kind_named(validated.config.task)
     key = artifact_key(validated.config.source_keras_model)
     create_table_artifact(
         key=f"{key}-table",
         table=results_table(results).fillna("-").to_dict(orient="records"),
-        description="Every model: size, Top-1, Top-5, agreement, latency, dtypes",
+        description=f"Every model: size, {', '.join(kind.columns.values())}, latency, dtypes",
     )
     summary_id = create_markdown_artifact(
         key=key,
         markdown=summary_markdown(results, figures=markdown_figures(results)),
-        description="Summary, recommendation, charts and confusion matrices",
+        description=f"Summary, recommendation, charts and {kind.pictures_heading.lower()}",
     )
     if (results.get("repair") or {}).get("ran"):
         create_table_artifact(
             key=f"{key}-repair",
             table=repair_rows(results),
-            description="Repair trials: what each changed, Top-1 on the tuning images, the target's verdict",
+            description=f"Repair trials: what each changed, {kind.score_label} on the tuning images, the target's "
+            "verdict",
         )
     ui_url = PREFECT_UI_URL.value()
     summary_url = f"{ui_url.rstrip('/')}/artifacts/artifact/{summary_id}" if ui_url else None

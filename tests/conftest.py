@@ -43,6 +43,15 @@ def sample_dir() -> Path:
     return make_sample(_SESSION_DIR / "sample", train_count=SAMPLE_TRAIN, validation_count=SAMPLE_VALIDATION, epochs=30)
 
 
+@pytest.fixture(scope="session")
+def detection_sample() -> Path:
+    """The detection sample (digits on 96 x 96 canvases, COCO annotations), its label file and the sample detector
+    trained on it here (about 90 s on 2 cores): what `make demo-detection` runs on."""
+    from core.data.sample_detector import make_detection_demo
+
+    return make_detection_demo(_SESSION_DIR / "digits_detection")
+
+
 @pytest.fixture
 def own_sample(sample_dir: Path, tmp_path: Path) -> Path:
     """A private copy of the sample a test may change without disturbing the others."""

@@ -176,3 +176,82 @@ def test_the_decoder_and_cocos_evaluator_score_a_perfect_head_1_and_shards_merge
     row = DETECTION.row_figures(whole, whole, [str(d) for d in range(10)])
     assert row["agreement_with_keras"] == pytest.approx(1.0)
     assert len(row["examples"]) == 3 and row["examples"][0]["detections"]
+
+
+@pytest.fixture(scope="module")
+def detector_run(prefect_harness, detection_sample, tmp_path_factory):
+    """The flow on the sample detector for the IMX500 with a budget of 5 mAP points: the MCT model, the converter's
+    full-integer model, their analyses and the repair search."""
+    from core.build.platforms import choose_platform
+    from tests.helpers import run
+
+    if choose_platform("imx500").tpc_version < "4.0":
+        pytest.skip("the IMX500 TPC in use has no 16-bit activations: install the converter (make imx500)")
+    out = tmp_path_factory.mktemp("detector-run")
+    config = detection_config(
+        detection_sample,
+        out,
+        source_keras_model=str(detection_sample / "model.h5"),
+        batch_size=32,
+        iteration_count=4,
+        variants=["mct_ptq", "full_int8"],
+        latency_repeats=3,
+        target_device="imx500",
+        max_accuracy_drop=0.05,
+    )
+    state = run(write_config(out / "configuration.json", config))
+    assert state.is_completed(), state.message
+    return out, json.loads((out / "results" / "results.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_every_built_detector_is_scored_in_coco_map_and_the_mct_model_fits_the_imx500(detector_run):
+    _, results = detector_run
+    rows = {row["model"]: row for row in results["models"]}
+    assert results["task"] == "detection" and results["class_count"] == 10
+    built = {"keras", "keras_quantized", "tflite", "tflite_quantized", "tflite_full_int8", "keras_repaired"}
+    assert set(rows) == built
+    for row in rows.values():
+        assert 0 < row["map_50_95"] <= row["map_50"] <= 1 and len(row["per_category_ap"]) == 10, row["model"]
+    assert rows["keras"]["map_50"] > 0.8  # chance is near 0: a box must land on the digit and name it (0.93 seen)
+    assert results["map_50_95_keras"] == rows["keras"]["map_50_95"]
+    assert rows["tflite_quantized"]["imx500"]["fits"]
+    assert rows["tflite_full_int8"]["ethos_u"]["compiled"]  # NMS stays on the host: the network is all NPU
+    assert rows["tflite_full_int8"]["ethos_u"]["npu_share"] == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_the_maps_equal_cocos_evaluator_called_directly_on_the_exported_models_outputs(detector_run, detection_sample):
+    from core.data.sample_detector import decode, images_of
+    from core.evaluate.coco_metrics import coco_scores
+    from core.evaluate.models import TFLitePredictor
+
+    out, results = detector_run
+    rows = {row["model"]: row for row in results["models"]}
+    validation = read_coco_annotations(detection_sample / "validation.json", detection_sample / "validation")
+    images = images_of(validation, detection_sample / "validation")
+    ids = [image.id for image in validation.images]
+    for name, file in (("tflite_quantized", "model_quantized.tflite"), ("tflite_full_int8", "model_full_int8.tflite")):
+        direct = coco_scores(validation, decode(TFLitePredictor(out / "models" / file)(images), ids))
+        assert (direct.map_50_95, direct.map_50) == pytest.approx(
+            (rows[name]["map_50_95"], rows[name]["map_50"]), abs=1e-9
+        ), name
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_8_bit_boxes_lose_map_and_16_bits_on_the_head_win_it_back_on_images_the_search_never_saw(detector_run):
+    out, results = detector_run
+    rows = {row["model"]: row for row in results["models"]}
+    assert results["map_50_95_keras"] - results["map_50_95_tflite_quantized"] > 0.1  # 0.57 -> 0.38 seen
+    repair = results["repair"]
+    trials = {trial["recipe"]: trial for trial in repair["trials"]}
+    assert repair["chosen"] == "mct_16bit" and trials["mct_16bit"]["sixteen_bit_activations"] == ["head"]
+    assert repair["chosen_drop_reporting"] <= 0.05  # on the images the search never saw
+    assert rows["keras_repaired"]["imx500"]["fits"]
+    assert results["recommendation"]["chosen"] == "keras_repaired"
+    assert (out / "models" / "imx500_repaired" / "packerOut.zip").stat().st_size > 0
+    report = (out / "results" / "report.html").read_text()
+    assert "Boxes of keras_repaired on 3 evaluation images" in report and "AP@[.5:.95]</th>" in report

@@ -12,14 +12,12 @@ from core.build.platforms import choose_platform
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
+def detector(detection_sample, tmp_path_factory):
     from core.data.coco import read_coco_annotations
-    from core.data.detection_sample import make_detection_sample
-    from core.data.sample_detector import images_of, train_detector
+    from core.data.sample_detector import images_of
 
     folder = tmp_path_factory.mktemp("detector")
-    sample = make_detection_sample(folder / "sample")  # 600 training and 200 validation canvases
-    model = train_detector(sample, folder / "detector.h5")  # about a minute on 2 cores
+    sample, model = detection_sample, detection_sample / "model.h5"  # 600 training and 200 validation canvases
     training = read_coco_annotations(sample / "training.json", sample / "training")
     np.save(folder / "calibration.npy", images_of(training, sample / "training")[:128])
     validation = read_coco_annotations(sample / "validation.json", sample / "validation")

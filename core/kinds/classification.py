@@ -33,6 +33,8 @@ class Classification(ModelKind[ClassificationEvaluation]):
     signed_columns = frozenset({"change_vs_keras"})
     pictures_heading = "Confusion matrices"
     pictures_caption = "Rows: the true class; columns: the predicted class."
+    class_word = "classes"
+    report_holds = "every confusion matrix and the accuracy per class"
 
     def evaluate(
         self,

@@ -42,8 +42,10 @@ class Detection(ModelKind[DetectionEvaluation]):
     pictures_heading = "Boxes on the first evaluation images"
     pictures_caption = (
         f"Green: the annotated boxes; red: the model's boxes scoring at least {CONFIDENT}, with their category and "
-        "score. The same images for every model, so the models can be compared side by side."
+        "score; dashed blue: the float Keras model's. The same images for every model."
     )
+    class_word = "categories"
+    report_holds = "every model's boxes on the first images and the AP per category"
 
     def evaluate(
         self,
@@ -130,7 +132,7 @@ class Detection(ModelKind[DetectionEvaluation]):
             "detection_count": len(evaluation.detections),
             "image_count": evaluation.image_count,
             "per_category_ap": evaluation.per_category_ap,
-            "examples": examples(truth, evaluation.detections),
+            "examples": examples(truth, evaluation.detections, reference.detections),
         }
 
     def sdk_results(self, evaluations: dict[str, DetectionEvaluation]) -> dict[str, Any]:
@@ -202,23 +204,27 @@ def agreement(detections: list[dict], reference: list[dict], truth: DetectionTru
     return coco_scores(truth.coco.model_copy(update={"annotations": as_truth}), detections).map_50
 
 
-def examples(truth: DetectionTruth, detections: list[dict]) -> list[dict[str, Any]]:
-    """The first images' file, annotated boxes and confident detections, for the report's pictures."""
+def examples(truth: DetectionTruth, detections: list[dict], reference: list[dict]) -> list[dict[str, Any]]:
+    """The first images' file, annotated boxes, and the model's and the float model's confident detections
+    ([x, y, width, height, category, score]), for the report's pictures."""
     names = {category.id: category.name for category in truth.coco.categories}
-    shown = []
-    for image in truth.coco.images[:EXAMPLE_IMAGES]:
-        shown.append(
-            {
-                "file": image.file_name,
-                "truth": [[*a.bbox, names[a.category_id]] for a in truth.coco.annotations if a.image_id == image.id],
-                "detections": [
-                    [*d["bbox"], names.get(d["category_id"], str(d["category_id"])), d["score"]]
-                    for d in detections
-                    if d["image_id"] == image.id and d["score"] >= CONFIDENT
-                ],
-            }
-        )
-    return shown
+
+    def confident(found: list[dict], image_id: int) -> list[list]:
+        return [
+            [*d["bbox"], names.get(d["category_id"], str(d["category_id"])), d["score"]]
+            for d in found
+            if d["image_id"] == image_id and d["score"] >= CONFIDENT
+        ]
+
+    return [
+        {
+            "file": image.file_name,
+            "truth": [[*a.bbox, names[a.category_id]] for a in truth.coco.annotations if a.image_id == image.id],
+            "detections": confident(detections, image.id),
+            "float_detections": confident(reference, image.id),
+        }
+        for image in truth.coco.images[:EXAMPLE_IMAGES]
+    ]
 
 
 def boxes_png(row: dict[str, Any]) -> bytes:
@@ -239,6 +245,11 @@ def boxes_png(row: dict[str, Any]) -> bytes:
             ax.invert_yaxis()
         for x, y, width, height, _ in example["truth"]:
             ax.add_patch(Rectangle((x, y), width, height, fill=False, edgecolor="limegreen", linewidth=1.5))
+        if row["model"] != "keras":  # the float model's own picture: its boxes are the red ones
+            for x, y, width, height, _, _ in example["float_detections"]:
+                ax.add_patch(
+                    Rectangle((x, y), width, height, fill=False, edgecolor="deepskyblue", linewidth=1.2, linestyle="--")
+                )
         for x, y, width, height, name, score in example["detections"]:
             ax.add_patch(Rectangle((x, y), width, height, fill=False, edgecolor="red", linewidth=1.2))
             ax.text(x, y, f"{name} {score:.2f}", color="white", fontsize=7, va="bottom", backgroundcolor="red")

@@ -39,6 +39,8 @@ class ModelKind(ABC, Generic[E]):
     signed_columns: ClassVar[frozenset[str]] = frozenset()  # columns that are changes, shown with a sign
     pictures_heading: ClassVar[str]  # what the per-model pictures are, and how to read them
     pictures_caption: ClassVar[str]
+    class_word: ClassVar[str]  # what the label file's names are: "classes"
+    report_holds: ClassVar[str]  # what the full report adds to the summary, in words
 
     @abstractmethod
     def evaluate(

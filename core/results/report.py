@@ -57,7 +57,8 @@ def html_report(results: dict) -> str:
         "<title>Quantization report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>Quantization report</h1>",
-        f"<p>{len(models)} models evaluated on {int(results['image_count'])} images in {len(class_names)} classes.</p>",
+        f"<p>{len(models)} models evaluated on {int(results['image_count'])} images in {len(class_names)} "
+        f"{kind.class_word}.</p>",
         _recommendation_html(recommendation, kind),
         "<h2>Comparison</h2>",
         _comparison_table_html(models, recommendation.get("chosen"), kind),

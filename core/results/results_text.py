@@ -163,16 +163,17 @@ def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
         "| " + " | ".join(map(str, row)) + " |" for row in rows[:1] + [["---"] * len(frame.columns)] + rows[1:]
     )
     rejected = "\n".join(f"- `{r['model']}`: {r['reason']}" for r in results["recommendation"]["rejected"])
+    kind = kind_of_results(results)
     return (
         f"# Quantize and evaluate: {Path(results['models'][0]['file']).name}\n\n"
         f"**{recommendation_text(results['recommendation'])}**\n\n"
-        f"{results['image_count']} evaluation images, {results['class_count']} classes; "
+        f"{results['image_count']} evaluation images, {results['class_count']} {kind.class_word}; "
         f"MCT {results['quantization']['mct_version']} for target platform "
         f"`{results['quantization']['target_platform']}`; "
         f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
         f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n{unsupported_text(results)}\n"
         f"{_code_block(analysis_text(results) + repair_text(results))}{figures}"
-        f"Full report, with every confusion matrix and the accuracy per class: `{results['report']}` on the "
+        f"Full report, with {kind.report_holds}: `{results['report']}` on the "
         "machine that ran the flow (the UI cannot link to it, as a browser opens no file: link from a web page; "
         "paste the path into the address bar)\n\n"
         f"Configuration: `{results['configuration']}`\n"
@@ -194,10 +195,11 @@ def report_link(results: dict[str, Any], summary_key: str, summary_url: str | No
     (a browser opens no file: link from a web page, so a link to report.html leads nowhere), with the report's path
     in the description; without a UI (no Prefect server), to the file itself."""
     where = f"{results['report']} on {host}"
+    pictures = kind_of_results(results).pictures_heading.lower()
     if summary_url is None:
         return {"link": Path(results["report"]).resolve().as_uri(), "link_text": "report.html", "description": where}
     return {
         "link": summary_url,
-        "link_text": f"Charts and confusion matrices: the summary artifact {summary_key}",
+        "link_text": f"Charts and {pictures}: the summary artifact {summary_key}",
         "description": f"The report's pictures are in the summary; the HTML report is {where}",
     }

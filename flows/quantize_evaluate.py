@@ -78,8 +78,8 @@ from tasks.validate_config import validate_config_task
 @flow(
     name="quantize-evaluate",
     description=(
-        "Quantize a Keras image classifier with MCT and TensorFlow's converter, evaluate every variant "
-        "and recommend one within an accuracy budget."
+        "Quantize a Keras image classifier or object detector with MCT and TensorFlow's converter, evaluate every "
+        "variant (Top-1, or COCO mAP) and recommend one within an accuracy budget."
     ),
     # A step waiting for its inputs holds a thread: enough that none waits for one. The heavy steps bound
     # themselves (evaluations: one per core at a time; conversions: one worker process per core).
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m flows.quantize_evaluate",
         description=(
-            "Quantize a Keras image classifier with Sony's Model Compression Toolkit and TensorFlow's converter "
+            "Quantize a Keras image classifier (or, with 'task': 'detection', an object detector scored in COCO mAP) "
+            "with Sony's Model Compression Toolkit and TensorFlow's converter "
             "(every variant the configuration's 'variants' lists: float32, dynamic range, float16, integer, full "
             "integer int8/uint8, 16x8, MCT PTQ, GPTQ, mixed precision), evaluate each on the same images (Top-1, "
             "Top-5, confusion matrix, agreement with the float model, size, latency) and recommend the best model "

@@ -1,5 +1,5 @@
 """A batch run's summary: what each configuration's quantize-evaluate subflow came to, one row per
-configuration (model, status, each Top-1, sizes, the recommended model), and its markdown."""
+configuration (model, status, each headline score (Top-1 or mAP), sizes, the recommended model), and its markdown."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 
 from core.build.variants import SDK_MODELS
+from core.kinds.registry import CLASSIFICATION, kind_of_results
 
 SUMMARY_ARTIFACT_KEY = "batch-quantize-summary"
-TOP_1_KEYS = [f"top_1_accuracy_{name}" for name in SDK_MODELS]
 
 
 def outcome(config_path: str, state) -> dict[str, Any]:
@@ -38,7 +38,11 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
         "model": _model_name(models["keras"]["file"]) if models else "",
         "status": item["status"],
     }
-    for key in TOP_1_KEYS:
+    # The headline score of the SDK's models, as the configuration's kind names it (a classifier's Top-1 as
+    # top_1_<model>, a detector's mAP@[.5:.95] as map_50_95_<model>); a failed run's are empty.
+    kind = kind_of_results(results) if results else CLASSIFICATION
+    for name in SDK_MODELS:
+        key = f"{kind.score_key}_{name}"
         row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if key in results else None
     for name in ("keras", "tflite", "tflite_quantized"):
         row[f"size_kib_{name}"] = round(models[name]["file_size_bytes"] / 1024, 1) if name in models else None

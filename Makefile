@@ -17,7 +17,7 @@ help:
 	@echo "make test-fast  run only the quick tests (no sample, flow, server, cluster or device compiler; under a minute)"
 	@echo "make lint   check formatting (ruff format --check), lint (ruff check) and types (mypy)"
 	@echo "make format reformat and apply ruff's safe fixes"
-	@echo "make benchmark  measure throughput, cache, overhead, memory and the repair search against baselines (several minutes)"
+	@echo "make benchmark  measure throughput, cache, overhead, memory, the repair search and detection against baselines (several minutes)"
 	@echo "make benchmark-e2e  time the command cold and cached on a MobileNetV2 against the notebook's way (about 15 minutes)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
@@ -71,6 +71,7 @@ format: setup
 benchmark: sample imx500
 	$(BIN)/python -m benchmarks.run_benchmarks
 	$(BIN)/python -m benchmarks.repair_cost
+	$(BIN)/python -m benchmarks.detection
 
 benchmark-e2e: setup imx500
 	$(BIN)/python -m benchmarks.end_to_end

@@ -5,6 +5,7 @@ and the agreement with the float model (mAP@.5 against the float model's confide
 from __future__ import annotations
 
 import html
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,11 @@ from core.data.image_store import image_count, iter_batches
 from core.data.records import DetectionTruth
 from core.evaluate.coco_metrics import coco_scores
 from core.evaluate.decode_grid import decode_grid
+from core.files import atomic_write_text
 from core.kinds.kind import ModelKind, Picture, Predict
 from core.kinds.records import DetectionEvaluation
 from core.pictures import DPI, figure_png, remembered_png
+from core.storage import new_work_dir
 
 CONFIDENT = 0.5  # a box the float model is this sure of counts as the truth for the agreement, and is drawn
 EXAMPLE_IMAGES = 3  # images drawn per model in the report
@@ -124,15 +127,16 @@ class Detection(ModelKind[DetectionEvaluation]):
         self, evaluation: DetectionEvaluation, reference: DetectionEvaluation, class_names: list[str]
     ) -> dict[str, Any]:
         truth = DetectionTruth.read(evaluation.truth_path).subset(range(*evaluation.shard))
+        found, float_found = evaluation.detections, reference.detections
         return {
             "map_50_95": evaluation.map_50_95,
             "map_50": evaluation.map_50,
             "top_1_change_vs_keras": None,  # the headline's change, filled in once the baseline is known
-            "agreement_with_keras": agreement(evaluation.detections, reference.detections, truth),
-            "detection_count": len(evaluation.detections),
+            "agreement_with_keras": agreement(found, float_found, truth),
+            "detection_count": evaluation.detection_count,
             "image_count": evaluation.image_count,
             "per_category_ap": evaluation.per_category_ap,
-            "examples": examples(truth, evaluation.detections, reference.detections),
+            "examples": examples(truth, found, float_found),
         }
 
     def sdk_results(self, evaluations: dict[str, DetectionEvaluation]) -> dict[str, Any]:
@@ -174,15 +178,17 @@ def scored(
     seconds: float,
     shards: int = 1,
 ) -> DetectionEvaluation:
-    """The evaluation of `detections` on the truth's images [shard[0], shard[1])."""
+    """The evaluation of `detections` on the truth's images [shard[0], shard[1]), the detections kept in a file."""
     scores = coco_scores(truth.subset(range(*shard)).coco, detections)
+    kept = atomic_write_text(new_work_dir("detections") / "detections.json", json.dumps(detections))
     return DetectionEvaluation(
         model=model,
         model_path=model_path,
         map_50_95=scores.map_50_95,
         map_50=scores.map_50,
         per_category_ap=scores.per_category_ap,
-        detections=detections,
+        detections_path=str(kept),
+        detection_count=len(detections),
         image_count=shard[1] - shard[0],
         seconds=round(seconds, 3),
         shard=shard,

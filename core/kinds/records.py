@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -91,7 +93,9 @@ class ClassificationEvaluation(Record):
 
 class DetectionEvaluation(Record):
     """One detector's detections on the evaluation set (or a shard of it, images [shard[0], shard[1])), scored by
-    COCO's evaluator against the truth at `truth_path` (core/data/records.py: DetectionTruth)."""
+    COCO's evaluator against the truth at `truth_path` (core/data/records.py: DetectionTruth). The detections
+    themselves are a file (`detections_path`, COCO's results format): a COCO-sized set gives hundreds of thousands
+    of boxes per model, which the record, persisted and passed between steps and workers, should not carry."""
 
     kind: Literal["detection"] = "detection"
     model: str
@@ -99,7 +103,8 @@ class DetectionEvaluation(Record):
     map_50_95: float
     map_50: float
     per_category_ap: dict[str, float | None]
-    detections: list[dict[str, Any]]  # COCO's results format, boxes in the images' own pixels
+    detections_path: str  # a JSON list in COCO's results format, boxes in the images' own pixels
+    detection_count: int
     image_count: int
     seconds: float
     shard: tuple[int, int]
@@ -111,9 +116,13 @@ class DetectionEvaluation(Record):
         """The headline figure, the one `max_accuracy_drop` is measured in: COCO's mAP@[.5:.95]."""
         return self.map_50_95
 
+    @property
+    def detections(self) -> list[dict[str, Any]]:
+        return json.loads(Path(self.detections_path).read_text())
+
     def describe(self) -> str:
         return (
-            f"mAP@[.5:.95] {self.map_50_95:.4f}, mAP@.5 {self.map_50:.4f} ({len(self.detections)} boxes on "
+            f"mAP@[.5:.95] {self.map_50_95:.4f}, mAP@.5 {self.map_50:.4f} ({self.detection_count} boxes on "
             f"{self.image_count} images) in {self.seconds:.1f} s"
         )
 

@@ -122,7 +122,7 @@ class Preprocessing(BaseModel):
 
 
 class DetectionDecoding(BaseModel):
-    """How a detector's raw head becomes boxes (task 'detection'; see README, "Detection"): the head is a
+    """How a detector's raw head becomes boxes (task 'detection'; see README, "Object detectors"): the head is a
     [grid, grid, 5 + classes] map, each cell holding an objectness logit, one logit per class, the box centre's
     offsets in the cell (logits) and its log width and height over `anchor_size`."""
 
@@ -192,7 +192,8 @@ class QuantizeConfig(BaseModel):
     evaluate_image_dir: StrictStr = Field(
         ...,
         min_length=1,
-        description="Evaluation images, ImageNet layout: one folder per class, named as in the label file.",
+        description="Evaluation images, ImageNet layout: one folder per class, named as in the label file (with task "
+        "'detection': the folder of the images evaluate_annotation_file lists).",
     )
     evaluate_image_extension: StrictStr = Field(
         ...,
@@ -202,7 +203,10 @@ class QuantizeConfig(BaseModel):
         ".JPG).",
     )
     evaluate_label_file: StrictStr = Field(
-        ..., min_length=1, description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1}.'
+        ...,
+        min_length=1,
+        description='JSON file mapping class names to ids 0..N-1, e.g. {"daisy": 0, "dandelion": 1} (with task '
+        "'detection': the annotation file's category names to the model's class ids).",
     )
     evaluate_result_dir: StrictStr = Field(
         ..., min_length=1, description="Folder that receives results.json and results.csv (created if missing)."
@@ -344,7 +348,7 @@ class QuantizeConfig(BaseModel):
             if self.evaluate_annotation_file is None:
                 raise ValueError(
                     "task 'detection' needs key 'evaluate_annotation_file': the COCO annotations JSON of the "
-                    'evaluation images (see README, "Detection")'
+                    'evaluation images (see README, "Object detectors")'
                 )
             if self.preprocessing.resize != "stretch":
                 raise ValueError(

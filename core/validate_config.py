@@ -386,9 +386,15 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
         return []
     inputs, outputs = signature.input_shapes, signature.output_shapes
     if len(inputs) != 1 or len(outputs) != 1:
+        expected = (
+            'a detector whose one output is its raw head, [batch, grid, grid, 5 + classes] (README, "Object '
+            'detectors"); a model with its decoding or NMS in the graph (boxes, scores, classes) is not taken yet'
+            if config.task == "detection"
+            else "an image classifier with one of each"
+        )
         problems.append(
-            f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected an "
-            "image classifier with one of each"
+            f"key 'source_keras_model': the model has {len(inputs)} inputs and {len(outputs)} outputs; expected "
+            f"{expected}"
         )
         return []
     in_shape, out_shape = inputs[0], outputs[0]
@@ -424,7 +430,7 @@ def _check_model(config: QuantizeConfig, path: Path, class_count: int, problems:
 def _check_detector_output(
     config: QuantizeConfig, out_shape: list[int | None], class_count: int, problems: list[str]
 ) -> None:
-    """The detector's output is its raw head: [batch, grid, grid, 5 + classes] (README, "Detection")."""
+    """The detector's output is its raw head: [batch, grid, grid, 5 + classes] (README, "Object detectors")."""
     expected = (
         f"expected a detector's raw head, [batch, grid, grid, 5 + classes] = [batch, grid, grid, {5 + class_count}] "
         "for the label file's classes (objectness, one logit per class, then the box: x and y offsets, log width and "

@@ -9,7 +9,7 @@ writes the sample, its label file (labels.json: category name -> the model's cla
 The model's output is its head, untouched: a GRID x GRID map (one cell per STRIDE pixels) whose cells each hold an
 objectness logit, one logit per category, and a box: the centre's offset in the cell (a logit: sigmoid gives 0..1)
 and the log of its width and height over ANCHOR pixels: the raw head the workflow's decoder reads
-(core/evaluate/decode_grid.py, README "Detection").
+(core/evaluate/decode_grid.py, README "Object detectors").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The documented decoder of a detector's raw head (README, "Detection"), run on the host as an Ethos-U
+"""The documented decoder of a detector's raw head (README, "Object detectors"), run on the host as an Ethos-U
 application (and the IMX500's host, for a model without NMS in its graph) runs it.
 
 The head is [images, grid, grid, 5 + classes]; cell (row, column) covers input_size / grid pixels and holds an

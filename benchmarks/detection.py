@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.storage import REPO_ROOT
+from benchmarks.scratch import isolated_scratch, scratch_configuration
 
 MODELS = {  # name in results -> file in output_dir (keras: the source model)
     "keras": None,
@@ -136,35 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=1000, help="canvases for the throughput figure (default 1000)")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
-    scratch = Path(tempfile.mkdtemp(prefix="quantize-detection-benchmark-"))
-    # A cache and a Prefect database of its own, so the cold run is cold; set before Prefect and the flow load.
-    os.environ.update(
-        {
-            "QUANTIZE_CACHE_DIR": str(scratch / "cache"),
-            "PREFECT_HOME": str(scratch / "prefect-home"),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-    )
-    os.environ.pop("PREFECT_API_URL", None)
+    scratch = isolated_scratch("quantize-detection-benchmark-")  # the cold run is cold
     from benchmarks.run_benchmarks import describe_machine
     from core.data.sample_detector import make_detection_demo
 
     machine = describe_machine()
     print(f"machine: {machine}\nscratch: {scratch}", flush=True)
     sample = make_detection_demo()
-    config_dir = REPO_ROOT / "configs" / "digits_detection"
-    config = json.loads((config_dir / "configuration.json").read_text())
-    for key in (
-        "source_keras_model",
-        "dataset_image_dir",
-        "evaluate_image_dir",
-        "evaluate_label_file",
-        "evaluate_annotation_file",
-    ):
-        config[key] = str((config_dir / config[key]).resolve())
-    config.update(output_dir=str(scratch / "out" / "models"), evaluate_result_dir=str(scratch / "out" / "results"))
-    config_path = scratch / "configuration.json"
-    config_path.write_text(json.dumps(config))
+    config_path = scratch_configuration("digits_detection", scratch)
+    config = json.loads(config_path.read_text())
     figures: dict = {"machine": machine}
 
     from prefect import flow

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.scratch import isolated_scratch
 from core.storage import REPO_ROOT
 
 BUDGETS = {
@@ -37,15 +36,7 @@ def main() -> int:
     only = parser.parse_args().models or list(BUDGETS)
     if unknown := [name for name in only if name not in BUDGETS]:
         parser.error(f"unknown model(s) {', '.join(unknown)}: expected some of {', '.join(BUDGETS)}")
-    scratch = Path(tempfile.mkdtemp(prefix="quantize-repair-benchmark-"))
-    os.environ.update(
-        {
-            "QUANTIZE_CACHE_DIR": str(scratch / "cache"),
-            "PREFECT_HOME": str(scratch / "prefect-home"),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-    )
-    os.environ.pop("PREFECT_API_URL", None)
+    scratch = isolated_scratch("quantize-repair-benchmark-")
     from core.data.sample_data import (
         make_activation_spikes,
         make_imbalanced,

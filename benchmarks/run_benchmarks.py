@@ -19,10 +19,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.scratch import isolated_scratch, scratch_configuration
 from core.storage import REPO_ROOT  # reads QUANTIZE_CACHE_DIR only when called, so main() can still set it
 
 
@@ -116,20 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
-    scratch = Path(
-        tempfile.mkdtemp(
-            prefix="quantize-benchmark-", dir=REPO_ROOT / ".cache" if (REPO_ROOT / ".cache").exists() else None
-        )
-    )
-    # A cache and a Prefect database of its own, so the cold run is cold; set before Prefect and the flow load.
-    os.environ.update(
-        {
-            "QUANTIZE_CACHE_DIR": str(scratch / "cache"),
-            "PREFECT_HOME": str(scratch / "prefect-home"),
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        }
-    )
-    os.environ.pop("PREFECT_API_URL", None)
+    # A cache and a Prefect database of its own, so the cold run is cold.
+    scratch = isolated_scratch("quantize-benchmark-", REPO_ROOT / ".cache" if (REPO_ROOT / ".cache").exists() else None)
     from benchmarks.augment import augmented_set
     from benchmarks.throughput import notebook_evaluation, project_evaluation
     from core.data.sample_data import make_sample
@@ -137,12 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = describe_machine()
     print(f"machine: {machine}\nscratch: {scratch}", flush=True)
     sample = make_sample()
-    config = json.loads((REPO_ROOT / "configs" / "digits" / "configuration.json").read_text())
-    for key in ("source_keras_model", "dataset_image_dir", "evaluate_image_dir", "evaluate_label_file"):
-        config[key] = str((REPO_ROOT / "configs" / "digits" / config[key]).resolve())
-    config.update(output_dir=str(scratch / "out" / "models"), evaluate_result_dir=str(scratch / "out" / "results"))
-    config_path = scratch / "configuration.json"
-    config_path.write_text(json.dumps(config))
+    config_path = scratch_configuration("digits", scratch)
+    config = json.loads(config_path.read_text())
     figures: dict = {"machine": machine}
 
     # Start the ephemeral Prefect API and TensorFlow before timing anything.

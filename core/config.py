@@ -361,7 +361,7 @@ class QuantizeConfig(BaseModel):
                     f"key 'evaluate_annotation_file' is read only with task 'detection' (task is {self.task!r}): "
                     "set task to 'detection' or remove the key"
                 )
-            if "detection" in self.model_fields_set:
+            if self.detection != DetectionDecoding():  # the defaults, as a dump of the configuration writes them
                 raise ValueError(
                     f"key 'detection' is read only with task 'detection' (task is {self.task!r}): set task to "
                     "'detection' or remove the key"

@@ -97,3 +97,24 @@ def test_a_box_that_is_not_a_number_and_detections_on_unlisted_images_are_refuse
     coco = read_coco_annotations(detection_sample / "validation.json", detection_sample / "validation")
     with pytest.raises(ValueError, match=r"image ids \[999\] that the annotations do not list"):
         coco_scores(coco, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}])
+
+
+def test_an_image_turned_by_its_exif_tag_is_measured_as_shown(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 120 wide and 80 high, shown turned a quarter: 80 x 120
+    Image.new("RGB", (120, 80)).save(folder / "turned.jpg", exif=exif.tobytes())
+    coco = {
+        "images": [{"id": 1, "file_name": "turned.jpg", "width": 80, "height": 120}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 100, 60, 15]}],
+        "categories": [{"id": 1, "name": "thing"}],
+    }
+    (tmp_path / "as_shown.json").write_text(json.dumps(coco))
+    assert read_coco_annotations(tmp_path / "as_shown.json", folder).images[0].height == 120
+    coco["images"][0].update(width=120, height=80)  # the stored size: its boxes would land turned
+    (tmp_path / "as_stored.json").write_text(json.dumps(coco))
+    with pytest.raises(AnnotationError, match=r"is 80 x 120 pixels as shown \(after its EXIF rotation\)"):
+        read_coco_annotations(tmp_path / "as_stored.json", folder)

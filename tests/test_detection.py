@@ -108,11 +108,35 @@ def test_a_bad_annotations_file_is_refused_entry_by_entry_and_nothing_produced_i
     assert (results / "results.json").read_text() == '{"earlier": "run"}'
 
 
+def test_an_image_whose_size_is_not_the_files_or_that_lies_outside_the_folder_is_refused(small_set, tmp_path):
+    coco = json.loads((small_set / "validation.json").read_text())
+    coco["images"][0]["width"] = 120  # the boxes would be scaled to a size the image does not have
+    coco["images"][1]["file_name"] = "../training/canvas_0001.jpg"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(coco))
+    message = problems_of(detection_config(small_set, tmp_path, evaluate_annotation_file=str(bad)), tmp_path)
+    assert "images[0] (id 1): " in message and "is 96 x 96 pixels as shown" in message
+    assert "but the file says 120 x 96" in message
+    assert "images[1] (id 2): file_name '../training/canvas_0001.jpg' leads outside" in message
+
+
+def test_a_classification_configuration_survives_a_round_trip_through_its_own_dump(small_set, tmp_path):
+    from core.config import parse_config
+
+    config = detection_config(small_set, tmp_path, task="classification")
+    del config["evaluate_annotation_file"]
+    dumped = parse_config(config).model_dump()  # what a deployment or the UI sends back, defaults included
+    assert parse_config(dumped).detection == parse_config(config).detection
+    changed = {**config, "detection": {"anchor_size": 20}}
+    with pytest.raises(ConfigError, match="key 'detection' is read only with task 'detection'"):
+        parse_config(changed)
+
+
 def test_categories_must_match_the_label_files_classes(small_set, tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({**{str(d): d for d in range(9)}, "nine": 9}))
     message = problems_of(detection_config(small_set, tmp_path, evaluate_label_file=str(labels)), tmp_path)
-    assert "categories ['9'] have boxes but no entry in the label file" in message or "categories ['9']" in message
+    assert "categories ['9'] have boxes but no entry in the label file" in message
     assert "classes ['nine'] of the label file" in message
 
 
@@ -221,11 +245,27 @@ def test_every_built_detector_is_scored_in_coco_map_and_the_mct_model_fits_the_i
     assert rows["tflite_full_int8"]["ethos_u"]["npu_share"] == 1.0
 
 
+def cocoeval_stats(annotation_file: Path, detections: list[dict]) -> tuple[float, float]:
+    """mAP@[.5:.95] and mAP@.5 as pycocotools' own loader and COCOeval.summarize() give them, from the files."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        truth = COCO(str(annotation_file))
+        evaluation = COCOeval(truth, truth.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return float(evaluation.stats[0]), float(evaluation.stats[1])
+
+
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_the_maps_equal_cocos_evaluator_called_directly_on_the_exported_models_outputs(detector_run, detection_sample):
     from core.data.sample_detector import decode, images_of
-    from core.evaluate.coco_metrics import coco_scores
     from core.evaluate.models import TFLitePredictor
 
     out, results = detector_run
@@ -233,11 +273,14 @@ def test_the_maps_equal_cocos_evaluator_called_directly_on_the_exported_models_o
     validation = read_coco_annotations(detection_sample / "validation.json", detection_sample / "validation")
     images = images_of(validation, detection_sample / "validation")
     ids = [image.id for image in validation.images]
-    for name, file in (("tflite_quantized", "model_quantized.tflite"), ("tflite_full_int8", "model_full_int8.tflite")):
-        direct = coco_scores(validation, decode(TFLitePredictor(out / "models" / file)(images), ids))
-        assert (direct.map_50_95, direct.map_50) == pytest.approx(
-            (rows[name]["map_50_95"], rows[name]["map_50"]), abs=1e-9
-        ), name
+    for name, file in (
+        ("tflite", "model.tflite"),
+        ("tflite_quantized", "model_quantized.tflite"),
+        ("tflite_full_int8", "model_full_int8.tflite"),
+    ):
+        detections = decode(TFLitePredictor(out / "models" / file)(images), ids)  # the README's decoder
+        direct = cocoeval_stats(detection_sample / "validation.json", detections)
+        assert direct == pytest.approx((rows[name]["map_50_95"], rows[name]["map_50"]), abs=1e-9), name
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from core.errors import InputError
 
 BOX_TOLERANCE = 0.5  # pixels a box may reach past the image's edge (rounding in the tools that wrote it)
 MAX_PROBLEMS = 20  # listed; the rest counted
+EXIF_ORIENTATION = 0x0112
 
 
 class CocoImage(BaseModel):
@@ -35,6 +36,7 @@ class CocoAnnotation(BaseModel):
     category_id: int
     bbox: tuple[float, float, float, float]
     iscrowd: int = 0
+    area: float | None = None  # COCOeval's area ranges read it; the box's area when not given
 
 
 class CocoCategory(BaseModel):
@@ -87,9 +89,21 @@ def read_coco_annotations(annotation_file: str | Path, image_dir: str | Path) ->
         raise AnnotationError(path, list(dict.fromkeys(_located(raw, error) for error in exc.errors()))) from None
     problems = _duplicates("images", coco.images) + _duplicates("categories", coco.categories)
     problems += _duplicates("annotations", coco.annotations)
+    inside = folder.resolve()
     for i, listed in enumerate(coco.images):
-        if not (folder / listed.file_name).is_file():
-            problems.append(f"images[{i}] (id {listed.id}): {folder / listed.file_name} does not exist")
+        entry, file = f"images[{i}] (id {listed.id})", folder / listed.file_name
+        if inside not in file.resolve().parents:
+            problems.append(
+                f"{entry}: file_name {listed.file_name!r} leads outside {folder}: expected a path inside it"
+            )
+        elif not file.is_file():
+            problems.append(f"{entry}: {file} does not exist")
+        elif (size := _displayed_size(file)) is not None and size != (listed.width, listed.height):
+            problems.append(
+                f"{entry}: {file} is {size[0]} x {size[1]} pixels as shown (after its EXIF rotation), but the file "
+                f"says {listed.width} x {listed.height}: boxes are measured in the image as shown; correct its width "
+                "and height"
+            )
     images = {listed.id: listed for listed in coco.images}
     categories = {category.id for category in coco.categories}
     for i, annotation in enumerate(coco.annotations):
@@ -120,6 +134,20 @@ def read_coco_annotations(annotation_file: str | Path, image_dir: str | Path) ->
     if problems:
         raise AnnotationError(path, problems)
     return coco
+
+
+def _displayed_size(file: Path) -> tuple[int, int] | None:
+    """(width, height) of the image as it is shown, its EXIF rotation applied (as decoding applies it), read from its
+    header; None when it cannot be read (the image is then skipped at decoding, with the reason)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(file) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # a quarter turn swaps the sides
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return (height, width) if turned else (width, height)
 
 
 def _box(box: tuple[float, ...]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.config import DetectionDecoding, Preprocessing
-from core.data.coco import read_coco_annotations
+from core.data.coco import CocoAnnotation, CocoAnnotations, CocoCategory, CocoImage, read_coco_annotations
 from core.data.load_evaluation_set import DECODE_CHUNK, decode_to_store
 from core.data.records import DetectionTruth, EvaluationSet
 from core.files import atomic_write_json
@@ -33,19 +33,11 @@ def load_detection_set(
     out_dir = Path(out_dir)
     files = [Path(evaluate_image_dir) / image.file_name for image in coco.images]
     kept, skipped = decode_to_store(
-        files, input_tensor_size, preprocessing, out_dir / "images.npy", progress, chunk_size
+        evaluate_image_dir, files, input_tensor_size, preprocessing, out_dir / "images.npy", progress, chunk_size
     )
     category_of = {category.name: category.id for category in coco.categories}
-    absolute = coco.model_copy(
-        update={
-            "images": [
-                image.model_copy(update={"file_name": str(file)})
-                for image, file in zip(coco.images, files, strict=True)
-            ]
-        }
-    )
     truth = DetectionTruth(
-        coco=absolute,
+        coco=scored_part(coco, files),
         category_of_class=[category_of[name] for name in class_names],
         input_size=input_tensor_size,
         decoding=decoding,
@@ -59,4 +51,27 @@ def load_detection_set(
         image_count=len(kept),
         class_names=class_names,
         skipped=skipped,
+    )
+
+
+def scored_part(coco: CocoAnnotations, files: list[Path]) -> CocoAnnotations:
+    """What scoring reads of the file, the image paths made absolute: a COCO file's other keys (segmentation
+    polygons, licences, captions) can be most of its size, and the truth is read again by every evaluation."""
+    return CocoAnnotations(
+        images=[
+            CocoImage(id=image.id, file_name=str(file), width=image.width, height=image.height)
+            for image, file in zip(coco.images, files, strict=True)
+        ],
+        annotations=[
+            CocoAnnotation(
+                id=a.id,
+                image_id=a.image_id,
+                category_id=a.category_id,
+                bbox=a.bbox,
+                iscrowd=a.iscrowd,
+                area=a.area,
+            )
+            for a in coco.annotations
+        ],
+        categories=[CocoCategory(id=c.id, name=c.name) for c in coco.categories],
     )

@@ -44,6 +44,7 @@ def decode_one(file: Path, input_tensor_size: int, preprocessing: Preprocessing)
 
 
 def decode_to_store(
+    source: str,
     files: list[Path],
     input_tensor_size: int,
     preprocessing: Preprocessing,
@@ -51,8 +52,9 @@ def decode_to_store(
     progress: bool,
     chunk_size: int = DECODE_CHUNK,
 ) -> tuple[list[int], list[SkippedImage]]:
-    """Decode `files` in parallel, chunk by chunk, appending to the .npy at `images_path`: memory stays bounded by
-    one chunk whatever the number of images. The indices of the files kept, and the skipped ones with the reason."""
+    """Decode `files` (from the folder `source`) in parallel, chunk by chunk, appending to the .npy at
+    `images_path`: memory stays bounded by one chunk whatever the number of images. The indices of the files kept,
+    and the skipped ones with the reason."""
     kept: list[int] = []
     skipped: list[SkippedImage] = []
     with (
@@ -74,9 +76,8 @@ def decode_to_store(
                 writer.append(np.stack(images))
             bar.update(len(chunk))
         if not kept:
-            folder = files[0].parent if files else "the evaluation folder"
             raise InputError(
-                f"none of the {len(files)} evaluation images in {folder} can be decoded; first problem: "
+                f"none of the {len(files)} evaluation images in {source} can be decoded; first problem: "
                 f"{skipped[0].reason if skipped else 'there are none'}"
             )
     return kept, skipped
@@ -97,7 +98,13 @@ def load_evaluation_set(
     listed = list_evaluation_images(evaluate_image_dir, extension, class_names)
     out_dir = Path(out_dir)
     kept, skipped = decode_to_store(
-        [file for file, _ in listed], input_tensor_size, preprocessing, out_dir / "images.npy", progress, chunk_size
+        evaluate_image_dir,
+        [file for file, _ in listed],
+        input_tensor_size,
+        preprocessing,
+        out_dir / "images.npy",
+        progress,
+        chunk_size,
     )
     atomic_save_numpy(out_dir / "labels.npy", np.array([listed[i][1] for i in kept], np.int64))
     atomic_write_json(out_dir / "files.json", [str(listed[i][0]) for i in kept])

@@ -4,15 +4,10 @@ width, height] in pixels, "score"})."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import threading
 from typing import Any
 
 from core.data.coco import CocoAnnotations
 from core.records import Record
-
-_QUIET = threading.Lock()
 
 
 class DetectionScores(Record):
@@ -41,17 +36,16 @@ def coco_scores(annotations: CocoAnnotations, detections: list[dict[str, Any]]) 
         )
     dataset = annotations.model_dump(mode="json")  # boxes as lists, as pycocotools wants them
     for annotation in dataset["annotations"]:
-        annotation.setdefault("area", annotation["bbox"][2] * annotation["bbox"][3])
-    # pycocotools prints its progress. sys.stdout is one for the whole process: evaluations in threads that each
-    # swapped it would restore each other's, and could leave the command's own output in a StringIO.
-    with _QUIET, contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO()
-        truth.dataset = dataset
-        truth.createIndex()
-        found = truth.loadRes([dict(d, bbox=[float(v) for v in d["bbox"]]) for d in detections])
-        evaluation = COCOeval(truth, found, "bbox")
-        evaluation.evaluate()
-        evaluation.accumulate()
+        if annotation.get("area") is None:
+            annotation["area"] = annotation["bbox"][2] * annotation["bbox"][3]
+    _silence_pycocotools()
+    truth = COCO()
+    truth.dataset = dataset
+    truth.createIndex()
+    found = truth.loadRes([dict(d, bbox=[float(v) for v in d["bbox"]]) for d in detections])
+    evaluation = COCOeval(truth, found, "bbox")
+    evaluation.evaluate()
+    evaluation.accumulate()
     # [IoU threshold, recall, category, area range, max detections]: every area, 100 detections per image, as
     # COCOeval.summarize() reads it for its first two lines (without printing them).
     precision = evaluation.eval["precision"][..., 0, -1]
@@ -65,6 +59,21 @@ def coco_scores(annotations: CocoAnnotations, detections: list[dict[str, Any]]) 
         per_category_ap=per_category,
         detection_count=len(detections),
     )
+
+
+def _silence_pycocotools() -> None:
+    """pycocotools prints its progress with `print`. Redirecting sys.stdout around it would not do: sys.stdout is
+    one for the whole process, so evaluations in threads would restore each other's (the command's own table once
+    ended in a StringIO) and swallow what other threads print. Its modules' own `print` is replaced instead."""
+    import pycocotools.coco
+    import pycocotools.cocoeval
+
+    for module in (pycocotools.coco, pycocotools.cocoeval):
+        module.print = _quiet  # type: ignore[attr-defined]
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 def _mean(precision: Any) -> float | None:

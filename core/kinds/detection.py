@@ -45,7 +45,8 @@ class Detection(ModelKind[DetectionEvaluation]):
     pictures_heading = "Boxes on the first evaluation images"
     pictures_caption = (
         f"Green: the annotated boxes; red: the model's boxes scoring at least {CONFIDENT}, with their category and "
-        "score; dashed blue: the float Keras model's. The same images for every model."
+        "score; dashed blue: the float Keras model's. The first images the model was scored on: the same for every "
+        "model but the repaired one, scored on the images its search never saw."
     )
     class_word = "categories"
     report_holds = "every model's boxes on the first images and the AP per category"
@@ -115,6 +116,8 @@ class Detection(ModelKind[DetectionEvaluation]):
         """A seeded random `share` of the images for tuning, the rest for reporting (an image holds several
         categories, so there is no class to stratify by)."""
         count = len(DetectionTruth.read(labels_path).coco.images)
+        if count < 2:  # nothing to split: both parts are the one image
+            return np.arange(count), np.arange(count)
         chosen = np.zeros(count, bool)
         tuning = int(round(count * share))
         chosen[np.random.default_rng(seed).permutation(count)[: min(max(tuning, 1), count - 1)]] = True

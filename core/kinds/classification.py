@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from core.build.variants import SDK_MODELS
-from core.data.image_store import image_count, iter_batches
+from core.data.image_store import image_count
 from core.evaluate.metrics import agreement, confusion_matrix, per_class_accuracy, top_k_correct
 from core.files import atomic_save_numpy
-from core.kinds.kind import ModelKind, Picture, Predict
+from core.kinds.kind import ModelKind, Picture, Predict, model_outputs
 from core.kinds.records import ClassificationEvaluation
 from core.pictures import DPI, figure_png, remembered_png
 
@@ -128,18 +127,14 @@ def _predict_top_k(
     model_name: str, predict: Predict, images_path: str, batch_size: int, progress: bool, start: int, stop: int | None
 ) -> tuple[np.ndarray, int]:
     """(images, min(5, classes)) class ids, best first, of images [start, stop), and the model's class count."""
-    stop = image_count(images_path) if stop is None else stop
-    total = stop - start
-    predicted, class_count, done = None, 0, 0
-    with tqdm(total=total, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-        for batch in iter_batches(images_path, batch_size, start, stop):
-            scores = predict(batch)
-            if predicted is None:
-                class_count = scores.shape[-1]
-                predicted = np.empty((total, min(TOP_K, class_count)), np.int64)
-            predicted[done : done + len(batch)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
-            done += len(batch)
-            bar.update(len(batch))
+    total = (image_count(images_path) if stop is None else stop) - start
+    predicted, class_count = None, 0
+    for first, scores in model_outputs(model_name, predict, images_path, batch_size, progress, start, stop):
+        if predicted is None:
+            class_count = scores.shape[-1]
+            predicted = np.empty((total, min(TOP_K, class_count)), np.int64)
+        done = first - start
+        predicted[done : done + len(scores)] = np.argsort(-scores, axis=-1, kind="stable")[:, : predicted.shape[1]]
     return (predicted if predicted is not None else np.empty((0, 1), np.int64)), class_count
 
 

@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from core.build.variants import SDK_MODELS
 from core.data.coco import CocoAnnotation
-from core.data.image_store import image_count, iter_batches
+from core.data.image_store import image_count
 from core.data.records import DetectionTruth
 from core.evaluate.coco_metrics import coco_scores
 from core.evaluate.decode_grid import decode_grid
 from core.files import atomic_write_text
-from core.kinds.kind import ModelKind, Picture, Predict
+from core.kinds.kind import ModelKind, Picture, Predict, model_outputs
 from core.kinds.records import DetectionEvaluation
 from core.pictures import DPI, figure_png, remembered_png
 from core.storage import new_work_dir
@@ -72,20 +71,16 @@ class Detection(ModelKind[DetectionEvaluation]):
         truth = DetectionTruth.read(labels_path)
         stop = image_count(images_path) if stop is None else stop
         detections: list[dict[str, Any]] = []
-        done = start
-        with tqdm(total=stop - start, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-            for batch in iter_batches(images_path, batch_size, start, stop):
-                images = truth.coco.images[done : done + len(batch)]
-                detections += decode_grid(
-                    predict(batch),
-                    image_ids=[image.id for image in images],
-                    image_sizes=[(image.width, image.height) for image in images],
-                    input_size=truth.input_size,
-                    category_of_class=truth.category_of_class,
-                    decoding=truth.decoding,
-                )
-                done += len(batch)
-                bar.update(len(batch))
+        for first, output in model_outputs(model_name, predict, images_path, batch_size, progress, start, stop):
+            images = truth.coco.images[first : first + len(output)]
+            detections += decode_grid(
+                output,
+                image_ids=[image.id for image in images],
+                image_sizes=[(image.width, image.height) for image in images],
+                input_size=truth.input_size,
+                category_of_class=truth.category_of_class,
+                decoding=truth.decoding,
+            )
         return scored(
             model=model_name,
             model_path=model_path,

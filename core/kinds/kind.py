@@ -9,17 +9,33 @@ in every step.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
+from tqdm import tqdm
 
+from core.data.image_store import image_count, iter_batches
 from core.kinds.records import ClassificationEvaluation, DetectionEvaluation
 
 Predict = Callable[[np.ndarray], Any]  # a batch of images -> the model's outputs
 E = TypeVar("E", ClassificationEvaluation, DetectionEvaluation)  # the kind's own evaluation record
+
+
+def model_outputs(
+    model_name: str, predict: Predict, images_path: str, batch_size: int, progress: bool, start: int, stop: int | None
+) -> Iterator[tuple[int, Any]]:
+    """(the batch's first image index, the model's outputs) for images [start, stop) (stop None: to the end),
+    `batch_size` at a time, under the evaluation's progress bar: what every kind's `evaluate` scores."""
+    stop = image_count(images_path) if stop is None else stop
+    with tqdm(total=stop - start, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
+        first = start
+        for batch in iter_batches(images_path, batch_size, start, stop):
+            yield first, predict(batch)
+            first += len(batch)
+            bar.update(len(batch))
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def throughput(sample: Path, models_dir: Path, scratch: Path, images: int, batch
     from core.data.load_detection_set import load_detection_set
     from core.data.sample_detector import DECODING, decode, images_of
     from core.evaluate.coco_metrics import coco_scores
-    from core.evaluate.evaluate_model import evaluate_model
+    from core.evaluate.evaluate_model import evaluate_model, scored
     from core.evaluate.models import TFLitePredictor, keras_predictor, load_keras_model
 
     canvases = make_detection_sample(scratch / "canvases", train_count=1, validation_count=images, seed=1)
@@ -92,14 +92,16 @@ def throughput(sample: Path, models_dir: Path, scratch: Path, images: int, batch
     for name, file in MODELS.items():
         path = str(sample / "model.h5") if file is None else str(models_dir / file)
         started = time.perf_counter()
-        workflow = evaluate_model(
-            model_name="keras" if file is None else name,
-            model_path=path,
-            images_path=evaluation_set.images_path,
-            labels_path=evaluation_set.labels_path,
-            batch_size=batch_size,
-            progress=False,
-            task="detection",
+        workflow = scored(
+            evaluate_model(
+                model_name="keras" if file is None else name,
+                model_path=path,
+                images_path=evaluation_set.images_path,
+                labels_path=evaluation_set.labels_path,
+                batch_size=batch_size,
+                progress=False,
+                task="detection",
+            )
         )
         workflow_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -19,7 +19,7 @@ from core.config import Preprocessing
 from core.data.images import decode_rgb
 from core.data.load_evaluation_set import list_evaluation_images, load_evaluation_set
 from core.data.preprocessing import preprocess
-from core.evaluate.evaluate_model import evaluate_model
+from core.evaluate.evaluate_model import evaluate_model, scored
 from core.evaluate.models import TFLitePredictor, load_keras_by_name
 
 CLASSES = [str(d) for d in range(10)]
@@ -42,13 +42,15 @@ def project_evaluation(eval_dir: Path, models: dict[str, str], work_dir: Path) -
     with ThreadPoolExecutor(4) as pool:  # the flow's task runner
         results = list(
             pool.map(
-                lambda item: evaluate_model(
-                    model_name=item[0],
-                    model_path=item[1],
-                    images_path=evaluation_set.images_path,
-                    labels_path=evaluation_set.labels_path,
-                    batch_size=BATCH,
-                    progress=False,
+                lambda item: scored(
+                    evaluate_model(
+                        model_name=item[0],
+                        model_path=item[1],
+                        images_path=evaluation_set.images_path,
+                        labels_path=evaluation_set.labels_path,
+                        batch_size=BATCH,
+                        progress=False,
+                    )
                 ),
                 models.items(),
             )

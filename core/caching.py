@@ -22,6 +22,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 from prefect.utilities.hashing import hash_objects
 
+from core.custom_layers import custom_layers_digest
 from core.files import hash_path
 from core.storage import work_generation
 
@@ -102,5 +103,7 @@ class ContentCachePolicy(CachePolicy):
                 parts[name] = value
         if self.environment is not None:
             parts["environment"] = self.environment(inputs)
+        if (custom_layers := custom_layers_digest()) is not None:  # the user's layers (core/custom_layers.py)
+            parts["custom_layers"] = custom_layers
         parts["work_generation"] = work_generation()
         return hash_objects(parts, raise_on_failure=True)

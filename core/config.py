@@ -54,7 +54,7 @@ PATH_KEYS = (
     "evaluate_label_file",
     "evaluate_result_dir",
 )
-OPTIONAL_PATH_KEYS = ("evaluate_annotation_file",)  # paths too, when given
+OPTIONAL_PATH_KEYS = ("evaluate_annotation_file", "custom_layers_module")  # paths too, when given
 
 
 def _finite(value: float | int) -> float | int:
@@ -303,6 +303,13 @@ class QuantizeConfig(BaseModel):
         description="Load models with Lambda layers, which run Python code stored in the model file. Only for model "
         "files you trust.",
     )
+    custom_layers_module: StrictStr | None = Field(
+        None,
+        min_length=1,
+        description="A Python file defining the model's custom layers (its Keras Layer subclasses, and any "
+        "'custom_objects' dict it defines), relative to the configuration's folder. Loading it runs its code, so it "
+        "needs allow_unsafe_model_code true. Keras's applications' layers and Sony's edge-mdt-cl layers need none.",
+    )
     repair: Literal["off", "auto", "always"] = Field(
         "auto",
         description="Search for a repaired model when quantization costs too much accuracy: 'auto' when no integer "
@@ -379,6 +386,16 @@ class QuantizeConfig(BaseModel):
                 "GiB (batch_size x iteration_count x input_tensor_size^2 x 3 x 4 bytes), over the limit of "
                 f"{limit / GIB:.1f} GiB (a quarter of this machine's {memory / GIB:.1f} GiB of memory, at most 8 GiB); "
                 "lower iteration_count or batch_size"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _custom_layers_need_unsafe_code(self) -> QuantizeConfig:
+        if self.custom_layers_module is not None and not self.allow_unsafe_model_code:
+            raise ValueError(
+                f"key 'custom_layers_module' = {self.custom_layers_module!r} needs key 'allow_unsafe_model_code' "
+                "true: loading the module runs its Python code. If you trust the file, set "
+                '"allow_unsafe_model_code": true; otherwise remove custom_layers_module'
             )
         return self
 

@@ -44,6 +44,9 @@ import psutil
 from core.errors import InputError
 from core.watchdog import watch_this_process
 
+# The command's exit status when the run finished and recorded its results, but some models failed (a converter or
+# an interpreter crashed on them): distinct from success (0), an input error (2) and a failed run (1).
+FINISHED_WITH_FAILURES = 3
 STARTUP_FAILED = 3  # uvicorn's exit status when its port is taken, or the application fails to start
 PORT_TAKEN = re.compile(r"address already in use", re.IGNORECASE)
 STARTUP_TIMEOUT_SETTING = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"

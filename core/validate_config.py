@@ -23,6 +23,7 @@ from core.config import (
     loads_json,
     parse_config,
 )
+from core.custom_layers import activate_custom_layers_module, user_custom_objects
 from core.data.coco import AnnotationError, category_problems, read_coco_annotations
 from core.data.images import class_key, find_jpegs, has_extension, is_junk, symlinks_below
 from core.errors import ConfigError, InputError
@@ -34,6 +35,7 @@ INPUT_KEYS = (
     "evaluate_image_dir",
     "evaluate_label_file",
     "evaluate_annotation_file",
+    "custom_layers_module",
 )
 LINKS_SHOWN = 3
 
@@ -66,6 +68,7 @@ def validate_config(
 def check_against_files(
     config: QuantizeConfig, base_dir: Path, source: str, config_file: Path | None = None
 ) -> ValidatedConfig:
+    activate_custom_layers_module(None)  # this configuration's layers only, never an earlier one's
     problems: list[str] = []
     given = [*PATH_KEYS, *(key for key in OPTIONAL_PATH_KEYS if getattr(config, key) is not None)]
     paths = {key: _absolute(getattr(config, key), base_dir) for key in given}
@@ -80,6 +83,7 @@ def check_against_files(
         raise ConfigError(problems, source)
 
     model_format = _check_model_path(config, paths["source_keras_model"], problems)
+    _check_custom_layers_module(config, paths.get("custom_layers_module"), problems)
     calibration_count = _check_calibration_dir(config, paths["dataset_image_dir"], problems)
     _check_outputs(config, paths, config_file, problems)
     class_names = _check_labels(config, paths["evaluate_label_file"], problems)
@@ -203,6 +207,24 @@ def _check_model_path(config: QuantizeConfig, path: Path, problems: list[str]) -
             "file, or a Keras SavedModel folder"
         )
     return fmt
+
+
+def _check_custom_layers_module(config: QuantizeConfig, path: Path | None, problems: list[str]) -> None:
+    """Run the user's custom layers file (the configuration allows it: core/config.py refuses the key otherwise)
+    and make its layers those the model loads with, here and in the processes the run starts."""
+    if path is None:
+        return
+    given = f"key 'custom_layers_module' = {config.custom_layers_module!r}"
+    if not path.is_file() or path.suffix != ".py":
+        state = "does not exist" if not path.exists() else "is a folder" if path.is_dir() else "is not a .py file"
+        problems.append(f"{given}: {path} {state}; expected a Python file (.py) defining the model's custom layers")
+        return
+    try:
+        user_custom_objects(path)
+    except InputError as exc:
+        problems.append(f"{given}: {exc}; expected a Python file that runs and defines the model's custom layers")
+        return
+    activate_custom_layers_module(path)
 
 
 def _check_calibration_dir(config: QuantizeConfig, path: Path, problems: list[str]) -> int:

@@ -31,7 +31,7 @@ from prefect.states import Completed, Failed
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
 from core.batch.summary import outcome, outcome_of
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments
-from core.startup import end_command, run_command, start_prefect_api_while_importing
+from core.startup import FINISHED_WITH_FAILURES, end_command, run_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from flows.quantize_evaluate import quantize_evaluate
 from tasks.list_configurations import list_configurations_task
@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Run the quantize-and-evaluate flow for every configuration.json below a folder (and for any "
         "files given), "
         "each as its own subflow, and print a summary table. One failing configuration does not stop the others.",
-        epilog="Exit status: 0 when every configuration completed, 1 when any failed, 2 when no configuration could "
-        "be found.",
+        epilog="Exit status: 0 when every configuration completed, 1 when any failed, "
+        f"{FINISHED_WITH_FAILURES} when all completed but some models in them failed (see each row's "
+        "failed_models), 2 when no configuration could be found.",
     )
     parser.add_argument(
         "config_dir",
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
             for row in summary["rows"]:
                 if row["error"]:
                     print(f"failed: {row['configuration']}: {row['error']}", file=sys.stderr)
-        return 1 if summary["failed"] else 0
+        if summary["failed"]:
+            return 1
+        return FINISHED_WITH_FAILURES if summary["with_failed_models"] else 0
 
     return run_command(run)
 

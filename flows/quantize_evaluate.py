@@ -51,12 +51,15 @@ from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
 from core.build.variants import KERAS_MODELS, in_catalogue_order, model_id
 from core.config import QuantizeConfig, load_config_file
 from core.data.records import CalibrationSource
+from core.evaluate.records import Latency
+from core.failures import ModelFailure, reason_of
+from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.results.records import RunRecords
 from core.results.results_text import format_table
 from core.run_logging import print_the_outcome_once
 from core.runners import RunnerConfig, add_runner_arguments, make_task_runner, runner_from_arguments, shards
-from core.startup import end_command, run_command, start_prefect_api_while_importing
+from core.startup import FINISHED_WITH_FAILURES, end_command, run_command, start_prefect_api_while_importing
 from core.storage import results_storage_dir
 from core.targets.records import HardwareReports
 from tasks.analyse_layers import analyse_layers_task
@@ -120,7 +123,9 @@ def quantize_evaluate(
     )
 
     # Exported once; every converter variant converts it.
-    saved_model = export_saved_model_task.submit(model_path=settings.model_path, allow_unsafe_code=unsafe)
+    saved_model = export_saved_model_task.submit(
+        model_path=settings.model_path, allow_unsafe_code=unsafe, input_size=c.input_tensor_size
+    )
 
     def convert(recipe: Recipe, calibration_path: str | None) -> PrefectFuture:
         arguments = conversion_arguments(recipe, settings, saved_model, calibration_path)
@@ -168,6 +173,7 @@ def quantize_evaluate(
         evaluations = {"keras": evaluate("keras", c.source_keras_model)}
         built: list[BuiltModel] = []
         unsupported: list[UnsupportedVariant] = []
+        failures: list[ModelFailure] = []  # a crash costs its model, not the run
         vela: dict[str, PrefectFuture] = {}
         imx500: PrefectFuture | None = None
         # What follows each model (its export, evaluation, compiles) starts as soon as that model exists.
@@ -178,6 +184,8 @@ def quantize_evaluate(
             made = future.result()
             if isinstance(made, UnsupportedVariant):
                 unsupported.append(made)
+            elif isinstance(made, ModelFailure):  # a conversion names its variant
+                failures.append(made.model_copy(update={"model": model_id(made.model, c.float_tflite)}))
             elif isinstance(made, QuantizedModel):
                 pending.add(export_quantized_tflite_task.submit(quantized_model=made))
                 if compiled_for_imx500(made):
@@ -200,7 +208,10 @@ def quantize_evaluate(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
         names = [*(n for n in KERAS_MODELS if n in evaluations), *(model_id(m.variant, c.float_tflite) for m in built)]
-        evaluated = {name: kind.merged([part.result() for part in evaluations[name]]) for name in names}
+        parts = {name: [part.result() for part in evaluations[name]] for name in names}
+        failures += [next(p for p in parts[n] if isinstance(p, ModelFailure)) for n in names if failed(parts[n])]
+        evaluated = {name: kind.merged(parts[name]) for name in names if not failed(parts[name])}
+        built = [m for m in built if model_id(m.variant, c.float_tflite) in evaluated]  # the failed are left out
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,
             ethos_u={name: future.result() for name, future in vela.items()},
@@ -221,6 +232,12 @@ def quantize_evaluate(
         ).items()
     }
     finished = {name: future.result(raise_on_failure=False) for name, future in analysing.items()}
+    failures += [
+        ModelFailure(model=name, step="analyse", reason=reason_of(outcome))
+        for name, outcome in finished.items()
+        if isinstance(outcome, BaseException)
+    ]
+    analyses = {name: a for name, a in finished.items() if isinstance(a, LayerAnalysis)}
     repair = search_repair_task(
         config=c,
         class_count=len(validated.class_names),
@@ -229,15 +246,14 @@ def quantize_evaluate(
         evaluations=evaluated,
         built=built,
         hardware=hardware,
-        # A failed analysis fails the run when the results are recorded, not before the search
-        layer_analysis={name: a for name, a in finished.items() if isinstance(a, LayerAnalysis)},
+        layer_analysis=analyses,  # a failed analysis is recorded as that model's failure
         runner=runner,  # with Dask, independent trials run on the workers
     )
     repaired = repair.repaired
     if repaired is not None:
         model_paths[repaired[0]] = repaired[1]
     # One model at a time, after the evaluations, so each latency is measured on a quiet machine.
-    latencies = {
+    measured = {
         name: measure_latency_task(
             model_name=name,
             model_path=model_paths[name],
@@ -247,6 +263,8 @@ def quantize_evaluate(
         )
         for name in [*evaluated, *([repaired[0]] if repaired else [])]
     }
+    failures += [latency for latency in measured.values() if isinstance(latency, ModelFailure)]
+    latencies = {name: latency for name, latency in measured.items() if isinstance(latency, Latency)}
     return record_results_task(
         run=RunRecords(
             validated=validated,
@@ -258,9 +276,15 @@ def quantize_evaluate(
             latencies=latencies,
             hardware=hardware,
             repair=repair,
-            layer_analysis={name: future.result() for name, future in analysing.items()},
+            layer_analysis=analyses,
+            failures=failures,
         )
     )
+
+
+def failed(parts: list[Evaluation | ModelFailure]) -> bool:
+    """Whether a model's evaluation (any of its shards) failed."""
+    return any(isinstance(part, ModelFailure) for part in parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -278,10 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "Outputs: OUTPUT_DIR/model.tflite, model_quantized.tflite, model_quantized.keras and "
             "model_<variant>.tflite; "
-            "EVALUATE_RESULT_DIR/results.json, results.csv and report.html. Exit status: 0 on success, 2 for a "
-            "problem with the "
-            "input (configuration, images, labels, model), 1 for any other failure. The configuration keys are "
-            "described in README.md."
+            "EVALUATE_RESULT_DIR/results.json, results.csv and report.html. Exit status: 0 on success; "
+            f"{FINISHED_WITH_FAILURES} when the run finished but some models failed (a converter or interpreter "
+            "crashed on them: results.json's failed_variants says which, the others are compared and recommended "
+            "as usual); 2 for a problem with the input (configuration, images, labels, model); 1 for any other "
+            "failure; 130 when interrupted. The configuration keys are described in README.md."
         ),
     )
     parser.add_argument(
@@ -304,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             config_path=args.config_path, progress=not args.no_progress, runner=runner_from_arguments(args)
         )
         print(json.dumps(results, indent=2) if args.json else "\n" + format_table(results))
-        return 0
+        return FINISHED_WITH_FAILURES if results.get("failed_variants") else 0
 
     return run_command(run)
 

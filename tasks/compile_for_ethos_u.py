@@ -53,4 +53,6 @@ def compile_for_ethos_u_task(*, model: BuiltModel, accelerator: str) -> EthosURe
             result.off_chip_flash_kib,
             result.inferences_per_second,
         )
+    elif result.accelerator:  # Vela ran and failed on the model (a model it declined has no accelerator)
+        get_run_logger().warning("Vela on %s for %s: %s", Path(model.path).name, accelerator, result.reason)
     return result

@@ -37,6 +37,8 @@ def compile_for_imx500_task(*, quantized_model: QuantizedModel) -> Imx500Report:
     logger = get_run_logger()
     if result.skipped:
         logger.warning("IMX500 conversion skipped: %s", result.reason)
+    elif result.memory_usage_bytes is None:  # refused before planning memory, crashed or timed out
+        logger.warning("IMX500 converter in %.1f s: %s", time.perf_counter() - started, result.reason)
     else:
         logger.info(
             "IMX500 converter in %.1f s: %s of %s bytes on chip (%.0f%%), %s",
@@ -46,4 +48,6 @@ def compile_for_imx500_task(*, quantized_model: QuantizedModel) -> Imx500Report:
             result.utilization_percent,
             "fits" if result.fits else "DOES NOT FIT",
         )
+        if not result.compiled and result.fits:
+            logger.warning("IMX500 converter: %s", result.reason)
     return result

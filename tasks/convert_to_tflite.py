@@ -15,6 +15,7 @@ from prefect import task
 from core.build.convert_to_tflite import convert_to_tflite
 from core.build.records import BuiltModel, SavedModelExport, UnsupportedVariant
 from core.caching import ContentCachePolicy
+from core.failures import ModelFailure
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
@@ -28,8 +29,9 @@ from core.storage import new_work_dir
 )
 def convert_to_tflite_task(
     *, model_path: str, saved_model: SavedModelExport, variant: str, calibration_path: str | None = None
-) -> BuiltModel | UnsupportedVariant:
-    """Convert the float Keras model to one TFLite variant with TensorFlow's converter, and check the result."""
+) -> BuiltModel | UnsupportedVariant | ModelFailure:
+    """Convert the float Keras model to one TFLite variant with TensorFlow's converter, and check the result (or say
+    why the converter could not make it, or how it crashed on the model)."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
@@ -43,6 +45,11 @@ def convert_to_tflite_task(
     if isinstance(result, UnsupportedVariant):
         get_run_logger().warning(
             "TensorFlow's converter cannot make the %s variant of %s: %s", variant, model_path, result.reason
+        )
+        return result
+    if isinstance(result, ModelFailure):
+        get_run_logger().warning(
+            "TensorFlow's converter crashed on the %s variant of %s: %s", variant, model_path, result.reason
         )
         return result
     get_run_logger().info(

@@ -9,6 +9,7 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.evaluate.evaluate_model import evaluate_model, injected_fault_key
+from core.failures import ModelFailure
 from core.kinds.records import Evaluation
 from core.kinds.registry import CLASSIFICATION
 from core.retry import RETRY_OPTIONS
@@ -39,9 +40,10 @@ def evaluate_model_task(
     stop: int | None = None,
     task: str = CLASSIFICATION.name,
     shard_label: str = "",
-) -> Evaluation:
+) -> Evaluation | ModelFailure:
     """Run one model on the evaluation images (or a shard of them), scored as its kind (`task`) scores it: for a
-    classifier, Top-1, Top-5, confusion matrix and predictions."""
+    classifier, Top-1, Top-5, confusion matrix and predictions. A TFLite model that crashes its interpreter, or that
+    the interpreter refuses, is that model's failure (returned, and remembered as a result is)."""
     from prefect.logging import get_run_logger
 
     result = evaluate_model(
@@ -57,5 +59,8 @@ def evaluate_model_task(
         stop=stop,
         task=task,
     )
-    get_run_logger().info("%s: %s", model_name, result.describe())
+    if isinstance(result, ModelFailure):
+        get_run_logger().warning("%s: %s", model_name, result.describe())
+    else:
+        get_run_logger().info("%s: %s", model_name, result.describe())
     return result

@@ -11,8 +11,10 @@ import time
 from prefect import task
 
 from core.build.export_quantized_tflite import export_quantized_tflite
-from core.build.records import BuiltModel, QuantizedModel
+from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
 from core.caching import ContentCachePolicy
+from core.errors import StepError
+from core.failures import library_said
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
@@ -30,12 +32,18 @@ def _run_name() -> str:
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def export_quantized_tflite_task(*, quantized_model: QuantizedModel) -> BuiltModel:
-    """Export the MCT-quantized Keras model to an int8 TFLite model with MCT's exporter, and check the result."""
+def export_quantized_tflite_task(*, quantized_model: QuantizedModel) -> BuiltModel | UnsupportedVariant:
+    """Export the MCT-quantized Keras model to an int8 TFLite model with MCT's exporter, and check the result (or
+    say what the exporter said when it cannot export this model)."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = export_quantized_tflite(quantized_model=quantized_model, out_dir=new_work_dir("export"))
+    try:
+        result = export_quantized_tflite(quantized_model=quantized_model, out_dir=new_work_dir("export"))
+    except StepError as exc:
+        reason = f"MCT's TFLite exporter cannot export the model: {library_said(exc)}"
+        get_run_logger().warning("%s: %s", quantized_model.variant, reason)
+        return UnsupportedVariant(variant=quantized_model.variant, reason=reason)
     get_run_logger().info(
         "MCT exported %s (%s) as an INT8 TFLite model -> %s in %.1f s",
         quantized_model.path,

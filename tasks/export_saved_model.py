@@ -23,13 +23,19 @@ from core.storage import new_work_dir
     persist_result=True,
     **RETRY_OPTIONS,
 )
-def export_saved_model_task(*, model_path: str, allow_unsafe_code: bool = False) -> SavedModelExport:
-    """Export the float Keras model once as a SavedModel holding its serving signature, for TensorFlow's converter."""
+def export_saved_model_task(
+    *, model_path: str, allow_unsafe_code: bool = False, input_size: int | None = None
+) -> SavedModelExport:
+    """Export the float Keras model once as a SavedModel holding its serving signature, for TensorFlow's converter
+    (a model whose input size is not fixed, for `input_size` x `input_size` inputs)."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
     result = export_saved_model(
-        model_path=model_path, out_dir=new_work_dir("saved-model"), allow_unsafe_code=allow_unsafe_code
+        model_path=model_path,
+        out_dir=new_work_dir("saved-model"),
+        allow_unsafe_code=allow_unsafe_code,
+        input_size=input_size,
     )
     get_run_logger().info(
         "Exported %s as a SavedModel (signature %s) -> %s in %.1f s",

@@ -10,6 +10,7 @@ from prefect import task
 from core.caching import ContentCachePolicy
 from core.evaluate.measure_latency import measure_latency, this_machine
 from core.evaluate.records import Latency
+from core.failures import ModelFailure
 from core.retry import RETRY_OPTIONS
 
 
@@ -23,8 +24,9 @@ from core.retry import RETRY_OPTIONS
 )
 def measure_latency_task(
     *, model_name: str, model_path: str, images_path: str, repeats: int, allow_unsafe_code: bool = False
-) -> Latency:
-    """Median latency per image on this CPU, one thread and all threads, after a warm-up."""
+) -> Latency | ModelFailure:
+    """Median latency per image on this CPU, one thread and all threads, after a warm-up (or how the model's
+    interpreter failed)."""
     from prefect.logging import get_run_logger
 
     result = measure_latency(
@@ -34,6 +36,9 @@ def measure_latency_task(
         repeats=repeats,
         allow_unsafe_code=allow_unsafe_code,
     )
+    if isinstance(result, ModelFailure):
+        get_run_logger().warning("%s: latency not measured: %s", model_name, result.describe())
+        return result
     one_thread = "n/a" if result.one_thread_ms is None else f"{result.one_thread_ms} ms"
     get_run_logger().info(
         "%s: %s per image on 1 thread, %s ms on all threads (median of %d) on %s",

@@ -14,8 +14,10 @@ from prefect import task
 
 from core.build.platforms import choose_platform
 from core.build.quantize_with_mct import quantize_with_mct
-from core.build.records import QuantizedModel
+from core.build.records import QuantizedModel, UnsupportedVariant
 from core.caching import ContentCachePolicy
+from core.errors import StepError
+from core.failures import library_said
 from core.retry import RETRY_OPTIONS
 from core.storage import new_work_dir
 
@@ -44,24 +46,32 @@ def quantize_with_mct_task(
     weights_memory_ratio: float | None = None,
     allow_unsafe_code: bool = False,
     progress: bool = True,
-) -> QuantizedModel:
-    """Quantize the float Keras model with MCT (PTQ, GPTQ or mixed precision) and save it in MCT's Keras format."""
+) -> QuantizedModel | UnsupportedVariant:
+    """Quantize the float Keras model with MCT (PTQ, GPTQ or mixed precision) and save it in MCT's Keras format;
+    or, when MCT cannot quantize this model (a layer it has no quantizer for), what it said."""
     from prefect.logging import get_run_logger
 
     started = time.perf_counter()
-    result = quantize_with_mct(
-        model_path=model_path,
-        calibration_path=calibration_path,
-        batch_size=batch_size,
-        target_platform=target_platform,
-        out_dir=new_work_dir("quantize"),
-        progress=progress,
-        allow_unsafe_code=allow_unsafe_code,
-        method=method,
-        error_method=error_method,
-        gptq_epochs=gptq_epochs,
-        weights_memory_ratio=weights_memory_ratio,
-    )
+    try:
+        result = quantize_with_mct(
+            model_path=model_path,
+            calibration_path=calibration_path,
+            batch_size=batch_size,
+            target_platform=target_platform,
+            out_dir=new_work_dir("quantize"),
+            progress=progress,
+            allow_unsafe_code=allow_unsafe_code,
+            method=method,
+            error_method=error_method,
+            gptq_epochs=gptq_epochs,
+            weights_memory_ratio=weights_memory_ratio,
+        )
+    except StepError as exc:
+        unsupported = UnsupportedVariant(
+            variant=f"mct_{method}", reason=f"MCT cannot quantize the model: {library_said(exc)}"
+        )
+        get_run_logger().warning("%s: %s", unsupported.variant, unsupported.reason)
+        return unsupported
     get_run_logger().info(
         "MCT %s %s (%s thresholds) quantized %s for target platform %s -> %s in %.1f s",
         result.mct_version,

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
-from prefect import task
-from prefect.futures import wait
+from prefect import State, task
+from prefect.exceptions import CancelledRun
+from prefect.futures import PrefectTaskRunFuture, wait
 
 from core.analysis.records import LayerAnalysis
 from core.build.records import BuiltModel
@@ -28,9 +29,29 @@ from core.targets.records import HardwareReports
 from tasks.try_repair import try_repair_task
 
 
+def _settled(recipe: RepairRecipe, state: State) -> tuple[RepairTrial, bool]:
+    """A finished trial task's trial, and whether it was cached. A task that failed (its retry too) or crashed is a
+    failed trial, and the search goes on; a cancelled one stops the search."""
+    if state.is_cancelled():
+        raise CancelledRun(f"the repair trial {recipe.name} was cancelled")
+    try:
+        return state.result(), state.name == "Cached"
+    except Exception as exc:  # what the task raised, or why it has no result
+        return RepairTrial.crashed(recipe, exc), False
+
+
+def _settled_future(recipe: RepairRecipe, future: PrefectTaskRunFuture) -> tuple[RepairTrial, bool]:
+    """A trial submitted to the Dask workers: its trial, or, when every worker that ran it died (Dask's KilledWorker)
+    or the cluster lost it, a failed trial."""
+    try:
+        future.result(raise_on_failure=False)  # waits, and keeps the task's final state
+    except Exception as exc:
+        return RepairTrial.crashed(recipe, exc), False
+    return _settled(recipe, future.state)
+
+
 def _trial_in_its_own_task(recipe: RepairRecipe, inputs: TrialInputs) -> tuple[RepairTrial, bool]:
-    state = try_repair_task(recipe=recipe, inputs=inputs, return_state=True)
-    return state.result(), state.name == "Cached"
+    return _settled(recipe, try_repair_task(recipe=recipe, inputs=inputs, return_state=True))
 
 
 @contextmanager
@@ -48,7 +69,7 @@ def _trial_runner(runner: RunnerConfig) -> Iterator[tuple[RunTrials, int]]:
             remote = remote or stack.enter_context(make_task_runner(runner))
             futures = [remote.submit(try_repair_task, {"recipe": recipe, "inputs": inputs}) for recipe in recipes]
             wait(futures)
-            return [(future.result(), future.state.name == "Cached") for future in futures]
+            return [_settled_future(recipe, future) for recipe, future in zip(recipes, futures, strict=True)]
 
         yield on_workers, runner.workers
 

@@ -57,6 +57,23 @@ def with_(**changes):
     return lambda c, s, t: {**c, **{k: (v(s, t) if callable(v) else v) for k, v in changes.items()}}
 
 
+def plain_saved_model(tmp: Path) -> str:
+    from tests.test_input_guards import plain_saved_model as save
+
+    return str(save(tmp / "plain_saved_model"))
+
+
+def model_with_an_unknown_layer(path: Path) -> str:
+    """A classifier using a layer class that only this function defines: no file the run could import holds it."""
+    import tensorflow as tf
+
+    class Halver(tf.keras.layers.Layer):
+        def call(self, inputs):
+            return inputs / 2
+
+    return save_model(path, (32, 32, 3), [Halver(), *dense_layers(10)])
+
+
 def dense_layers(n):
     import tensorflow as tf
 
@@ -145,6 +162,18 @@ CASES = {
     "model file that is not a model": (
         with_(source_keras_model=lambda s, t: folder_with(t, {"model.h5": b"{}"}) + "/model.h5"),
         "cannot be loaded as a Keras model",
+    ),
+    "plain TensorFlow SavedModel": (
+        with_(source_keras_model=lambda s, t: plain_saved_model(t)),
+        "is a TensorFlow SavedModel that Keras did not write",
+    ),
+    "model with a layer nobody defines": (
+        with_(source_keras_model=lambda s, t: model_with_an_unknown_layer(t / "halver.h5")),
+        "uses layer class 'Halver', which neither Keras nor this workflow knows",
+    ),
+    "custom layers module without allow_unsafe_model_code": (
+        with_(custom_layers_module="layers.py"),
+        "key 'custom_layers_module' = 'layers.py' needs key 'allow_unsafe_model_code' true",
     ),
     "model input not H x W x 3": (
         with_(source_keras_model=lambda s, t: save_model(t / "grey.h5", (32, 32, 1), dense_layers(10))),

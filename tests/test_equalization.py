@@ -281,6 +281,135 @@ def test_a_subclassed_model_is_refused():
         equalize(model)
 
 
+def widened(model: tf.keras.Model, first: str, second: str, channel: int, factor: float) -> tf.keras.Model:
+    """`first`'s output channel (kernel and bias) times `factor`, `second`'s matching inputs divided by it: through
+    a ReLU the same function, with one channel `factor` times wider for equalization to even out."""
+    kernel, bias = model.get_layer(first).get_weights()
+    kernel[..., channel] *= factor
+    bias[channel] *= factor
+    model.get_layer(first).set_weights([kernel, bias])
+    kernel, bias = model.get_layer(second).get_weights()
+    kernel[..., channel, :] /= factor
+    model.get_layer(second).set_weights([kernel, bias])
+    return model
+
+
+def test_a_concatenate_and_an_add_of_three_branches_end_the_chains_and_the_function_is_kept():
+    """A layer reading three tensors (an Inception block's Concatenate) is one call with three inputs in the model's
+    configuration: its inbound node is a list of three [name, node, tensor, kwargs] entries."""
+    from core.build.residual_equalization import equalize_residual_streams
+
+    inputs = tf.keras.Input((8, 8, 3), name="image")
+    a = layers.Conv2D(4, 1, activation="relu", name="a")(inputs)
+    b = layers.Conv2D(4, 3, padding="same", activation="relu", name="b")(inputs)
+    c = layers.Conv2D(4, 1, activation="relu", name="c")(layers.MaxPooling2D(3, 1, "same", name="pool")(inputs))
+    x = layers.Concatenate(name="concat")([a, b, c])
+    x = layers.Conv2D(6, 1, activation="relu", name="h1")(x)
+    x = layers.Conv2D(6, 1, name="h2")(x)
+    q = layers.Conv2D(6, 1, name="q")(inputs)
+    r = layers.Conv2D(6, 1, name="r")(inputs)
+    x = layers.Add(name="add")([x, q, r])
+    outputs = layers.Dense(5, name="dense")(layers.GlobalAveragePooling2D(name="gap")(x))
+    model = widened(random_weights(tf.keras.Model(inputs, outputs), seed=5), "h1", "h2", channel=1, factor=200)
+    images = np.random.default_rng(5).uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+    concat = next(e for e in model.get_config()["layers"] if e["config"]["name"] == "concat")
+    assert [entry[0] for entry in concat["inbound_nodes"][0]] == ["a", "b", "c"]
+
+    equalized, report = equalize(model)
+
+    assert [(p.first, p.second) for p in report.pairs] == [("h1", "h2")]
+    assert report.pairs[0].range_ratio_before > 100 > report.pairs[0].range_ratio_after
+    skipped = {s.first: s.reason for s in report.skipped}
+    assert skipped == {
+        "a": "concat reads several tensors",
+        "b": "concat reads several tensors",
+        "c": "concat reads several tensors",
+        "h2": "add reads several tensors",
+        "q": "add reads several tensors",
+        "r": "add reads several tensors",
+    }
+    check = prediction_agreement(model, equalized, images)
+    assert check.agreement == 1.0 and check.max_abs_difference < 1e-5 * float(np.abs(model(images)).max())
+
+    streamed, streams = equalize_residual_streams(model, images)
+
+    assert [set(s.producers) for s in streams.streams] == [{"h2", "q", "r"}] and not streams.skipped
+    check = prediction_agreement(model, streamed, images)
+    assert check.agreement == 1.0 and check.max_abs_difference < 1e-5 * float(np.abs(model(images)).max())
+
+
+class SumWith(layers.Layer):
+    """Its input plus every tensor of `others`: tensors nested in a call's keyword arguments."""
+
+    def call(self, inputs, others=()):
+        return inputs + tf.add_n(list(others))
+
+
+def test_tensors_nested_in_a_calls_keyword_arguments_are_read_as_its_inputs():
+    """relu's output is read by c2 and, in a list of three tensors given as a keyword argument, by `sum`: equalizing
+    c1 with c2 would rescale what `sum` reads, so c1 is left, and the function is kept."""
+    inputs = tf.keras.Input((8, 8, 3), name="image")
+    x = layers.Conv2D(4, 3, padding="same", name="c1")(inputs)
+    relu = layers.ReLU(name="relu")(x)
+    x = layers.Conv2D(4, 1, name="c2")(relu)
+    d = layers.Conv2D(4, 1, name="d")(inputs)
+    e = layers.Conv2D(4, 1, name="e")(inputs)
+    x = SumWith(name="sum")(x, others=[relu, d, e])
+    outputs = layers.Dense(3, name="dense")(layers.Flatten(name="flatten")(x))
+    model = widened(random_weights(tf.keras.Model(inputs, outputs), seed=6), "c1", "c2", channel=0, factor=300)
+    images = np.random.default_rng(6).uniform(0, 1, (16, 8, 8, 3)).astype(np.float32)
+    node = next(e for e in model.get_config()["layers"] if e["config"]["name"] == "sum")["inbound_nodes"][0]
+    assert node[0][:3] == ["c2", 0, 0] and node[0][3]["others"] == [["relu", 0, 0], ["d", 0, 0], ["e", 0, 0]]
+
+    equalized, report = equalize(model, bias_absorption_images=images)
+
+    assert report.pairs == ()
+    skipped = {s.first: s.reason for s in report.skipped}
+    assert skipped == {
+        "c1": "relu's output feeds 2 layers",
+        "c2": "sum reads several tensors",
+        "d": "sum reads several tensors",
+        "e": "sum reads several tensors",
+    }
+    check = prediction_agreement(model, equalized, images)
+    assert check.agreement == 1.0 and check.max_abs_difference < 1e-5 * float(np.abs(model(images)).max())
+
+
+@pytest.mark.slow
+def test_inception_v3_from_its_h5_file_is_equalized_and_keeps_its_function(tmp_path):
+    """InceptionV3's blocks end in Concatenates of four branches; its repair once crashed reading them."""
+    from core.build.residual_equalization import equalize_residual_streams
+    from core.evaluate.models import load_keras_model
+
+    tf.keras.utils.set_random_seed(0)
+    application = tf.keras.applications.InceptionV3(
+        weights=None, input_shape=(75, 75, 3), classes=10, classifier_activation=None
+    )
+    rng = np.random.default_rng(0)
+    for layer in application.layers:  # batch norm statistics drawn at random, so that folding them matters
+        if isinstance(layer, layers.BatchNormalization):
+            beta, mean, variance = layer.get_weights()  # InceptionV3's batch norms have no gamma
+            layer.set_weights(
+                [rng.normal(0, 0.1, beta.shape), rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 1.5, variance.shape)]
+            )
+    application.save(tmp_path / "model.h5")
+    model = load_keras_model(tmp_path / "model.h5")
+    images = rng.uniform(-1, 1, (8, 75, 75, 3)).astype(np.float32)
+    scale = float(np.abs(model(images)).max())
+
+    equalized, report = equalize(model)
+
+    assert len(report.folded_batch_norms) == 94 and len(report.pairs) > 40
+    assert any(s.reason == "mixed0 reads several tensors" for s in report.skipped)
+    check = prediction_agreement(model, equalized, images)
+    assert check.agreement == 1.0 and check.max_abs_difference < 1e-5 * scale
+
+    streamed, streams = equalize_residual_streams(model, images)
+
+    assert streams.streams == () and streams.skipped == ()  # no Add: nothing to rescale, and no crash
+    assert prediction_agreement(model, streamed, images).max_abs_difference < 1e-5 * scale
+
+
 def quantized_top_1(model: tf.keras.Model, calibration: Path, x: np.ndarray, y: np.ndarray, out: Path) -> dict:
     """Top-1 of `model` quantized by the workflow's own steps: MCT PTQ for the IMX500 and the converter's full int8."""
     out.mkdir()

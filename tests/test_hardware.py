@@ -3,14 +3,16 @@ the full-integer model; their reports in the results and the recommendation; bot
 
 import json
 
+import numpy as np
 import pytest
 
 from core.build.platforms import find_imx500_converter
+from core.build.quantize_with_mct import quantize_with_mct
 from core.errors import InputError
 from core.results.recommend import recommend
 from core.results.record_results import require_imx500_fit
 from core.targets.compile_for_ethos_u import compile_for_ethos_u
-from core.targets.compile_for_imx500 import compile_for_imx500, parse_memory_report
+from core.targets.compile_for_imx500 import compile_for_imx500, converter_and_java, parse_memory_report
 from tests.helpers import run, sdk_config, task_states, write_config
 
 pytestmark = pytest.mark.skipif(
@@ -90,6 +92,30 @@ def test_a_target_device_restricts_the_recommendation(hardware_run):
     on_ethos_u = recommend(results["models"], 0.05, "size", "ethos-u55-128")
     assert on_ethos_u.chosen == "tflite_full_int8" and "most operators on the NPU" in on_ethos_u.reason
     assert any("not for Ethos-U" in r.reason for r in on_ethos_u.rejected)
+
+
+@pytest.mark.slow
+@pytest.mark.hardware
+def test_the_converters_refusal_of_an_input_rescaling_layer_is_a_verdict_naming_it(tmp_path):
+    import tensorflow as tf
+
+    inputs = tf.keras.Input((16, 16, 3))
+    scaled = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(scaled))
+    tf.keras.Model(inputs, tf.keras.layers.Dense(3)(pooled)).save(tmp_path / "rescaling.h5")
+    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 16, 16, 3), np.float32) * 255)
+    quantized = quantize_with_mct(
+        model_path=str(tmp_path / "rescaling.h5"),
+        calibration_path=str(tmp_path / "calibration.npy"),
+        batch_size=4,
+        target_platform="imx500",
+        out_dir=tmp_path,
+        progress=False,
+    )
+    converter, java = converter_and_java()
+    report = compile_for_imx500(quantized_keras_path=quantized.path, out_dir=tmp_path, converter=converter, java=java)
+    assert report.compiled is False and report.skipped is False and report.fits is None
+    assert report.reason == "refused by the IMX500 converter: unsupported ops: Rescaling (layer rescaling)"
 
 
 def test_without_the_converter_the_step_is_skipped_with_how_to_install_it(tmp_path):

@@ -172,6 +172,35 @@ def test_a_model_of_free_input_size_takes_input_tensor_size_up_to_1024(inputs):
     assert "expected at most 1024 for such a model" in message
 
 
+def plain_saved_model(path: Path) -> Path:
+    """A TensorFlow SavedModel that Keras did not write: tf.saved_model.save of a module with one function."""
+    import tensorflow as tf
+
+    class Scaler(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = tf.Variable(2.0)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, images):
+            return tf.reduce_mean(images * self.scale, axis=[1, 2])[:, :2]
+
+    tf.saved_model.save(Scaler(), str(path))
+    return path
+
+
+def test_a_plain_tensorflow_saved_model_is_refused_naming_the_key_the_path_and_how_to_get_a_keras_model(inputs):
+    path = plain_saved_model(inputs / "plain_saved_model")
+    message = refusal(config=config_for(inputs, source_keras_model=str(path)))
+    assert f"key 'source_keras_model' = '{path}': model {path} is a TensorFlow SavedModel that Keras did not write" in (
+        message
+    )
+    assert "expected a Keras model: an .h5 or .keras file, or a SavedModel folder written by Keras's model.save" in (
+        message
+    )
+    assert "save it with model.save('model.keras')" in message
+
+
 # 4. Outputs never land on inputs
 
 

@@ -262,7 +262,7 @@ def test_a_command_ends_at_once_whatever_its_conversion_workers_are_doing(tmp_pa
         if {workers == "busy"!r}:
             sleeping = functools.partial(time.sleep, 600)
             threading.Thread(target=CONVERSION_WORKERS.run, args=(sleeping,), daemon=True).start()
-            while CONVERSION_WORKERS._busy == 0:  # the worker has its job
+            while CONVERSION_WORKERS.busy == 0:  # the worker has its job
                 time.sleep(0.01)
         print("outcome", flush=True)
         sys.stdin.readline()

@@ -12,7 +12,9 @@ from core.targets.records import EthosUReport, HardwareReports, Imx500Report
 FITS = Imx500Report(compiled=True, skipped=False, fits=True, utilization_percent=40.0)
 TOO_LARGE = Imx500Report(compiled=True, skipped=False, fits=False, utilization_percent=130.0)
 NO_CONVERTER = Imx500Report(compiled=False, skipped=True, reason="the IMX500 converter is not installed")
-FAILED = Imx500Report(compiled=False, skipped=False, reason="ValueError: unsupported layer")
+FAILED = Imx500Report(
+    compiled=False, skipped=False, reason="refused by the IMX500 converter: unsupported ops: Rescaling"
+)
 VELA_OK = EthosUReport(compiled=True, npu_share=1.0)
 VELA_REFUSED = EthosUReport(compiled=False, reason="not for Ethos-U: needs a full-integer model")
 
@@ -32,7 +34,7 @@ def test_the_imx500_takes_the_mct_ptq_model_when_it_fits_the_sensor():
     assert imx500.problem({"imx500": FITS.as_results()}) is None
     assert "does not fit the IMX500 (130% of its memory)" == imx500.problem({"imx500": TOO_LARGE.as_results()})
     assert imx500.problem({"imx500": NO_CONVERTER.as_results()}) == "the IMX500 converter is not installed"
-    assert "did not compile it: ValueError: unsupported layer" in imx500.problem({"imx500": FAILED.as_results()})
+    assert imx500.problem({"imx500": FAILED.as_results()}) == FAILED.reason
     assert "not converted for the IMX500" in imx500.problem({})
 
 

@@ -296,3 +296,38 @@ def test_a_models_signature_is_read_once_per_content_and_read_again_when_the_fil
     classifier(4).save(path)  # new content at the same path
     assert model_signature(path).output_shapes == [[None, 4]]
     assert len(loads) == 1
+
+
+def test_a_custom_layers_module_needs_allow_unsafe_model_code(tmp_path):
+    from core.config import parse_config
+
+    config = sdk_config(tmp_path, tmp_path, custom_layers_module="layers.py")
+    with pytest.raises(ConfigError) as info:
+        parse_config(config)
+    assert "key 'custom_layers_module' = 'layers.py' needs key 'allow_unsafe_model_code' true" in str(info.value)
+    assert parse_config({**config, "allow_unsafe_model_code": True}).custom_layers_module == "layers.py"
+
+
+def test_a_models_signature_is_read_again_when_the_custom_layers_module_changes(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    import core.evaluate.models
+    from core.custom_layers import CUSTOM_LAYERS_MODULE_ENV
+    from core.evaluate.models import model_signature
+
+    inputs = tf.keras.Input((8, 8, 3))
+    path = tmp_path / "model.keras"
+    tf.keras.Model(inputs, tf.keras.layers.Dense(3)(tf.keras.layers.Flatten()(inputs))).save(path)
+    module = tmp_path / "layers.py"
+    module.write_text("import tensorflow as tf\n")
+    monkeypatch.setenv(CUSTOM_LAYERS_MODULE_ENV, str(module))
+    model_signature(path)
+
+    loads = []
+    real_load = core.evaluate.models.load_keras_model
+    monkeypatch.setattr(core.evaluate.models, "load_keras_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    model_signature(path)
+    assert loads == []
+    module.write_text("import tensorflow as tf  # the layers changed\n")
+    model_signature(path)
+    assert len(loads) == 1

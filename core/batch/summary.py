@@ -43,10 +43,11 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
     kind = kind_of_results(results) if results else CLASSIFICATION
     for name in SDK_MODELS:
         key = f"{kind.score_key}_{name}"
-        row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if key in results else None
+        row[key.replace("top_1_accuracy_", "top_1_")] = round(results[key], 4) if results.get(key) is not None else None
     for name in ("keras", "tflite", "tflite_quantized"):
         row[f"size_kib_{name}"] = round(models[name]["file_size_bytes"] / 1024, 1) if name in models else None
     row["recommended"] = (results.get("recommendation") or {}).get("chosen")
+    row["failed_models"] = ", ".join(results.get("failed_variants") or {})  # each crashed model, not the run
     row["error"] = item.get("error", "")
     return row
 
@@ -54,7 +55,14 @@ def _row(item: dict[str, Any]) -> dict[str, Any]:
 def summarize_batch(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [_row(item) for item in outcomes]
     failed = [r["configuration"] for r in rows if r["status"] != "completed"]
-    return {"count": len(rows), "completed": len(rows) - len(failed), "failed": failed, "rows": rows}
+    with_failed_models = [r["configuration"] for r in rows if r["failed_models"]]
+    return {
+        "count": len(rows),
+        "completed": len(rows) - len(failed),
+        "failed": failed,
+        "with_failed_models": with_failed_models,
+        "rows": rows,
+    }
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

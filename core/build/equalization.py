@@ -16,7 +16,8 @@ BatchNormalization directly after a Conv2D, DepthwiseConv2D or Dense is folded i
 (`fold_batch_norm`). Only single-use edges are followed: a layer read by several layers, reading
 several, called more than once, or a model output ends a chain there, and such a pair is reported as
 skipped with its reason, as is one through ReLU6, sigmoid, swish or any layer not listed above.
-The input model is never modified: the result is a new model built from its configuration.
+The input model is never modified: the result is a new model built from its configuration. A model that cannot
+be (a subclassed model, a configuration Keras cannot rebuild) is refused with `CannotEqualize`, naming why.
 
 Optionally (`bias_absorption_images`), high biases are then absorbed into the next layer (section 4.2),
 measured on a few batches of images.
@@ -31,6 +32,10 @@ import numpy as np
 
 from core.errors import InputError
 from core.records import Record
+
+
+class CannotEqualize(InputError):
+    """The model is not one equalization can rewrite (a repair trial records why and goes on)."""
 
 
 class FoldedBatchNorm(Record):
@@ -108,15 +113,50 @@ class _Graph:
     outputs: set[str]
 
 
+def _is_reference(value: Any, names: set[str]) -> bool:
+    """A tensor in a functional config: [layer name, node index, tensor index] (and, for a tensor of a call's first
+    argument, the call's other arguments as a fourth item)."""
+    return (
+        isinstance(value, list | tuple)
+        and len(value) in (3, 4)
+        and isinstance(value[0], str)
+        and value[0] in names
+        and isinstance(value[1], int)
+        and isinstance(value[2], int)
+    )
+
+
 def _references(value: Any, names: set[str]) -> list[str]:
-    """Layer names referenced in a functional config's inbound nodes ([name, node, tensor, kwargs], nested)."""
+    """The layers whose tensors `value` (any nesting of lists and dicts: a call's arguments, `output_layers`) holds,
+    one name per tensor, in order."""
+    if _is_reference(value, names):
+        return [value[0]]
     if isinstance(value, dict):
         return [n for v in value.values() for n in _references(v, names)]
     if isinstance(value, list | tuple):
-        if len(value) >= 3 and value[0] in names and isinstance(value[1], int):
-            return [value[0], *_references(list(value[3:]), names)]
         return [n for v in value for n in _references(v, names)]
     return []
+
+
+def _first_argument(node: Any) -> list[list]:
+    """A call's entries, one per item of its first argument (a tensor, or a constant: ["_CONSTANT_VALUE", -1, value,
+    arguments]), found in whatever nesting of lists and dicts that argument has."""
+    if isinstance(node, list | tuple) and len(node) == 4 and isinstance(node[0], str) and isinstance(node[3], dict):
+        return [list(node)]
+    if isinstance(node, dict):
+        return [e for v in node.values() for e in _first_argument(v)]
+    if isinstance(node, list | tuple):
+        return [e for v in node for e in _first_argument(v)]
+    return []
+
+
+def _call_inputs(node: Any, names: set[str]) -> list[str]:
+    """The layers one call (an item of a layer's `inbound_nodes`) reads, one name per tensor: its first argument's
+    tensors, then any among its other arguments. Keras copies the other arguments into every entry of the first
+    argument (a Concatenate's three inputs carry them three times): they are read once, from the first."""
+    entries = _first_argument(node)
+    tensors = [entry[0] for entry in entries if _is_reference(entry, names)]
+    return tensors + _references(entries[0][3] if entries else {}, names)
 
 
 def _graph_of(config: dict) -> _Graph:
@@ -127,7 +167,10 @@ def _graph_of(config: dict) -> _Graph:
         outputs = {names[-1]}
     else:
         known = set(names)
-        inputs = {e["config"]["name"]: _references(e["inbound_nodes"], known) for e in config["layers"]}
+        inputs = {
+            e["config"]["name"]: [n for node in e["inbound_nodes"] for n in _call_inputs(node, known)]
+            for e in config["layers"]
+        }
         calls = {e["config"]["name"]: len(e["inbound_nodes"]) for e in config["layers"]}
         outputs = set(_references(config["output_layers"], known))
     consumers: dict[str, list[str]] = {name: [] for name in names}
@@ -141,7 +184,7 @@ def _config_of(model: Any) -> dict:
     import tensorflow as tf
 
     if not isinstance(model, tf.keras.Model) or not getattr(model, "_is_graph_network", False):
-        raise InputError(
+        raise CannotEqualize(
             f"model {getattr(model, 'name', model)!r} is not a built functional or Sequential Keras model: "
             "equalization reads the layer graph from its configuration"
         )
@@ -291,10 +334,31 @@ def _rename(value: Any, renames: dict[str, str]) -> Any:
     return value
 
 
-def fold_batch_norm(model: Any) -> tuple[Any, list[FoldedBatchNorm], list[SkippedPair]]:
+def _rebuilt(model: Any, config: dict, allow_unsafe_code: bool) -> Any:
+    """A new model of `model`'s class from `config` (its own, edited), the classes of its layers known. Its Lambda
+    layers' code is the code `model` already runs, loaded under `allow_unsafe_code` (Keras's safe mode refuses it
+    otherwise)."""
+    import tensorflow as tf
+    from keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        with tf.keras.utils.custom_object_scope(_custom_objects(model)), SafeModeScope(not allow_unsafe_code):
+            return type(model).from_config(config)
+    except Exception as exc:  # Keras raises many types for a configuration it cannot rebuild
+        first_line = next((line for line in str(exc).splitlines() if line.strip()), "")
+        raise CannotEqualize(
+            f"model {model.name!r} cannot be rebuilt from its configuration, which equalization rewrites: "
+            f"{type(exc).__name__}: {first_line}"
+        ) from exc
+
+
+def fold_batch_norm(
+    model: Any, *, allow_unsafe_code: bool = False
+) -> tuple[Any, list[FoldedBatchNorm], list[SkippedPair]]:
     """A new model with every foldable BatchNormalization folded into the Conv2D, DepthwiseConv2D or Dense it
     directly follows (that layer's only reader, no activation between); the others are listed with the reason.
-    The same function at inference: the model's other layers keep their names and weights."""
+    The same function at inference: the model's other layers keep their names and weights. `allow_unsafe_code`:
+    the model may hold Lambda layers (loaded with the configuration's allow_unsafe_model_code)."""
     import tensorflow as tf
 
     config = _config_of(model)
@@ -324,8 +388,7 @@ def fold_batch_norm(model: Any) -> tuple[Any, list[FoldedBatchNorm], list[Skippe
     config = {**config, "layers": entries}
     if "output_layers" in config:
         config["output_layers"] = _rename(config["output_layers"], folds)
-    with tf.keras.utils.custom_object_scope(_custom_objects(model)):
-        folded = type(model).from_config(config)
+    folded = _rebuilt(model, config, allow_unsafe_code)
     by_producer = {producer: bn for bn, producer in folds.items()}
     for layer in folded.layers:
         source = model.get_layer(layer.name)
@@ -488,14 +551,16 @@ def equalize(
     max_iterations: int = 100,
     tolerance: float = 1e-4,
     bias_absorption_images: np.ndarray | None = None,
+    allow_unsafe_code: bool = False,
 ) -> tuple[Any, EqualizationReport]:
     """A new model, the same function as `model`, with batch normalization folded and every equalizable pair
     of weight layers rescaled so that their per-channel weight ranges match. Each layer of a chain belongs to
     two pairs, so the pairs are equalized in turn until every scale is within `tolerance` of 1.
 
     With `bias_absorption_images` (a few batches of preprocessed inputs), high biases are then absorbed into
-    the next layer where that is exact on those images (see `_absorb_high_biases`)."""
-    equalized, folded, skipped = fold_batch_norm(model)
+    the next layer where that is exact on those images (see `_absorb_high_biases`). Raises `CannotEqualize` for a
+    model it cannot rewrite."""
+    equalized, folded, skipped = fold_batch_norm(model, allow_unsafe_code=allow_unsafe_code)
     graph = _graph_of(equalized.get_config())
     pairs: list[_Pair] = []
     for layer in equalized.layers:

@@ -35,6 +35,24 @@ def save_serving_signature(model: Any, path: Path) -> None:
     )
 
 
+def with_input_size(model: Any, size: int) -> Any:
+    """The model itself when its input height and width are fixed; else the same model, its layers and weights,
+    built for `size` x `size` inputs. TensorFlow Lite sizes every tensor from the input it is given (a free one is
+    1 x 1 and a convolution then fails to prepare), and Sony's converter needs fixed sizes: the flow runs such a
+    model at input_tensor_size."""
+    import tensorflow as tf
+
+    given = model.inputs[0]
+    if None not in given.shape[1:3]:
+        return model
+    inputs = tf.keras.Input(
+        batch_shape=(given.shape[0], size, size, *given.shape[3:]), dtype=given.dtype, name=model.input_names[0]
+    )
+    fixed = tf.keras.models.clone_model(model, input_tensors=inputs)  # each layer made again from its config
+    fixed.set_weights(model.get_weights())
+    return fixed
+
+
 def keras_model_converter(saved_model_path: str, signature_key: str = SIGNATURE_KEY) -> Any:
     """TensorFlow's converter on a SavedModel `save_serving_signature` wrote, as `from_keras_model` would have made
     it: the one difference left is the model type the converter records in the conversion metadata, and the model

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core.build.keras_conversion import with_input_size
 from core.build.platforms import choose_platform, target_platform_capabilities
 from core.build.precision import bit_width_config
 from core.build.records import QuantizedModel
@@ -70,8 +71,9 @@ def quantize_with_mct(
     if method == "mixed_precision" and weights_memory_ratio is None:
         raise ValueError("method 'mixed_precision' needs weights_memory_ratio")
     platform = choose_platform(target_platform)
-    model = load_keras_model(model_path, allow_unsafe_code)
     calibration = np.load(calibration_path, mmap_mode="r")
+    # A model whose input size is not fixed is quantized at the calibration images' size: MCT's exports need one.
+    model = with_input_size(load_keras_model(model_path, allow_unsafe_code), calibration.shape[1])
     data = representative_data(calibration, batch_size, progress)
     try:
         tpc = target_platform_capabilities(platform)

@@ -187,11 +187,14 @@ def _channel_maxima(model: Any, stream: _Stream, images: np.ndarray, channels: i
     return maxima
 
 
-def equalize_residual_streams(model: Any, images: np.ndarray) -> tuple[Any, ResidualEqualizationReport]:
+def equalize_residual_streams(
+    model: Any, images: np.ndarray, *, allow_unsafe_code: bool = False
+) -> tuple[Any, ResidualEqualizationReport]:
     """A new model, the same function as `model` (batch normalization folded), with every residual stream that
     can be rescaled rescaled as the module says; `images` (a few batches of preprocessed inputs) measure the
-    channels' activations. The input model is never modified."""
-    equalized, _, _ = fold_batch_norm(model)
+    channels' activations. The input model is never modified. Raises `CannotEqualize` (core/build/equalization.py)
+    for a model it cannot rewrite; `allow_unsafe_code`: the model may hold Lambda layers."""
+    equalized, _, _ = fold_batch_norm(model, allow_unsafe_code=allow_unsafe_code)
     graph = _graph_of(equalized.get_config())
     traced: set[str] = set()
     streams: list[ResidualStream] = []

@@ -14,10 +14,14 @@ from __future__ import annotations
 import os
 import threading
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 from core.build.variants import KERAS_MODELS, is_tflite_model
-from core.evaluate.models import TFLitePredictor, keras_predictor, load_keras_by_name
+from core.evaluate.isolated import MODEL_WORKERS, IsolatedPredictor, injected_crash_key, models_forgotten
+from core.evaluate.models import keras_predictor, load_keras_by_name
+from core.failures import ModelCodeFailed, ModelFailed, ModelFailure, failure
+from core.isolation import Child, InProcess
 from core.kinds.records import Evaluation
 from core.kinds.registry import CLASSIFICATION, kind_named
 
@@ -45,16 +49,22 @@ def injected_fault_key(inputs: dict) -> str | None:
     """An evaluation named in QUANTIZE_FAIL_EVALUATION gets a key of its own each time, so a rehearsal's fault
     fires even when the evaluation is cached; the others keep theirs."""
     injected = injected_faults()
-    return uuid.uuid4().hex if inputs.get("model_name") in injected or "all" in injected else None
+    if inputs.get("model_name") in injected or "all" in injected:
+        return uuid.uuid4().hex
+    return injected_crash_key(inputs)
 
 
-def make_predictor(model_name: str, model_path: str, allow_unsafe_code: bool = False):
+def make_predictor(
+    model_name: str, model_path: str, allow_unsafe_code: bool = False, worker: Child | InProcess | None = None
+):
+    """The model as a function of a batch: a Keras model in this process, a TFLite model in `worker` (its
+    interpreter is native code that may crash on a model)."""
     if model_name in KERAS_MODELS:
         return keras_predictor(load_keras_by_name(model_name, model_path, allow_unsafe_code))
     if is_tflite_model(model_name):
         # Evaluations run concurrently, up to one per core: one thread each fills the cores
         # without oversubscribing them.
-        return TFLitePredictor(model_path, num_threads=1)
+        return IsolatedPredictor(worker or InProcess(), model_name, model_path, num_threads=1)
     raise ValueError(f"unknown model name {model_name!r}: expected keras, keras_quantized or tflite...")
 
 
@@ -71,23 +81,35 @@ def evaluate_model(
     start: int = 0,
     stop: int | None = None,
     task: str = CLASSIFICATION.name,
-) -> Evaluation:
+) -> Evaluation | ModelFailure:
     """The model scored as its kind (`task`) scores it. `class_count` sizes the confusion matrix (default: the
     model's output size); `start` and `stop` select a shard of the images (all by default), for the kind's
-    `merged` to put together."""
+    `merged` to put together. A TFLite model runs in a worker process: when it crashes there, or the interpreter
+    refuses it, the evaluation is the model's failure, not the run's."""
     injected = injected_faults()
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
-    with EVALUATION_SLOTS:
-        return kind_named(task).evaluate(
-            model_name=model_name,
-            model_path=model_path,
-            load_predictor=lambda: make_predictor(model_name, model_path, allow_unsafe_code),
-            images_path=images_path,
-            labels_path=labels_path,
-            batch_size=batch_size,
-            progress=progress,
-            class_count=class_count,
-            start=start,
-            stop=stop,
-        )
+    in_a_worker = MODEL_WORKERS.child() if is_tflite_model(model_name) else nullcontext(None)
+    with EVALUATION_SLOTS, in_a_worker as worker, models_forgotten(worker):
+        try:
+            return kind_named(task).evaluate(
+                model_name=model_name,
+                model_path=model_path,
+                load_predictor=lambda: make_predictor(model_name, model_path, allow_unsafe_code, worker),
+                images_path=images_path,
+                labels_path=labels_path,
+                batch_size=batch_size,
+                progress=progress,
+                class_count=class_count,
+                start=start,
+                stop=stop,
+            )
+        except ModelCodeFailed as exc:
+            return failure(model_name, "evaluate", exc)
+
+
+def scored(outcome: Evaluation | ModelFailure) -> Evaluation:
+    """The evaluation, where the caller cannot go on without it: a failure raises ModelFailed."""
+    if isinstance(outcome, ModelFailure):
+        raise ModelFailed(outcome)
+    return outcome

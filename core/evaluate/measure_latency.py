@@ -17,8 +17,10 @@ import time
 import numpy as np
 
 from core.build.variants import is_tflite_model
+from core.evaluate.isolated import MODEL_WORKERS, in_worker
 from core.evaluate.models import TFLitePredictor, load_keras_by_name
 from core.evaluate.records import Latency
+from core.failures import ModelCodeFailed, ModelFailure, failure
 
 WARM_UP = 3
 
@@ -38,19 +40,28 @@ def median_ms(run, image: np.ndarray, repeats: int) -> float:
     return round(statistics.median(timings) * 1000, 4)
 
 
+def tflite_latency(*, model_path: str, image: np.ndarray, repeats: int) -> Latency:
+    """Run where the model's crash costs only this step: in a worker process (MODEL_WORKERS)."""
+    single = TFLitePredictor(model_path, num_threads=1)
+    every = TFLitePredictor(model_path, num_threads=os.cpu_count())
+    return Latency(
+        one_thread_ms=median_ms(single, image, repeats),
+        all_threads_ms=median_ms(every, image, repeats),
+        repeats=repeats,
+        machine=this_machine(),
+    )
+
+
 def measure_latency(
     *, model_name: str, model_path: str, images_path: str, repeats: int = 20, allow_unsafe_code: bool = False
-) -> Latency:
+) -> Latency | ModelFailure:
+    """The model's latency, or, for a TFLite model whose interpreter crashed or refused it, that failure."""
     image = np.ascontiguousarray(np.load(images_path, mmap_mode="r")[:1])
     if is_tflite_model(model_name):
-        single = TFLitePredictor(model_path, num_threads=1)
-        every = TFLitePredictor(model_path, num_threads=os.cpu_count())
-        return Latency(
-            one_thread_ms=median_ms(single, image, repeats),
-            all_threads_ms=median_ms(every, image, repeats),
-            repeats=repeats,
-            machine=this_machine(),
-        )
+        try:
+            return in_worker(MODEL_WORKERS, tflite_latency, model_path=model_path, image=image, repeats=repeats)
+        except ModelCodeFailed as exc:
+            return failure(model_name, "latency", exc)
     model = load_keras_by_name(model_name, model_path, allow_unsafe_code)
     return Latency(
         one_thread_ms=None,

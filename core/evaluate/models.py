@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from core.custom_layers import active_custom_layers_module, custom_layers_digest, custom_objects, user_custom_objects
 from core.errors import InputError
 from core.files import atomic_write_text, hash_path
 from core.storage import remembered_file
@@ -69,6 +71,7 @@ def load_keras_model(path: str | Path, allow_unsafe_code: bool = False):
 
     Lambda layers are refused unless `allow_unsafe_code`: a model file is data, and loading
     one must not run code an attacker put in it (Keras's safe mode, extended to .h5 files).
+    The layers Keras does not know itself come from core/custom_layers.py.
     """
     import tensorflow as tf
 
@@ -79,25 +82,104 @@ def load_keras_model(path: str | Path, allow_unsafe_code: bool = False):
             f"model {path} is not a Keras model: expected an .h5 or .keras file, "
             "or a SavedModel folder holding saved_model.pb"
         )
-    lambdas = code_carrying_layers(_stored_config(path, fmt))
+    stored = _stored_config(path, fmt)
+    lambdas = code_carrying_layers(stored)
     if lambdas and not allow_unsafe_code:
         raise InputError(
             f"model {path} has Lambda layers {lambdas}: loading them runs Python code stored in the file. "
             'If you trust the file, set "allow_unsafe_model_code": true in the configuration'
         )
+    known = custom_objects()
     try:
         if fmt == "keras":
-            return tf.keras.models.load_model(path, compile=False, safe_mode=not allow_unsafe_code)
-        return tf.keras.models.load_model(path, compile=False)
+            model = tf.keras.models.load_model(
+                path, custom_objects=known, compile=False, safe_mode=not allow_unsafe_code
+            )
+        else:
+            model = tf.keras.models.load_model(path, custom_objects=known, compile=False)
     except Exception as exc:  # Keras raises many types for unreadable files
+        unknown = unknown_layer_classes(stored, known) or unknown_class_named_in(exc)
+        if unknown:
+            raise InputError(unknown_layers_message(path, unknown)) from None
         raise InputError(f"model {path} cannot be loaded as a Keras model ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, tf.keras.Model):
+        raise InputError(not_keras_saved_model_message(path))
+    return model
+
+
+def stored_layer_classes(config: object) -> list[str]:
+    """The class names of the layers in a stored architecture, nested models' and wrapped layers' included."""
+    found: list[str] = []
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if key == "layers" and isinstance(value, list):
+                found += [
+                    str(layer["class_name"]) for layer in value if isinstance(layer, dict) and "class_name" in layer
+                ]
+            elif key in ("layer", "backward_layer") and isinstance(value, dict) and "class_name" in value:
+                found.append(str(value["class_name"]))
+            found += stored_layer_classes(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += stored_layer_classes(value)
+    return found
+
+
+def unknown_layer_classes(config: object, known: dict) -> list[str]:
+    """The layer classes of a stored architecture that neither Keras nor `known` resolves, in order of appearance."""
+    import tensorflow as tf
+    from keras.src.layers.serialization import get_builtin_layer
+
+    def resolved(name: str) -> bool:
+        builtin = get_builtin_layer(name) is not None
+        return name in known or builtin or tf.keras.saving.get_registered_object(name) is not None
+
+    return list(dict.fromkeys(name for name in stored_layer_classes(config) if not resolved(name)))
+
+
+# How Keras 2.15 names a class it cannot resolve, where the file stores no architecture to read (a SavedModel).
+_UNKNOWN_CLASS_PATTERNS = (
+    re.compile(r"Unknown layer: '([^']+)'"),
+    re.compile(r"Cannot deserialize object of type `([^`]+)`"),
+    re.compile(r"Could not locate class '([^']+)'"),
+)
+
+
+def unknown_class_named_in(exc: Exception) -> list[str]:
+    return [found.group(1) for pattern in _UNKNOWN_CLASS_PATTERNS if (found := pattern.search(str(exc)))][:1]
+
+
+def unknown_layers_message(path: Path, class_names: list[str]) -> str:
+    named = repr(class_names[0]) if len(class_names) == 1 else f"{class_names}"
+    active = active_custom_layers_module()
+    if active is not None:
+        defined = sorted(user_custom_objects(active))
+        where = f"the custom layers module {active} (key 'custom_layers_module') defines {defined}"
+    else:
+        where = "no custom layers module is given (key 'custom_layers_module')"
+    return (
+        f"model {path} uses layer class{'es' if len(class_names) > 1 else ''} {named}, which neither Keras nor this "
+        f"workflow knows, and {where}: name a Python file defining {named} in key 'custom_layers_module' (relative "
+        "to the configuration's folder) and set \"allow_unsafe_model_code\": true, as loading it runs that file's code"
+    )
+
+
+def not_keras_saved_model_message(path: Path) -> str:
+    return (
+        f"model {path} is a TensorFlow SavedModel that Keras did not write (tf.saved_model.save, not Keras's "
+        "model.save), so it holds no Keras model to quantize; expected a Keras model: an .h5 or .keras file, or a "
+        "SavedModel folder written by Keras's model.save. Rebuild the model in Keras (its layers and weights) and "
+        "save it with model.save('model.keras'); converting a plain SavedModel with TensorFlow's converter directly "
+        "is not supported"
+    )
 
 
 def load_quantized_keras_model(path: str | Path):
-    """Load a model written by MCT's Keras exporter (its quantizer layers need MCT's custom objects)."""
+    """Load a model written by MCT's Keras exporter (its quantizer layers need MCT's custom objects; the model's
+    own layers Keras does not know come from core/custom_layers.py)."""
     import model_compression_toolkit as mct
 
-    return mct.keras_load_quantized_model(str(path), compile=False)
+    return mct.keras_load_quantized_model(str(path), custom_objects=custom_objects(), compile=False)
 
 
 def load_keras_by_name(model_name: str, path: str | Path, allow_unsafe_code: bool = False):
@@ -181,7 +263,7 @@ def model_signature(path: str | Path, allow_unsafe_code: bool = False) -> ModelS
     would otherwise spend seconds loading the same model again only to check its shapes. A model that fails to
     load is not remembered, so its error is raised every time."""
     path = Path(path)
-    parts = [SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code]
+    parts = [SIGNATURE_VERSION, hash_path(path), keras_model_format(path), allow_unsafe_code, custom_layers_digest()]
     remembered = remembered_file("model-signatures", parts, ".json")
     if remembered.is_file():
         try:

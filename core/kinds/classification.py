@@ -91,7 +91,10 @@ class Classification(ModelKind[ClassificationEvaluation]):
         }
 
     def sdk_results(self, evaluations: dict[str, ClassificationEvaluation]) -> dict[str, Any]:
-        return {f"top_1_accuracy_{name}": evaluations[name].top_1_accuracy for name in SDK_MODELS}
+        return {
+            f"top_1_accuracy_{name}": (evaluations[name].top_1_accuracy if name in evaluations else None)
+            for name in SDK_MODELS
+        }
 
     def column_values(self, row: dict[str, Any]) -> dict[str, float | None]:
         return {

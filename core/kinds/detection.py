@@ -138,7 +138,9 @@ class Detection(ModelKind[DetectionEvaluation]):
         }
 
     def sdk_results(self, evaluations: dict[str, DetectionEvaluation]) -> dict[str, Any]:
-        return {f"map_50_95_{name}": evaluations[name].map_50_95 for name in SDK_MODELS}
+        return {
+            f"map_50_95_{name}": (evaluations[name].map_50_95 if name in evaluations else None) for name in SDK_MODELS
+        }
 
     def column_values(self, row: dict[str, Any]) -> dict[str, float | None]:
         return {

@@ -66,6 +66,16 @@ class TrialInputs(Record):
     max_accuracy_drop: float
 
 
+def describe_error(exc: BaseException) -> str:
+    """An exception as a trial's record gives it: its type and its message's first line."""
+    try:
+        message = str(exc)
+    except Exception:  # a message that cannot be made (a broken __str__) must not fail the search
+        message = ""
+    first_line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
 def deliverable(model: BuiltModel | None, quantized: QuantizedModel | None) -> tuple[str, str] | None:
     """The model a trial made, as (its row's name, its file): the TFLite model, or MCT's Keras model when there is no
     TFLite (16-bit activations, which Sony's IMX500 converter takes and MCT's TFLite export cannot write)."""
@@ -97,14 +107,17 @@ class RepairTrial(Record):
     ethos_u: EthosUReport | None = None
     cached: bool = False
     ran: bool = True  # False: the rung had nothing to try on this model (RepairTrial.not_run)
+    error: str | None = None  # the exception that ended the trial, when one did (describe_error)
 
     @property
     def deliverable(self) -> tuple[str, str] | None:
         return deliverable(self.model, self.quantized)
 
     @classmethod
-    def not_run(cls, recipe: RepairRecipe, chosen_because: str, reason: str) -> RepairTrial:
-        """A rung with nothing to try on this model, recorded with why."""
+    def not_run(
+        cls, recipe: RepairRecipe, chosen_because: str, reason: str, error: BaseException | None = None
+    ) -> RepairTrial:
+        """A rung with nothing to try on this model (or that could not find out: `error`), recorded with why."""
         return cls(
             recipe=recipe,
             chosen_because=chosen_because,
@@ -116,6 +129,24 @@ class RepairTrial(Record):
             reason=reason,
             seconds=0.0,
             ran=False,
+            error=None if error is None else describe_error(error),
+        )
+
+    @classmethod
+    def crashed(cls, recipe: RepairRecipe, exc: BaseException) -> RepairTrial:
+        """A trial that left no record of its own: its task failed outside the trial's steps (its retry too), or
+        the process running it died."""
+        error = describe_error(exc)
+        return cls(
+            recipe=recipe,
+            tuning_top_1=None,
+            tuning_drop=None,
+            within_budget=False,
+            deployable=False,
+            qualifies=False,
+            reason=f"the trial's run failed: {error}",
+            seconds=0.0,
+            error=error,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -137,6 +168,7 @@ class RepairTrial(Record):
             "seconds": round(self.seconds, 2),
             "cached": self.cached,
             "ran": self.ran,
+            "error": self.error,
         }
 
 

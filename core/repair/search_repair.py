@@ -23,7 +23,7 @@ from core.build.records import BuiltModel
 from core.build.residual_equalization import has_add
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
-from core.evaluate.evaluate_model import evaluate_model
+from core.evaluate.evaluate_model import evaluate_model, scored
 from core.evaluate.models import load_keras_model
 from core.files import atomic_save_numpy
 from core.kinds.kind import ModelKind
@@ -31,12 +31,13 @@ from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.repair.ladder import ANALYSIS_METHODS, TUNING_SHARE, by_causes, ladder, repair_due
 from core.repair.precision_search import grow_precision, ranked_candidates
-from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs
+from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs, describe_error
 from core.targets.devices import target_for
 from core.targets.records import HardwareReports
 
 # Runs recipes' trials, together where it can (each its own cached task; on Dask workers with a Dask runner): each
-# trial, and whether it was cached, in the recipes' order.
+# trial, and whether it was cached, in the recipes' order. A trial whose run failed or died is returned as a failed
+# trial (RepairTrial.crashed); only an interrupt or a cancelled run raises.
 RunTrials = Callable[[list[RepairRecipe], TrialInputs], list[tuple[RepairTrial, bool]]]
 
 
@@ -101,16 +102,18 @@ def search_repair(
     split = split_evaluation_set(evaluation_set, kind, config.seed, Path(out_dir))
 
     def float_on(part: str) -> Evaluation:
-        return evaluate_model(
-            model_name="keras",
-            model_path=config.source_keras_model,
-            images_path=split[f"{part}_images"],
-            labels_path=split[f"{part}_labels"],
-            batch_size=config.evaluation_batch_size,
-            progress=False,
-            allow_unsafe_code=config.allow_unsafe_model_code,
-            class_count=class_count,
-            task=config.task,
+        return scored(
+            evaluate_model(
+                model_name="keras",
+                model_path=config.source_keras_model,
+                images_path=split[f"{part}_images"],
+                labels_path=split[f"{part}_labels"],
+                batch_size=config.evaluation_batch_size,
+                progress=False,
+                allow_unsafe_code=config.allow_unsafe_model_code,
+                class_count=class_count,
+                task=config.task,
+            )
         )
 
     baseline_tuning, float_reporting = float_on("tuning").score, float_on("reporting")
@@ -183,7 +186,13 @@ def search_repair(
             found = next((trial for trial in run_together(batch) if trial.qualifies), None)
         else:
             order = order[1:]
-            if ranked := ranked_candidates(sixteen_bit_candidates(config, calibration), analyses):
+            try:
+                ranked = ranked_candidates(sixteen_bit_candidates(config, calibration), analyses)
+            except Exception as exc:  # MCT asked about the model: its failure is the rung's, not the search's
+                asked = "MCT could not say which layers may take 16-bit activations"
+                trials.append(RepairTrial.not_run(recipe, why, f"{asked}: {describe_error(exc)}", error=exc))
+                continue
+            if ranked:
                 found = grow_precision(recipe, why, ranked, run)
             else:
                 no_layer = f"no layer may take 16-bit activations under {config.target_platform}'s TPC (MCT's answer)"
@@ -200,15 +209,17 @@ def search_repair(
     if chosen is not None:
         made = trials[chosen].deliverable
         assert made is not None
-        reporting = evaluate_model(
-            model_name=made[0],
-            model_path=made[1],
-            images_path=split["reporting_images"],
-            labels_path=split["reporting_labels"],
-            batch_size=config.evaluation_batch_size,
-            progress=False,
-            class_count=class_count,
-            task=config.task,
+        reporting = scored(
+            evaluate_model(
+                model_name=made[0],
+                model_path=made[1],
+                images_path=split["reporting_images"],
+                labels_path=split["reporting_labels"],
+                batch_size=config.evaluation_batch_size,
+                progress=False,
+                class_count=class_count,
+                task=config.task,
+            )
         )
     tuning_count = len(np.load(split["tuning_images"], mmap_mode="r"))
     return RepairOutcome(

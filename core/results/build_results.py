@@ -65,7 +65,7 @@ def model_row(
     published: str,
     source: str,
     evaluation: Evaluation,
-    latency: Latency,
+    latency: Latency | None,
     reference: Evaluation,
     class_names: list[str],
     built: BuiltModel | None,
@@ -79,7 +79,7 @@ def model_row(
         "file": published,
         "file_size_bytes": size_bytes(source),
         **kind.row_figures(evaluation, reference, class_names),
-        "latency_ms": latency.as_results(),
+        "latency_ms": latency.as_results() if latency else {"1_thread": None, "all_threads": None},
         "input_dtype": built.facts.input_dtype if built else "float32",
         "output_dtype": built.facts.output_dtype if built else "float32",
         "input_quantization": list(built.facts.input_quantization) if built else None,
@@ -93,17 +93,20 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
     hardware = run.hardware
     config = validated.config
     output_dir, result_dir = Path(config.output_dir), Path(config.evaluate_result_dir)
+    # A model whose conversion or evaluation failed has no row: the failures say what happened to it.
     tflite_models = {model_id(b.variant, config.float_tflite): b for b in run.built}
-    ptq = tflite_models["tflite_quantized"].quantization
-    assert ptq is not None, "the MCT PTQ model is always built"
-    sources = {"keras": config.source_keras_model, "keras_quantized": ptq.path}
-    published = {"keras": config.source_keras_model, "keras_quantized": str(output_dir / QUANTIZED_KERAS_FILE)}
+    tflite_models = {name: model for name, model in tflite_models.items() if name in evaluations}
+    ptq = next((b.quantization for b in run.built if b.variant == IMX500_VARIANT), None)  # None: MCT could not
+    sources = {"keras": config.source_keras_model}
+    published = {"keras": config.source_keras_model}
+    if ptq is not None:
+        sources["keras_quantized"], published["keras_quantized"] = ptq.path, str(output_dir / QUANTIZED_KERAS_FILE)
     descriptions = dict(KERAS_DESCRIPTIONS)
     for name, model in tflite_models.items():
         sources[name] = model.path
         published[name] = str(output_dir / variant_file_name(model.variant, config.float_tflite))
         descriptions[name] = PROMISES[model.variant].description
-    order = list(SDK_MODELS) + [n for n in tflite_models if n not in SDK_MODELS]
+    order = [n for n in SDK_MODELS if n in evaluations] + [n for n in tflite_models if n not in SDK_MODELS]
     kind = kind_named(config.task)
     reference = evaluations["keras"]
     models = [
@@ -113,7 +116,7 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
             published=published[name],
             source=sources[name],
             evaluation=evaluations[name],
-            latency=latencies[name],
+            latency=latencies.get(name),
             reference=reference,
             class_names=validated.class_names,
             built=tflite_models.get(name),
@@ -136,8 +139,9 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
             m["ethos_u"], vela_file = _ethos_u(m, hardware.ethos_u.get(m["model"]), output_dir)
             files += [vela_file] if vela_file else []
     imx500, imx500_folder = _imx500(hardware, output_dir)
-    if imx500:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
-        next(m for m in models if m["model"] == model_id(IMX500_VARIANT, config.float_tflite))["imx500"] = imx500
+    ptq_row = next((m for m in models if m["model"] == model_id(IMX500_VARIANT, config.float_tflite)), None)
+    if imx500 and ptq_row:  # the converter's input is the MCT PTQ model, published as model_quantized.tflite
+        ptq_row["imx500"] = imx500
     plan = PublicationPlan(output_dir=output_dir, result_dir=result_dir, files=files, imx500_folder=imx500_folder)
     recommendation = recommend(models, config.max_accuracy_drop, config.objective, config.target_device, kind)
     results: dict[str, Any] = kind.sdk_results(evaluations)
@@ -150,7 +154,9 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
             "recommendation": recommendation.model_dump(),
             "models": models,
             "float_tflite": config.float_tflite,
-            "quantization": {
+            "quantization": None
+            if ptq is None
+            else {
                 k: getattr(ptq, k)
                 for k in (
                     "method",
@@ -163,6 +169,7 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
                 )
             },
             "unsupported_variants": {model_id(u.variant, config.float_tflite): u.reason for u in run.unsupported},
+            "failed_variants": {f.model: f.model_dump(exclude={"model"}) for f in run.failures},
             "mct_variants": {name: b.quantization.details() for name, b in tflite_models.items() if b.quantization},
             "calibration": calibration.model_dump(
                 include={"batch_size", "iteration_count", "images_found", "images_used", "seed"}
@@ -204,7 +211,7 @@ def _repaired_row(run: RunRecords, output_dir: Path) -> tuple[dict[str, Any], li
         published=str(published),
         source=source,
         evaluation=repair.reporting,
-        latency=run.latencies[name],
+        latency=run.latencies.get(name),
         reference=repair.baseline_reporting,
         class_names=run.validated.class_names,
         built=chosen.model,

@@ -56,7 +56,10 @@ def recommend(
     ]
     candidates = [m for m in deployable if not target.problem(m)]
     if not candidates and unfit:
-        reason = f"no TFLite model can go to {target_device}: {unfit[0].model}: {unfit[0].reason}"
+        # The device's compiler's verdict on a model it ran on says more than another model's "not for this device".
+        rows = {m["model"]: m for m in deployable}
+        named = next((r for r in unfit if target.judged(rows[r.model])), unfit[0])
+        reason = f"no TFLite model can go to {target_device}: {named.model}: {named.reason}"
         return Recommendation(**summary, chosen=None, closest=None, reason=reason, rejected=unfit)
 
     def over_budget(m: dict) -> Rejection:

@@ -87,7 +87,10 @@ def require_imx500_fit(config: QuantizeConfig, results: dict[str, Any]) -> None:
     if not imx500 or imx500["skipped"]:
         reason = (imx500 or {}).get("reason", "the IMX500 converter did not run")
         raise InputError(f"imx500_require_fit is set but the fit could not be checked: {reason}")
-    if imx500_problem(imx500):
+    problem = imx500_problem(imx500)
+    if problem and imx500.get("memory_usage_bytes") is None:  # refused, crashed or timed out: no memory figures
+        raise InputError(f"imx500_require_fit is set but the model does not go to the IMX500: {problem}")
+    if problem:
         raise InputError(
             f"the model does not fit the IMX500: {imx500['memory_usage_bytes']:,} bytes needed, "
             f"{imx500['memory_available_bytes']:,} available ({imx500['utilization_percent']:.0f}%); "

@@ -7,6 +7,7 @@ from core.build.records import BuiltModel, UnsupportedVariant
 from core.config import ValidatedConfig
 from core.data.records import CalibrationSet, EvaluationSet
 from core.evaluate.records import Latency
+from core.failures import ModelFailure
 from core.kinds.records import Evaluation
 from core.records import Record
 from core.repair.records import RepairOutcome
@@ -22,10 +23,12 @@ class RunRecords(Record):
     unsupported: list[UnsupportedVariant]
     evaluation_set: EvaluationSet
     evaluations: dict[str, Evaluation]
-    latencies: dict[str, Latency]
+    latencies: dict[str, Latency]  # the models whose latency was measured
     hardware: HardwareReports
     repair: RepairOutcome | None = None
     layer_analysis: dict[str, LayerAnalysis] = {}  # by model name, for the models that lost too much
+    failures: list[ModelFailure] = []  # the models whose step failed (a crash): not in `evaluations` when it was
+    # their conversion or evaluation, without a latency when it was their latency
 
 
 class Rejection(Record):

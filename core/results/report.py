@@ -22,6 +22,7 @@ from core.kinds.kind import ModelKind
 from core.kinds.registry import kind_of_results
 from core.pictures import DPI, figure_png, remembered_png
 from core.results.results_text import repair_rows, repair_text
+from core.targets.devices import imx500_verdict
 
 _MISSING = "–"
 _OBJECTIVES = {"size": "smallest file", "latency": "lowest latency"}
@@ -62,6 +63,7 @@ def html_report(results: dict) -> str:
         _recommendation_html(recommendation, kind),
         "<h2>Comparison</h2>",
         _comparison_table_html(models, recommendation.get("chosen"), kind),
+        _not_compared_html(results),
         _analysis_html(results),
         _repair_html(results),
         "<h2>Accuracy vs size</h2>",
@@ -178,7 +180,7 @@ def _comparison_table_html(models: list[dict], chosen: str | None, kind: ModelKi
             _e(m["output_dtype"]),
             _percent((m.get("ethos_u") or {}).get("npu_share")),
             _e((m.get("ethos_u") or {}).get("inferences_per_second") or "–"),
-            _e(_yes_no((m.get("imx500") or {}).get("fits"))),
+            _e(imx500_verdict(m.get("imx500")) or _MISSING),
         ]
         row = "".join(
             f'<td class="text">{c}</td>' if i in text_columns else f"<td>{c}</td>" for i, c in enumerate(cells)
@@ -292,6 +294,19 @@ def _network_order(analysis: dict, layer: dict) -> int:
     return order.index(layer["layer"]) if layer["layer"] in order else layer["rank"]
 
 
+def _not_compared_html(results: dict) -> str:
+    """The variants with no row: those a builder could not make, and those whose step failed (a crash)."""
+    items = [
+        f"<li>{_e(name)}: not built: {_e(reason.splitlines()[0])}</li>"
+        for name, reason in (results.get("unsupported_variants") or {}).items()
+    ]
+    items += [
+        f"<li>{_e(name)}: {_e(failure['step'])} failed: {_e(failure['reason'])}</li>"
+        for name, failure in (results.get("failed_variants") or {}).items()
+    ]
+    return f"<h3>Not compared</h3><ul>{''.join(items)}</ul>" if items else ""
+
+
 def _analysis_html(results: dict) -> str:
     """For each model that lost too much: a chart of the loss per layer and the worst layers' causes."""
     parts = []
@@ -342,8 +357,3 @@ def _percent_points(value: float | None, signed: bool = False) -> str:
 
 def _ms(value: float | None) -> str:
     return _MISSING if value is None else f"{value:.2f}"
-
-
-def _yes_no(value) -> str:
-    """True and False as yes and no; anything else (None: not compiled) as a dash."""
-    return {True: "yes", False: "no"}.get(value, _MISSING)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from core.build.variants import REPAIRED_FILE, REPAIRED_KERAS_FILE, REPAIRED_KERAS_MODEL
 from core.kinds.registry import kind_of_results
+from core.targets.devices import imx500_problem, imx500_verdict
 
 
 def artifact_key(model_path: str) -> str:
@@ -56,7 +57,7 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
                 "output": m["output_dtype"],
                 "npu_ops": _percent((m.get("ethos_u") or {}).get("npu_share")),
                 "ethos_u_inf_s": (m.get("ethos_u") or {}).get("inferences_per_second"),
-                "imx500_fits": _yes_no((m.get("imx500") or {}).get("fits")),
+                "imx500_fits": imx500_verdict(m.get("imx500")),
                 "images": m["image_count"],
             }
             for m in results["models"]
@@ -68,7 +69,8 @@ def format_table(results: dict[str, Any]) -> str:
     """The comparison for a terminal, then the recommendation."""
     table = results_table(results).drop(columns=["description", "images"]).fillna("-").to_string(index=False)
     return (
-        f"{table}\n{unsupported_text(results)}{analysis_text(results)}{repair_text(results)}\n"
+        f"{table}\n{unsupported_text(results)}{failed_text(results)}{device_text(results)}{analysis_text(results)}"
+        f"{repair_text(results)}\n"
         f"{recommendation_text(results['recommendation'])}"
     )
 
@@ -142,6 +144,29 @@ def repair_text(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failed_text(results: dict[str, Any]) -> str:
+    """The models whose step failed (a crash), each with what happened and where the library's output is."""
+    lines = []
+    for name, failure in (results.get("failed_variants") or {}).items():
+        log = f" (its log: {failure['log']})" if failure.get("log") else ""
+        lines.append(f"Failed: {name}: {failure['step']} failed: {failure['reason']}{log}\n")
+    return "".join(lines)
+
+
+def device_text(results: dict[str, Any]) -> str:
+    """The models a device's compiler judged and would not take (refused, crashed, timed out, too large), with why.
+    A model Vela declined without running (not full-integer) has no accelerator in its report and is not listed."""
+    lines = []
+    for m in results["models"]:
+        imx500 = m.get("imx500")
+        if imx500 and not imx500.get("skipped") and imx500_problem(imx500):
+            lines.append(f"Not for the IMX500: {m['model']}: {imx500_problem(imx500)}\n")
+        ethos_u = m.get("ethos_u") or {}
+        if ethos_u.get("accelerator") and not ethos_u.get("compiled"):
+            lines.append(f"Not for {ethos_u['accelerator']}: {m['model']}: {ethos_u.get('reason')}\n")
+    return "".join(lines)
+
+
 def unsupported_text(results: dict[str, Any]) -> str:
     return "".join(
         f"Not built: {name}: {reason.splitlines()[0]}\n" for name, reason in results["unsupported_variants"].items()
@@ -164,14 +189,16 @@ def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
     )
     rejected = "\n".join(f"- `{r['model']}`: {r['reason']}" for r in results["recommendation"]["rejected"])
     kind = kind_of_results(results)
+    quantization = results["quantization"] or {"mct_version": "-", "target_platform": "- (MCT could not quantize)"}
     return (
         f"# Quantize and evaluate: {Path(results['models'][0]['file']).name}\n\n"
         f"**{recommendation_text(results['recommendation'])}**\n\n"
         f"{results['image_count']} evaluation images, {results['class_count']} {kind.class_word}; "
-        f"MCT {results['quantization']['mct_version']} for target platform "
-        f"`{results['quantization']['target_platform']}`; "
+        f"MCT {quantization['mct_version']} for target platform "
+        f"`{quantization['target_platform']}`; "
         f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
-        f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n{unsupported_text(results)}\n"
+        f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n"
+        f"{unsupported_text(results)}{failed_text(results)}{device_text(results)}\n"
         f"{_code_block(analysis_text(results) + repair_text(results))}{figures}"
         f"Full report, with {kind.report_holds}: `{results['report']}` on the "
         "machine that ran the flow (the UI cannot link to it, as a browser opens no file: link from a web page; "

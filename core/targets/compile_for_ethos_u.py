@@ -4,6 +4,9 @@ much of it runs on the NPU, the memory it needs and its estimated speed.
 Vela only maps int8/int16 operators to the NPU: a float model would run entirely on the CPU, so it is
 declined with a message instead of compiled. The Vela-optimised model is published beside the model
 (`model_full_int8_vela.tflite`).
+
+Vela runs as a command (a child process), so its failure on a model (an error, its native compiler crashing, a
+timeout) is a verdict, `compiled=False` with the reason, rather than the end of the run.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from core.build.variants import ETHOS_U_ACCELERATORS, VARIANTS, vela_file_name
 from core.errors import StepError
+from core.targets.compiler_output import crashed, last_meaningful_lines, timed_out
 from core.targets.records import EthosUReport
 
 
@@ -67,15 +71,24 @@ def compile_for_ethos_u(*, model_path: str, variant: str | None, accelerator: st
         return EthosUReport.declined(variant)
     try:
         return _compile(Path(model_path), accelerator, Path(out_dir))
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration) as exc:
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, StopIteration, RuntimeError) as exc:
         raise StepError(f"compile-for-ethos-u ({variant})", model_path, exc) from exc
+
+
+COMPILER = "Vela"
+TIMEOUT_S = 1800
 
 
 def _compile(model_path: Path, accelerator: str, out_dir: Path) -> EthosUReport:
     command = [vela_executable(), str(model_path), "--accelerator-config", accelerator, "--output-dir", str(out_dir)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return EthosUReport.failed(accelerator, timed_out(COMPILER, TIMEOUT_S))
+    if result.returncode < 0:
+        return EthosUReport.failed(accelerator, crashed(COMPILER, result.returncode, result.stderr + result.stdout))
     if result.returncode != 0:
-        raise RuntimeError(f"vela exited with {result.returncode}: {(result.stderr or result.stdout)[-2000:]}")
+        return EthosUReport.failed(accelerator, f"refused by {COMPILER}: {vela_error(result.stdout, result.stderr)}")
     summary_csv = next(out_dir.glob(f"{model_path.stem}_summary_*.csv"), None)
     if summary_csv is None:
         raise RuntimeError(f"vela wrote no summary CSV to {out_dir}: {result.stdout[-1000:]}")
@@ -88,3 +101,9 @@ def _compile(model_path: Path, accelerator: str, out_dir: Path) -> EthosUReport:
         vela_version=version,
         **summary,
     )
+
+
+def vela_error(stdout: str, stderr: str) -> str:
+    """Vela prints its own errors ("Error: ...") on stdout, and any other exception as a traceback on stderr."""
+    errors = [line.strip() for line in stdout.splitlines() if line.startswith("Error: ")]
+    return last_meaningful_lines("\n".join(errors[-1:]) or stderr or stdout)

@@ -6,6 +6,10 @@ The converter takes the MCT model in MCT's Keras format (what the quantize step 
 It cannot share this project's environment (see requirements-imx500.txt), so it runs as a command:
 `IMX500_CONVERTER` names it, else `.venv-imx500/bin/imxconv-tf` (`make imx500`), else `imxconv-tf`
 on PATH. Without it, or without Java, the step is skipped with a message saying how to install it.
+
+Whatever the converter says of the model is a verdict, `compiled=False` with the reason, never the end of the run:
+a refusal (an operator it does not support, a layer over its limits; core/targets/imx500_refusal.py reads which),
+a model too large for the chip's memory, its crash or its timeout. Only a failure of this step's own raises.
 """
 
 from __future__ import annotations
@@ -16,15 +20,20 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 from core.build.platforms import IMX500_CONVERTER_ENV, find_imx500_converter
 from core.errors import StepError
+from core.targets.compiler_output import crashed, timed_out
+from core.targets.imx500_refusal import refusal_gist, refused_before_memory_planning
 from core.targets.records import Imx500Report
 
 HOW_TO_INSTALL = (
     "run `make imx500` (installs imx500-converter[tf] from requirements-imx500.txt into .venv-imx500), "
     f"or install it in an environment of its own and set {IMX500_CONVERTER_ENV} to its imxconv-tf"
 )
+COMPILER = "the IMX500 converter"
+TIMEOUT_S = 3600
 
 
 def find_java() -> str | None:
@@ -93,51 +102,68 @@ def compile_for_imx500(
     target = Path(out_dir) / "imx500"
     try:
         return _convert(converter, Path(quantized_keras_path), target)
-    except (OSError, subprocess.SubprocessError, ValueError, KeyError, ET.ParseError) as exc:
+    except _NoVerdict as ended:
+        return Imx500Report(compiled=False, skipped=False, reason=ended.reason, converter=converter)
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, ET.ParseError, RuntimeError) as exc:
         raise StepError("compile-for-imx500", quantized_keras_path, exc) from exc
 
 
-def _convert(converter: str, model: Path, target: Path) -> Imx500Report:
-    def run(*extra: str) -> subprocess.CompletedProcess:
-        command = [
-            converter,
-            "-i",
-            str(model),
-            "-o",
-            str(target),
-            "--overwrite-output",
-            "--report-size-unit",
-            "B",
-            *extra,
-        ]
-        return subprocess.run(command, capture_output=True, text=True, timeout=3600)
+class _NoVerdict(Exception):
+    """The converter ended without a verdict of its own: killed by a signal, or out of time."""
 
-    result = run()
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _run(converter: str, model: Path, target: Path, *extra: str) -> subprocess.CompletedProcess:
+    command = [converter, "-i", str(model), "-o", str(target), "--overwrite-output", "--report-size-unit", "B", *extra]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise _NoVerdict(timed_out(COMPILER, TIMEOUT_S)) from None
+    if result.returncode < 0:
+        raise _NoVerdict(crashed(COMPILER, result.returncode, result.stdout + result.stderr))
+    return result
+
+
+def _convert(converter: str, model: Path, target: Path) -> Imx500Report:
+    result = _run(converter, model, target)
+    output = result.stdout + result.stderr
     report = next(target.glob("*_MemoryReport.json"), None)
-    if result.returncode != 0 and report is None:
+    if result.returncode != 0 and report is None and not refused_before_memory_planning(output):
         # A model too large for the chip fails the conversion; the memory report alone says by how much.
-        run("--memory-report")
+        _run(converter, model, target, "--memory-report")
         report = next(target.glob("*_MemoryReport.json"), None)
-    output = (result.stdout + result.stderr)[-2000:]
     if report is None:
-        raise RuntimeError(f"imxconv-tf exited with {result.returncode} and wrote no memory report:\n{output}")
+        if result.returncode == 0:
+            raise RuntimeError(f"imxconv-tf succeeded but wrote no memory report to {target}")
+        return _not_compiled(converter, target, f"refused by {COMPILER}: {refusal_gist(output, model)}")
     memory = parse_memory_report(report)
-    if result.returncode != 0 and memory["fits"]:
-        raise RuntimeError(f"imxconv-tf exited with {result.returncode} although the model fits:\n{output}")
-    found: dict = {
-        "compiled": result.returncode == 0,
-        "skipped": False,
-        **memory,
-        "folder": str(target),
-        "memory_report": str(report),
-        "converter": converter,
-    }
     if result.returncode == 0:
-        found.update(
+        return Imx500Report(
+            compiled=True,
+            skipped=False,
+            **memory,
+            folder=str(target),
+            memory_report=str(report),
+            converter=converter,
             packer_out=str(target / "packerOut.zip"),
             dnn_params=str(target / "dnnParams.xml"),
             **parse_input_tensor(target / "dnnParams.xml"),
         )
-    else:
-        found["reason"] = f"does not fit the IMX500: {output[-500:]}"
-    return Imx500Report(**found)
+    reason = too_large(memory) if not memory["fits"] else f"refused by {COMPILER}: {refusal_gist(output, model)}"
+    return _not_compiled(converter, target, reason, **memory, memory_report=str(report))
+
+
+def _not_compiled(converter: str, target: Path, reason: str, **found: Any) -> Imx500Report:
+    """The converter's verdict against the model; its folder, with whatever it wrote, is published when it has one."""
+    folder = str(target) if target.is_dir() else None
+    return Imx500Report(compiled=False, skipped=False, reason=reason, converter=converter, folder=folder, **found)
+
+
+def too_large(memory: dict) -> str:
+    return (
+        f"does not fit the IMX500: {memory['memory_usage_bytes']:,} bytes needed, "
+        f"{memory['memory_available_bytes']:,} available ({memory['utilization_percent']:.0f}%)"
+    )

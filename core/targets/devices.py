@@ -57,6 +57,10 @@ class Target:
         """Why the device cannot take a results row (a model with its compilers' reports), or None."""
         return None
 
+    def judged(self, row: Mapping[str, Any]) -> bool:
+        """Whether this device's compiler ran on the row's model: its verdict says more than "not for this device"."""
+        return False
+
 
 @dataclass(frozen=True)
 class Imx500(Target):
@@ -78,6 +82,9 @@ class Imx500(Target):
     def problem(self, row: Mapping[str, Any]) -> str | None:
         return imx500_problem(row.get("imx500"))
 
+    def judged(self, row: Mapping[str, Any]) -> bool:
+        return bool(row.get("imx500"))
+
 
 @dataclass(frozen=True)
 class EthosUTarget(Target):
@@ -95,6 +102,9 @@ class EthosUTarget(Target):
     def problem(self, row: Mapping[str, Any]) -> str | None:
         ethos_u = row.get("ethos_u") or {}
         return None if ethos_u.get("compiled") else ethos_u.get("reason") or "not compiled for Ethos-U"
+
+    def judged(self, row: Mapping[str, Any]) -> bool:
+        return bool((row.get("ethos_u") or {}).get("accelerator"))  # a model Vela declined has none
 
 
 TARGETS: dict[TargetDevice | None, Target] = {
@@ -119,13 +129,24 @@ def ethos_u_accelerator_of(device: str | None) -> EthosU | None:
 
 
 def imx500_problem(report: Mapping[str, Any] | None) -> str | None:
-    """Why the IMX500 does not take the model Sony's converter reported on, or None when it fits."""
+    """Why the IMX500 does not take the model Sony's converter reported on, or None when it fits. A report that is
+    not compiled says why in its reason: the converter refused it, crashed or ran out of time, or it was skipped."""
     if not report:
         return "not converted for the IMX500 (the converter takes the MCT PTQ model only)"
-    if report.get("skipped"):
-        return str(report.get("reason"))
-    if not report.get("compiled"):
-        return f"Sony's converter did not compile it: {report.get('reason')}"
+    if report.get("skipped") or (not report.get("compiled") and report.get("fits") is not False):
+        return str(report.get("reason") or "not compiled by the IMX500 converter")
     if report.get("fits"):
         return None
     return f"does not fit the IMX500 ({report.get('utilization_percent') or 0:.0f}% of its memory)"
+
+
+def imx500_verdict(report: Mapping[str, Any] | None) -> str | None:
+    """The IMX500 converter's verdict in a word, for a table's imx500_fits column: yes, no (its memory), refused (it
+    did not compile the model: refused, crashed or timed out), or none (no report, or the converter skipped)."""
+    if not report or report.get("skipped"):
+        return None
+    if report.get("fits") is False:
+        return "no"
+    if not report.get("compiled"):
+        return "refused"
+    return "yes" if report.get("fits") else "no"

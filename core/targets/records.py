@@ -58,6 +58,11 @@ class EthosUReport(Record):
             f"build {one_of(FULL_INTEGER_VARIANTS)})",
         )
 
+    @classmethod
+    def failed(cls, accelerator: str, reason: str) -> EthosUReport:
+        """Vela's verdict against a full-integer model: it refused, crashed or ran out of time (`reason` says which)."""
+        return cls(compiled=False, accelerator=accelerator, reason=reason)
+
     def as_results(self) -> dict:
         data = self.model_dump(exclude_none=True)
         if self.compiled:  # NaN from Vela when nothing runs on the NPU: shown as null

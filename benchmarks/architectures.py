@@ -64,9 +64,9 @@ def configuration(name: str, size: int, target: str, model: Path, out: Path) -> 
         "evaluate_result_dir": str(out / "results"),
         "target_device": target,
         "latency_repeats": 3,
-        # An untrained model's drop decides nothing; two trials still run the repair's code on the architecture.
+        # An untrained model's drop decides nothing; one trial still runs the repair's code on the architecture.
         "max_accuracy_drop": 0.0,
-        "repair_max_trials": 2,
+        "repair_max_trials": 1,
         "repair_time_budget_s": 300,
     }
     path = out / "configuration.json"

@@ -38,7 +38,7 @@ def reason_of(cause: BaseException) -> str:
     """One line saying what happened: 'aborted (SIGABRT): <its last words>', or the error's type and first lines."""
     if isinstance(cause, ChildDied):
         return str(cause)
-    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    lines = list(dict.fromkeys(line.strip() for line in str(cause).splitlines() if line.strip()))  # once each
     said = " | ".join(lines[:3])
     said = said if len(said) <= 300 else said[:297] + "..."
     return f"{type(cause).__name__}: {said}".rstrip(": ")

@@ -116,8 +116,8 @@ def convert_to_tflite(
         return failure(variant, "convert", ModelCodeFailed(exc))
     if isinstance(outcome, BuiltModel):
         return outcome
-    if spec.optional and "not yet supported" in str(outcome):
-        return UnsupportedVariant(variant=variant, reason=f"{type(outcome).__name__}: {outcome}")
+    if isinstance(outcome, ConverterRefused) and spec.optional and "not yet supported" in str(outcome):
+        return UnsupportedVariant(variant=variant, reason=str(outcome))
     if isinstance(outcome, ConverterRefused):
         return UnsupportedVariant(variant=variant, reason=f"TensorFlow's converter refused the model: {outcome}")
     raise StepError(step, model_path, outcome) from outcome

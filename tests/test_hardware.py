@@ -96,13 +96,16 @@ def test_a_target_device_restricts_the_recommendation(hardware_run):
 
 @pytest.mark.slow
 @pytest.mark.hardware
-def test_the_converters_refusal_of_an_input_rescaling_layer_is_a_verdict_naming_it(tmp_path):
+def test_the_converters_refusal_of_a_layer_the_tool_cannot_substitute_is_a_verdict_naming_it(tmp_path):
+    """An image's Rescaling becomes a 1x1 depthwise convolution (tests/test_substitute_layers.py); one of a 2-D
+    tensor has no such equivalent, is left in the MCT model, and the converter refuses it."""
     import tensorflow as tf
 
     inputs = tf.keras.Input((16, 16, 3))
-    scaled = tf.keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(scaled))
-    tf.keras.Model(inputs, tf.keras.layers.Dense(3)(pooled)).save(tmp_path / "rescaling.h5")
+    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(inputs))
+    # Named: after another test's Rescaling in this process, Keras would call it rescaling_1.
+    scaled = tf.keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(pooled)
+    tf.keras.Model(inputs, tf.keras.layers.Dense(3)(scaled)).save(tmp_path / "rescaling.h5")
     np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 16, 16, 3), np.float32) * 255)
     quantized = quantize_with_mct(
         model_path=str(tmp_path / "rescaling.h5"),
@@ -112,6 +115,7 @@ def test_the_converters_refusal_of_an_input_rescaling_layer_is_a_verdict_naming_
         out_dir=tmp_path,
         progress=False,
     )
+    assert quantized.substituted_layers is None
     converter, java = converter_and_java()
     report = compile_for_imx500(quantized_keras_path=quantized.path, out_dir=tmp_path, converter=converter, java=java)
     assert report.compiled is False and report.skipped is False and report.fits is None

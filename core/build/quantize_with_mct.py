@@ -19,6 +19,7 @@ from core.build.keras_conversion import with_input_size
 from core.build.platforms import choose_platform, target_platform_capabilities
 from core.build.precision import bit_width_config
 from core.build.records import QuantizedModel
+from core.build.substitute_layers import device_equivalent
 from core.build.variants import MCT_METHODS, mct_keras_file_name
 from core.errors import StepError
 from core.evaluate.models import load_keras_model
@@ -74,6 +75,9 @@ def quantize_with_mct(
     calibration = np.load(calibration_path, mmap_mode="r")
     # A model whose input size is not fixed is quantized at the calibration images' size: MCT's exports need one.
     model = with_input_size(load_keras_model(model_path, allow_unsafe_code), calibration.shape[1])
+    substituted: list[str] = []
+    if target_platform == "imx500":  # its converter refuses Rescaling and Normalization: the same function instead
+        model, substituted = device_equivalent(model, allow_unsafe_code=allow_unsafe_code)
     data = representative_data(calibration, batch_size, progress)
     try:
         tpc = target_platform_capabilities(platform)
@@ -99,6 +103,7 @@ def quantize_with_mct(
             "z_threshold": z_threshold,
             "shift_negative_params_search": shift_negative_params_search or None,
             "sixteen_bit_activations": list(sixteen_bit_activations) or None,
+            "substituted_layers": substituted or None,
         }
         if method == "gptq":
             gptq_config = mct.gptq.get_keras_gptq_config(n_epochs=gptq_epochs)

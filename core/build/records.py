@@ -43,6 +43,8 @@ class QuantizedModel(Record):
     z_threshold: float | None = None
     shift_negative_params_search: bool | None = None
     sixteen_bit_activations: list[str] | None = None  # layers whose outputs MCT quantized with 16 bits
+    # for the IMX500: layers its converter refuses, replaced by the same function (core/build/substitute_layers.py)
+    substituted_layers: list[str] | None = None
 
     def details(self) -> dict:
         """As results.json's `mct_variants` shows it."""

@@ -155,8 +155,12 @@ def failed_text(results: dict[str, Any]) -> str:
 
 def device_text(results: dict[str, Any]) -> str:
     """The models a device's compiler judged and would not take (refused, crashed, timed out, too large), with why.
-    A model Vela declined without running (not full-integer) has no accelerator in its report and is not listed."""
-    lines = []
+    A model Vela declined without running (not full-integer) has no accelerator in its report and is not listed.
+    First, the layers the IMX500's model has in place of those its converter refuses."""
+    lines = [
+        f"For the IMX500, whose converter has no Rescaling or Normalization: {substitution}\n"
+        for substitution in _substitutions(results)
+    ]
     for m in results["models"]:
         imx500 = m.get("imx500")
         if imx500 and not imx500.get("skipped") and imx500_problem(imx500):
@@ -165,6 +169,12 @@ def device_text(results: dict[str, Any]) -> str:
         if ethos_u.get("accelerator") and not ethos_u.get("compiled"):
             lines.append(f"Not for {ethos_u['accelerator']}: {m['model']}: {ethos_u.get('reason')}\n")
     return "".join(lines)
+
+
+def _substitutions(results: dict[str, Any]) -> list[str]:
+    """Each MCT model's substituted layers (core/build/substitute_layers.py), once: every variant has the same."""
+    variants = (results.get("mct_variants") or {}).values()
+    return list(dict.fromkeys(s for variant in variants for s in variant.get("substituted_layers") or []))
 
 
 def unsupported_text(results: dict[str, Any]) -> str:

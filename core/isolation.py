@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 LAST_WORDS_LINES = 6
 LAST_WORDS_CHARS = 600
+CHATTER = ("INFO: Created TensorFlow Lite", "INFO: Initialized TensorFlow Lite")  # said on every model: no last words
 
 
 class ChildDied(RuntimeError):
@@ -140,7 +141,7 @@ def last_words(log_path: Path, start: int) -> str:
             text = log.read().decode(errors="replace")
     except OSError:
         return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(CHATTER)]
     said = " | ".join(lines[-LAST_WORDS_LINES:])
     return said if len(said) <= LAST_WORDS_CHARS else "..." + said[-LAST_WORDS_CHARS:]
 

@@ -68,14 +68,22 @@ def repair_due(
         return False, "repair is off"
     baseline = evaluations["keras"].score
     target = target_for(target_device)
-    fitting = []
+    fitting, refused = [], []
     for name in integer_model_names(float_tflite, built):
-        if not target.takes(name, float_tflite) or target.problem(hardware.reports_of(name, float_tflite)):
+        row = hardware.reports_of(name, float_tflite)
+        if not target.takes(name, float_tflite) or target.problem(row):
+            refusal = target.refusal(row) if target.takes(name, float_tflite) else None
+            refused += [f"{name}: {refusal}"] if refusal else []
             continue
         drop = baseline - evaluations[name].score
         fitting.append((drop, name))
     best = min(fitting) if fitting else None
     where = f" that {target_device} takes" if target_device else ""
+    if best is None and refused:
+        return False, (
+            f"not searched: {target_device}'s compiler refused the model ({'; '.join(refused)}), and the repair's "
+            "recipes change precisions, not the operators it refused"
+        )
     if best is not None and within_budget(best[0], max_accuracy_drop):
         state = f"{best[1]} stays within {max_accuracy_drop:.4f} of the float model (drop {best[0]:.4f})"
         if mode == "always":

@@ -61,6 +61,11 @@ class Target:
         """Whether this device's compiler ran on the row's model: its verdict says more than "not for this device"."""
         return False
 
+    def refusal(self, row: Mapping[str, Any]) -> str | None:
+        """Why this device's compiler refused the row's model for what its graph is (an operator it has no kernel
+        for, a layer past its limits), not for its size: no repair recipe changes that. None otherwise."""
+        return None
+
 
 @dataclass(frozen=True)
 class Imx500(Target):
@@ -85,6 +90,9 @@ class Imx500(Target):
     def judged(self, row: Mapping[str, Any]) -> bool:
         return bool(row.get("imx500"))
 
+    def refusal(self, row: Mapping[str, Any]) -> str | None:
+        return self.problem(row) if imx500_verdict(row.get("imx500")) == "refused" else None
+
 
 @dataclass(frozen=True)
 class EthosUTarget(Target):
@@ -105,6 +113,9 @@ class EthosUTarget(Target):
 
     def judged(self, row: Mapping[str, Any]) -> bool:
         return bool((row.get("ethos_u") or {}).get("accelerator"))  # a model Vela declined has none
+
+    def refusal(self, row: Mapping[str, Any]) -> str | None:
+        return self.problem(row) if self.judged(row) else None
 
 
 TARGETS: dict[TargetDevice | None, Target] = {

@@ -204,6 +204,8 @@ class Workers:
                 if self._closed:
                     raise RuntimeError("the worker processes are stopped: the command is ending")
                 self._cancel_idle_timer()
+                while self._idle and not self._idle[-1].alive:  # died while idle (killed from outside)
+                    self._children.discard(self._idle.pop())
                 if self._idle:
                     return self._idle.pop()
                 if len(self._children) + self._starting < self.size:

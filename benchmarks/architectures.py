@@ -54,7 +54,7 @@ def build(name: str, size: int, path: Path) -> int:
     return int(model.count_params())
 
 
-def configuration(name: str, size: int, target: str, model: Path, out: Path) -> Path:
+def configuration(name: str, size: int, target: str, model: Path, out: Path, repair: str) -> Path:
     config = {
         "source_keras_model": str(model),
         "dataset_image_dir": str(SAMPLE / "training"),
@@ -70,6 +70,7 @@ def configuration(name: str, size: int, target: str, model: Path, out: Path) -> 
         "latency_repeats": 3,
         # An untrained model's drop decides nothing; one trial still runs the repair's code on the architecture.
         "max_accuracy_drop": 0.0,
+        "repair": repair,
         "repair_max_trials": 1,
         "repair_time_budget_s": 300,
     }
@@ -79,10 +80,10 @@ def configuration(name: str, size: int, target: str, model: Path, out: Path) -> 
     return path
 
 
-def run_one(name: str, size: int, target: str, scratch: Path, timeout_s: int) -> dict[str, Any]:
+def run_one(name: str, size: int, target: str, repair: str, scratch: Path, timeout_s: int) -> dict[str, Any]:
     out = scratch / name
     parameters = build(name, size, out / "model.h5")
-    config = configuration(name, size, target, out / "model.h5", out)
+    config = configuration(name, size, target, out / "model.h5", out, repair)
     started = time.perf_counter()
     try:
         done = subprocess.run(
@@ -118,8 +119,10 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         imx500_verdict = "skipped"
     elif imx500.get("compiled") and imx500.get("fits"):
         imx500_verdict = f"fits ({imx500.get('utilization_percent')}%)"
+    elif imx500.get("fits") is False:
+        imx500_verdict = f"does not fit ({imx500.get('utilization_percent')}%)"
     elif imx500:
-        imx500_verdict = f"refused: {(imx500.get('reason') or 'does not fit').splitlines()[0][:120]}"
+        imx500_verdict = (imx500.get("reason") or "refused").splitlines()[0][:120]
     else:
         imx500_verdict = "not compiled"
     ethos_u = (models.get("tflite_full_int8") or {}).get("ethos_u") or {}
@@ -160,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("architectures", nargs="*", help=f"keras.applications names (default: {DEFAULT_ARCHITECTURES})")
     parser.add_argument("--size", type=int, default=96, help="input side in pixels (default 96)")
     parser.add_argument("--target", default="imx500", help="target_device of every run (default imx500)")
+    parser.add_argument(
+        "--repair", choices=("auto", "off"), default="auto", help="'off' skips the repair's one trial (faster)"
+    )
     parser.add_argument("--timeout", type=int, default=1800, help="seconds one architecture may take (default 1800)")
     args = parser.parse_args(argv)
     if not (SAMPLE / "labels.json").is_file():
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     scratch = isolated_scratch("architectures-")
     rows = []
     for name in args.architectures or DEFAULT_ARCHITECTURES:
-        rows.append(run_one(name, args.size, args.target, scratch, args.timeout))
+        rows.append(run_one(name, args.size, args.target, args.repair, scratch, args.timeout))
         print(json.dumps(rows[-1]), flush=True)
     (scratch / "architectures.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{markdown(rows)}\n\n(every run's output: {scratch}/<architecture>/command.log)")

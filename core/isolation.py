@@ -57,6 +57,10 @@ class ChildDied(RuntimeError):
         return ChildDied, (self.exitcode, self.last_words, self.log_path)
 
 
+class WorkersStopped(RuntimeError):
+    """The command is ending (Ctrl-C): its workers were stopped under a call, which says nothing of the model."""
+
+
 def portable(exc: BaseException) -> BaseException:
     """The exception itself when it survives pickling (the parent then re-raises it as it was), else a
     RuntimeError with its type and message (some of TensorFlow's need arguments pickling does not keep)."""
@@ -70,6 +74,7 @@ def portable(exc: BaseException) -> BaseException:
 def _serve(connection: multiprocessing.connection.Connection) -> None:
     """The child's loop: point its standard output and error (the native libraries' included) at the log file it
     is first sent, then run each (function, arguments) it is sent and send back ('ok', result) or ('raised', error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle: it stops its workers
     log = os.open(connection.recv(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -100,6 +105,7 @@ class Child:
         theirs.close()
         self.log_path = log_dir / f"{name}-{self.process.pid}.log"
         self._connection.send(str(self.log_path))
+        self._stopped = False  # by its owner (the command is ending): a call it ends says nothing of the model
 
     @property
     def alive(self) -> bool:
@@ -123,10 +129,13 @@ class Child:
                     raise value
                 return value
         self.process.join()
+        if self._stopped:
+            raise WorkersStopped("the worker processes were stopped: the command is ending")
         raise ChildDied(self.process.exitcode, last_words(self.log_path, start), str(self.log_path))
 
     def stop(self) -> None:
         """Kill it now (it writes only to temporary names: nothing is lost)."""
+        self._stopped = True
         if self.process.is_alive():
             self.process.kill()
         self.process.join()
@@ -202,7 +211,7 @@ class Workers:
         with self._lock:
             while True:
                 if self._closed:
-                    raise RuntimeError("the worker processes are stopped: the command is ending")
+                    raise WorkersStopped("the worker processes are stopped: the command is ending")
                 self._cancel_idle_timer()
                 while self._idle and not self._idle[-1].alive:  # died while idle (killed from outside)
                     self._children.discard(self._idle.pop())

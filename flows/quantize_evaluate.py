@@ -211,7 +211,8 @@ def quantize_evaluate(
         parts = {name: [part.result() for part in evaluations[name]] for name in names}
         failures += [next(p for p in parts[n] if isinstance(p, ModelFailure)) for n in names if failed(parts[n])]
         evaluated = {name: kind.merged(parts[name]) for name in names if not failed(parts[name])}
-        built = [m for m in built if model_id(m.variant, c.float_tflite) in evaluated]  # the failed are left out
+        # What the analysis and the repair compare: the models that were evaluated (a failed one has no score).
+        scored = [m for m in built if model_id(m.variant, c.float_tflite) in evaluated]
         hardware = HardwareReports(
             imx500=imx500.result() if imx500 else None,
             ethos_u={name: future.result() for name, future in vela.items()},
@@ -228,7 +229,7 @@ def quantize_evaluate(
             allow_unsafe_code=unsafe,
         )
         for name, model in models_to_analyse(
-            evaluations=evaluated, built=built, float_tflite=c.float_tflite, max_accuracy_drop=c.max_accuracy_drop
+            evaluations=evaluated, built=scored, float_tflite=c.float_tflite, max_accuracy_drop=c.max_accuracy_drop
         ).items()
     }
     finished = {name: future.result(raise_on_failure=False) for name, future in analysing.items()}
@@ -244,7 +245,7 @@ def quantize_evaluate(
         calibration=calibration,
         evaluation_set=evaluation_set,
         evaluations=evaluated,
-        built=built,
+        built=scored,
         hardware=hardware,
         layer_analysis=analyses,  # a failed analysis is recorded as that model's failure
         runner=runner,  # with Dask, independent trials run on the workers

@@ -21,7 +21,7 @@ import numpy as np
 
 from core.evaluate.models import TFLitePredictor
 from core.failures import ModelCodeFailed
-from core.isolation import Child, InProcess, Workers
+from core.isolation import Child, InProcess, Workers, WorkersStopped
 from core.storage import cache_root
 
 CRASH_ENV = "QUANTIZE_CRASH_MODEL"
@@ -72,6 +72,8 @@ def in_worker(where: Child | InProcess | Workers, fn: Callable[..., Any], /, **k
     """`fn(**kwargs)` in that worker (or any of those), where what fails is the model's: ModelCodeFailed."""
     try:
         return where.run(fn, **kwargs) if isinstance(where, Workers) else where.call(fn, **kwargs)
+    except WorkersStopped:
+        raise
     except Exception as exc:  # the model's code failed: its crash or what the library raised on it
         raise ModelCodeFailed(exc) from exc
 

@@ -106,7 +106,9 @@ def build_results(run: RunRecords) -> tuple[dict[str, Any], PublicationPlan]:
         sources[name] = model.path
         published[name] = str(output_dir / variant_file_name(model.variant, config.float_tflite))
         descriptions[name] = PROMISES[model.variant].description
-    order = [n for n in SDK_MODELS if n in evaluations] + [n for n in tflite_models if n not in SDK_MODELS]
+    order = [n for n in SDK_MODELS if n in evaluations and n in sources] + [
+        n for n in tflite_models if n not in SDK_MODELS
+    ]
     kind = kind_named(config.task)
     reference = evaluations["keras"]
     models = [

@@ -15,7 +15,7 @@ from core.build.records import BuiltModel, QuantizedModel, UnsupportedVariant
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.failures import library_said
-from core.retry import RETRY_OPTIONS
+from core.retry import RETRY_OPTIONS, last_attempt
 from core.storage import new_work_dir
 
 
@@ -41,6 +41,8 @@ def export_quantized_tflite_task(*, quantized_model: QuantizedModel) -> BuiltMod
     try:
         result = export_quantized_tflite(quantized_model=quantized_model, out_dir=new_work_dir("export"))
     except StepError as exc:
+        if not last_attempt():
+            raise
         reason = f"MCT's TFLite exporter cannot export the model: {library_said(exc)}"
         get_run_logger().warning("%s: %s", quantized_model.variant, reason)
         return UnsupportedVariant(variant=quantized_model.variant, reason=reason)

@@ -18,7 +18,7 @@ from core.build.records import QuantizedModel, UnsupportedVariant
 from core.caching import ContentCachePolicy
 from core.errors import StepError
 from core.failures import library_said
-from core.retry import RETRY_OPTIONS
+from core.retry import RETRY_OPTIONS, last_attempt
 from core.storage import new_work_dir
 
 
@@ -67,6 +67,8 @@ def quantize_with_mct_task(
             weights_memory_ratio=weights_memory_ratio,
         )
     except StepError as exc:
+        if not last_attempt():
+            raise
         unsupported = UnsupportedVariant(
             variant=f"mct_{method}", reason=f"MCT cannot quantize the model: {library_said(exc)}"
         )

@@ -205,7 +205,7 @@ class Workers:
     def busy(self) -> int:
         """Children at work now (a test waits for one to have its job)."""
         with self._lock:
-            return self.busy_locked()
+            return self._busy_locked()
 
     def _take(self) -> Child:
         with self._lock:
@@ -240,14 +240,14 @@ class Workers:
             else:
                 self._children.discard(child)
             self._lock.notify()
-            if not self.busy_locked() and self._idle:
+            if not self._busy_locked() and self._idle:
                 self._idle_timer = threading.Timer(self.idle_seconds, self._close_if_idle)
                 self._idle_timer.daemon = True
                 self._idle_timer.start()
         if not keep:
             child.stop()
 
-    def busy_locked(self) -> int:
+    def _busy_locked(self) -> int:
         return len(self._children) + self._starting - len(self._idle)
 
     def _cancel_idle_timer(self) -> None:
@@ -265,7 +265,7 @@ class Workers:
 
     def _close_if_idle(self) -> None:
         with self._lock:
-            if self.busy_locked():
+            if self._busy_locked():
                 return
             idle, self._idle = self._idle, []
             self._children.difference_update(idle)

@@ -325,6 +325,14 @@ class QuantizeConfig(BaseModel):
         description="The repair search starts no new trial after this many seconds (trials served from the cache "
         "count for nothing).",
     )
+    repair_confidence: Number = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="How sure a repair trial's drop must be to be within max_accuracy_drop: a trial qualifies when "
+        "the upper bound of its drop at this confidence (the tuning images' sampling noise accounted for) is within "
+        "the budget. 0.5 judges the drop as measured.",
+    )
 
     @model_validator(mode="after")
     def _target_device_agrees(self) -> QuantizeConfig:

@@ -9,7 +9,7 @@ import pytest
 
 from core.data.coco import AnnotationError, read_coco_annotations
 from core.data.detection_sample import CANVAS, make_detection_sample
-from core.evaluate.coco_metrics import coco_scores
+from core.evaluate.coco_metrics import coco_scores, coco_subset_scores
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,31 @@ def test_perfect_detections_score_1_and_boxes_half_off_score_less(detection_samp
     present = {coco.categories[a.category_id - 1].name for a in coco.annotations}
     assert {name for name, ap in perfect.per_category_ap.items() if ap is not None} == present
     assert coco_scores(coco, []).map_50 == 0.0
+
+
+def test_the_score_on_a_subset_of_images_is_the_score_of_those_images_alone(detection_sample):
+    """What the repair's noise estimate reads (core/repair/noise.py): COCO's matching done once, the mAP of each
+    subset as COCO gives it for those images alone."""
+    coco = read_coco_annotations(detection_sample / "validation.json", detection_sample / "validation")
+    detections = [
+        {"image_id": a.image_id, "category_id": a.category_id, "score": 0.9 - 0.01 * i, "bbox": list(a.bbox)}
+        for i, a in enumerate(coco.annotations)
+    ]
+    detections = [
+        dict(d, bbox=[d["bbox"][0] + d["bbox"][2] * (i % 3) / 5, *d["bbox"][1:]]) for i, d in enumerate(detections)
+    ]
+    ids = [image.id for image in coco.images]
+    subsets = [ids, ids[1::2], ids[:5]]
+    for subset, score in zip(subsets, coco_subset_scores(coco, detections, subsets), strict=True):
+        alone = coco.model_copy(
+            update={
+                "images": [image for image in coco.images if image.id in subset],
+                "annotations": [a for a in coco.annotations if a.image_id in subset],
+            }
+        )
+        expected = coco_scores(alone, [d for d in detections if d["image_id"] in subset]).map_50_95
+        assert score == pytest.approx(expected)
+    assert len({round(s, 6) for s in coco_subset_scores(coco, detections, subsets)}) > 1  # the subsets differ
 
 
 def write(tmp_path, sample, change) -> tuple:

@@ -70,6 +70,13 @@ class Classification(ModelKind[ClassificationEvaluation]):
     def merged(self, parts: list[ClassificationEvaluation]) -> ClassificationEvaluation:
         return ClassificationEvaluation.merged(parts)
 
+    def subset_scores(
+        self, evaluation: ClassificationEvaluation, labels_path: str, subsets: list[np.ndarray]
+    ) -> list[float]:
+        labels = np.load(labels_path)[evaluation.shard[0] : evaluation.shard[1]]
+        correct = np.asarray(evaluation.predicted) == labels
+        return [float(correct[subset].mean()) if len(subset) else 0.0 for subset in subsets]
+
     def split(self, labels_path: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return stratified_split(np.load(labels_path), share, seed)
 

@@ -17,7 +17,7 @@ from core.build.variants import SDK_MODELS
 from core.data.coco import CocoAnnotation
 from core.data.image_store import image_count
 from core.data.records import DetectionTruth
-from core.evaluate.coco_metrics import coco_scores
+from core.evaluate.coco_metrics import coco_scores, coco_subset_scores
 from core.evaluate.decode_grid import decode_grid
 from core.files import atomic_write_text
 from core.kinds.kind import ModelKind, Picture, Predict, model_outputs
@@ -106,6 +106,13 @@ class Detection(ModelKind[DetectionEvaluation]):
             seconds=sum(p.seconds for p in parts),  # work, not wall time: shards run in parallel
             shards=len(parts),
         )
+
+    def subset_scores(
+        self, evaluation: DetectionEvaluation, labels_path: str, subsets: list[np.ndarray]
+    ) -> list[float]:
+        truth = DetectionTruth.read(labels_path).subset(range(*evaluation.shard))
+        ids = [image.id for image in truth.coco.images]
+        return coco_subset_scores(truth.coco, evaluation.detections, [[ids[i] for i in s] for s in subsets])
 
     def split(self, labels_path: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A seeded random `share` of the images for tuning, the rest for reporting (an image holds several

@@ -81,6 +81,11 @@ class ModelKind(ABC, Generic[E]):
         """One evaluation from its shards', exactly as if the images had been evaluated at once."""
 
     @abstractmethod
+    def subset_scores(self, evaluation: E, labels_path: str, subsets: list[np.ndarray]) -> list[float]:
+        """The headline score on each subset of the evaluated images (positions among them, in their order):
+        what measures how much a score on these images owes to which images they are."""
+
+    @abstractmethod
     def split(self, labels_path: str, share: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """(tuning, reporting) image indices, seeded, each part representative of the whole."""
 

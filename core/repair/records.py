@@ -108,10 +108,26 @@ class RepairTrial(Record):
     cached: bool = False
     ran: bool = True  # False: the rung had nothing to try on this model (RepairTrial.not_run)
     error: str | None = None  # the exception that ended the trial, when one did (describe_error)
+    # The trial's model on the tuning images, for the search to measure its drop's noise (core/repair/noise.py).
+    tuning_evaluation: Evaluation | None = None
+    # Set by the search: the drop's sampling noise on the tuning images, and, for a trial that qualified there,
+    # its drop on the reporting images, which it must hold on to be chosen.
+    drop_spread: float | None = None
+    drop_bound: float | None = None
+    reporting_score: float | None = None
+    reporting_drop: float | None = None
+    held_on_reporting: bool | None = None
 
     @property
     def deliverable(self) -> tuple[str, str] | None:
         return deliverable(self.model, self.quantized)
+
+    @property
+    def decided_on(self) -> str | None:
+        """Which images decided this trial's verdict."""
+        if not self.ran or self.tuning_drop is None:
+            return None
+        return "tuning" if self.held_on_reporting is None else "tuning and reporting"
 
     @classmethod
     def not_run(
@@ -158,6 +174,12 @@ class RepairTrial(Record):
             "chosen_because": self.chosen_because,
             "tuning_top_1": self.tuning_top_1,
             "tuning_drop": None if self.tuning_drop is None else round(self.tuning_drop, 6),
+            "tuning_drop_spread": _rounded(self.drop_spread),
+            "tuning_drop_bound": _rounded(self.drop_bound),
+            "reporting_score": _rounded(self.reporting_score),
+            "reporting_drop": _rounded(self.reporting_drop),
+            "held_on_reporting": self.held_on_reporting,
+            "decided_on": self.decided_on,
             "size_bytes": self.size_bytes,
             "imx500_fits": self.imx500.fits if self.imx500 and not self.imx500.skipped else None,
             "npu_share": self.ethos_u.npu_share if self.ethos_u and self.ethos_u.compiled else None,
@@ -172,6 +194,10 @@ class RepairTrial(Record):
         }
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 class RepairOutcome(Record):
     """The search: whether it ran and why, every trial, and the chosen one with its Top-1 on unseen images."""
 
@@ -180,6 +206,7 @@ class RepairOutcome(Record):
     why: str
     target_device: str | None
     max_accuracy_drop: float
+    confidence: float = 0.5  # of the bound a trial's tuning drop must keep within the budget
     tuning_image_count: int = 0
     reporting_image_count: int = 0
     baseline_tuning_top_1: float | None = None
@@ -191,6 +218,12 @@ class RepairOutcome(Record):
     baseline_reporting: Evaluation | None = None  # the float model on the same images
     stopped_because: str | None = None
     seconds: float = 0.0
+
+    @property
+    def rejected_on_reporting(self) -> list[str]:
+        """The trials that qualified on the tuning images and failed on the reporting ones: when there are any, the
+        reporting images took part in choosing, and the chosen model's figure on them is not an unseen one."""
+        return [t.recipe.name for t in self.trials if t.held_on_reporting is False]
 
     @property
     def chosen_trial(self) -> RepairTrial | None:
@@ -211,6 +244,7 @@ class RepairOutcome(Record):
             "why": self.why,
             "target_device": self.target_device,
             "max_accuracy_drop": self.max_accuracy_drop,
+            "confidence": self.confidence,
             "tuning_image_count": self.tuning_image_count,
             "reporting_image_count": self.reporting_image_count,
             "float_top_1_tuning": self.baseline_tuning_top_1,
@@ -220,6 +254,10 @@ class RepairOutcome(Record):
             "chosen_model": self.repaired[0] if self.repaired else None,
             "closest": closest.recipe.name if closest else None,
             "stopped_because": self.stopped_because,
+            "rejected_on_reporting": self.rejected_on_reporting,
+            # True when no decision was taken on the reporting images but the chosen model's check: its figure
+            # there is one on unseen images.
+            "reporting_unseen": not self.rejected_on_reporting,
             "seconds": round(self.seconds, 2),
         }
         if chosen and self.reporting is not None and self.baseline_reporting_top_1 is not None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from itertools import takewhile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,9 +31,10 @@ from core.kinds.kind import ModelKind
 from core.kinds.records import Evaluation
 from core.kinds.registry import kind_named
 from core.repair.ladder import ANALYSIS_METHODS, TUNING_SHARE, by_causes, ladder, repair_due
+from core.repair.noise import DropNoise
 from core.repair.precision_search import grow_precision, ranked_candidates
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs, describe_error
-from core.targets.devices import target_for
+from core.targets.devices import target_for, within_budget
 from core.targets.records import HardwareReports
 
 # Runs recipes' trials, together where it can (each its own cached task; on Dask workers with a Dask runner): each
@@ -95,17 +97,23 @@ def search_repair(
         max_accuracy_drop=budget,
         target_device=config.target_device,
     )
-    outcome = dict(mode=config.repair, why=why, target_device=config.target_device, max_accuracy_drop=budget)
+    outcome = dict(
+        mode=config.repair,
+        why=why,
+        target_device=config.target_device,
+        max_accuracy_drop=budget,
+        confidence=float(config.repair_confidence),
+    )
     if not due:
         return RepairOutcome(needed=False, **outcome)
     kind = kind_named(config.task)
     split = split_evaluation_set(evaluation_set, kind, config.seed, Path(out_dir))
 
-    def float_on(part: str) -> Evaluation:
+    def scored_on(part: str, model_name: str, model_path: str) -> Evaluation:
         return scored(
             evaluate_model(
-                model_name="keras",
-                model_path=config.source_keras_model,
+                model_name=model_name,
+                model_path=model_path,
                 images_path=split[f"{part}_images"],
                 labels_path=split[f"{part}_labels"],
                 batch_size=config.evaluation_batch_size,
@@ -116,7 +124,10 @@ def search_repair(
             )
         )
 
-    baseline_tuning, float_reporting = float_on("tuning").score, float_on("reporting")
+    float_tuning = scored_on("tuning", "keras", config.source_keras_model)
+    float_reporting = scored_on("reporting", "keras", config.source_keras_model)
+    baseline_tuning = float_tuning.score
+    noise = DropNoise(kind, float_tuning, split["tuning_labels"], seed=config.seed)
     inputs = TrialInputs(
         build=BuildSettings.of(config),
         error_method=config.mct_error_method,
@@ -144,6 +155,40 @@ def search_repair(
     analyses = [a for a in (layer_analysis or {}).values() if a.method in methods]
     limit: str | None = None
     ran = 0  # trials run (a rung with nothing to try is recorded, not run)
+    confirmed: dict[int, Evaluation] = {}  # by trial index: a chosen model's evaluation on the reporting images
+
+    def judged(trial: RepairTrial) -> tuple[RepairTrial, Evaluation | None]:
+        """The trial with its drop's noise; one that qualifies with it must then hold on the reporting images (and
+        is returned with its evaluation there), or the search goes on."""
+        if trial.tuning_evaluation is None or trial.tuning_drop is None:
+            return trial, None
+        try:
+            estimate = noise.estimate(trial.tuning_evaluation, float(config.repair_confidence))
+        except OSError:  # a cached trial whose detections file was cleaned away: judged on its drop alone
+            return trial, None
+        trial = trial.model_copy(update={"drop_spread": estimate.spread, "drop_bound": estimate.bound})
+        if not trial.qualifies:
+            return trial, None
+        if not within_budget(estimate.bound, budget):
+            unsure = (
+                f"its drop {estimate.drop:.4f} on the {estimate.image_count} tuning images is within the budget "
+                f"{budget:.4f}, but with their sampling noise it may be up to {estimate.bound:.4f} "
+                f"({estimate.confidence:.0%} bound): not a sure cure ({trial.reason})"
+            )
+            return trial.model_copy(update={"qualifies": False, "reason": unsure}), None
+        made = trial.deliverable
+        assert made is not None, "a trial qualifies with a model"
+        reporting = scored_on("reporting", *made)
+        drop = float_reporting.score - reporting.score
+        held = within_budget(drop, budget)
+        update: dict[str, Any] = {"reporting_score": reporting.score, "reporting_drop": drop, "held_on_reporting": held}
+        if not held:
+            update |= {
+                "qualifies": False,
+                "reason": f"{trial.reason} on the tuning images, but on the {reporting.image_count} reporting images "
+                f"it drops {drop:.4f}, over the budget: the search goes on",
+            }
+        return trial.model_copy(update=update), reporting if held else None
 
     def limit_reached() -> bool:
         nonlocal limit
@@ -165,7 +210,10 @@ def search_repair(
         for (trial, cached), (_, why) in zip(done, batch, strict=True):
             if recorded and limit_reached():
                 break
-            recorded.append(trial.model_copy(update={"cached": cached, "chosen_because": why}))
+            trial, reporting = judged(trial.model_copy(update={"cached": cached, "chosen_because": why}))
+            if reporting is not None:
+                confirmed[len(trials) + len(recorded)] = reporting
+            recorded.append(trial)
             ran += 1
             spent += 0.0 if cached else trial.seconds
             if trial.qualifies:
@@ -182,8 +230,11 @@ def search_repair(
         found: RepairTrial | None = None
         if not recipe.precision:
             batch = list(takewhile(lambda step: not step[0].precision, order[:parallel_trials]))
-            order = order[len(batch) :]
-            found = next((trial for trial in run_together(batch) if trial.qualifies), None)
+            recorded = run_together(batch)
+            # Trials run together after one that qualified are not recorded: should it fail on the reporting
+            # images later, they come next (served from the cache).
+            order = order[len(recorded) or len(batch) :]
+            found = next((trial for trial in recorded if trial.qualifies), None)
         else:
             order = order[1:]
             try:
@@ -205,22 +256,7 @@ def search_repair(
     chosen = next((i for i, t in enumerate(trials) if t.qualifies), None)
     measured = [(t.tuning_drop, i) for i, t in enumerate(trials) if t.tuning_drop is not None]
     closest = chosen if chosen is not None else (min(measured)[1] if measured else None)
-    reporting = None
-    if chosen is not None:
-        made = trials[chosen].deliverable
-        assert made is not None
-        reporting = scored(
-            evaluate_model(
-                model_name=made[0],
-                model_path=made[1],
-                images_path=split["reporting_images"],
-                labels_path=split["reporting_labels"],
-                batch_size=config.evaluation_batch_size,
-                progress=False,
-                class_count=class_count,
-                task=config.task,
-            )
-        )
+    reporting = None if chosen is None else confirmed[chosen]
     tuning_count = len(np.load(split["tuning_images"], mmap_mode="r"))
     return RepairOutcome(
         needed=True,

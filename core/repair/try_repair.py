@@ -178,6 +178,7 @@ def _run(trial: _Trial, p: TrialInputs, out_dir: Path) -> RepairTrial:
         model=built,
         quantized=quantized,
         size_bytes=Path(path).stat().st_size,
+        tuning_evaluation=evaluation,
     )
     if not within:
         return trial.record(

@@ -102,6 +102,8 @@ def repair_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             "changed": t["changed"],
             "tuning_top_1": None if t["tuning_top_1"] is None else round(t["tuning_top_1"], 4),
             "tuning_drop": None if t["tuning_drop"] is None else round(t["tuning_drop"], 4),
+            "tuning_drop_bound": None if t.get("tuning_drop_bound") is None else round(t["tuning_drop_bound"], 4),
+            "reporting_drop": None if t.get("reporting_drop") is None else round(t["reporting_drop"], 4),
             "size_kib": None if t["size_bytes"] is None else round(t["size_bytes"] / 1024, 1),
             "imx500_fits": _yes_no(t["imx500_fits"]),
             "npu_ops": _percent(t["npu_share"]),
@@ -131,16 +133,23 @@ def repair_text(results: dict[str, Any]) -> str:
         )
     if repair.get("chosen"):
         file = REPAIRED_KERAS_FILE if repair.get("chosen_model") == REPAIRED_KERAS_MODEL else REPAIRED_FILE
+        rejected = repair.get("rejected_on_reporting") or []
+        images = (
+            f"the {repair['reporting_image_count']} images the search never saw"
+            if not rejected
+            else f"the {repair['reporting_image_count']} reporting images, which also rejected "
+            f"{', '.join(rejected)}: a figure they helped choose, not an unseen one"
+        )
         lines.append(
             f"  chosen: {repair['chosen']} -> {file}: {label} {repair['chosen_top_1_reporting']:.4f} "
-            f"on the {repair['reporting_image_count']} images the search never saw "
-            f"(float {repair['float_top_1_reporting']:.4f}, drop {repair['chosen_drop_reporting']:.4f}); "
+            f"on {images} (float {repair['float_top_1_reporting']:.4f}, drop {repair['chosen_drop_reporting']:.4f}); "
             f"{repair['chosen_top_1_tuning']:.4f} on the "
             f"{repair['tuning_image_count']} tuning images"
         )
     else:
         closest = f"; the closest was {repair['closest']}" if repair.get("closest") else ""
-        lines.append(f"  no trial qualified ({repair['stopped_because']}){closest}")
+        held = "held on the images the search never saw" if repair.get("rejected_on_reporting") else "qualified"
+        lines.append(f"  no trial {held} ({repair['stopped_because']}){closest}")
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ from prefect import task
 
 from core.caching import ContentCachePolicy
 from core.evaluate.measure_latency import measure_latency, this_machine
-from core.evaluate.records import Latency
+from core.evaluate.records import REMEASURE_HINT, Latency
 from core.failures import ModelFailure
 from core.retry import RETRY_OPTIONS
 
@@ -39,6 +39,14 @@ def measure_latency_task(
     if isinstance(result, ModelFailure):
         get_run_logger().warning("%s: latency not measured: %s", model_name, result.describe())
         return result
+    if result.under_load:
+        get_run_logger().warning(
+            "%s: latency (%s) taken while other work loaded the CPU (%s): %s",
+            model_name,
+            ", ".join(result.under_load),
+            result.load,
+            REMEASURE_HINT,
+        )
     one_thread = "n/a" if result.one_thread_ms is None else f"{result.one_thread_ms} ms"
     get_run_logger().info(
         "%s: %s per image on 1 thread, %s ms on all threads (median of %d) on %s",

@@ -80,6 +80,9 @@ def model_row(
         "file_size_bytes": size_bytes(source),
         **kind.row_figures(evaluation, reference, class_names),
         "latency_ms": latency.as_results() if latency else {"1_thread": None, "all_threads": None},
+        # latency_ms' figures still taken while other work loaded the CPU, and what each timing got of the CPU
+        "latency_under_load": list(latency.under_load) if latency else [],
+        "latency_load": latency.load if latency else None,
         "input_dtype": built.facts.input_dtype if built else "float32",
         "output_dtype": built.facts.output_dtype if built else "float32",
         "input_quantization": list(built.facts.input_quantization) if built else None,

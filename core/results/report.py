@@ -21,7 +21,7 @@ from core.files import atomic_write_text
 from core.kinds.kind import ModelKind
 from core.kinds.registry import kind_of_results
 from core.pictures import DPI, figure_png, remembered_png
-from core.results.results_text import repair_rows, repair_text
+from core.results.results_text import UNDER_LOAD_MARK, latency_under_load, repair_rows, repair_text, under_load_note
 from core.targets.devices import imx500_verdict
 
 _MISSING = "–"
@@ -174,8 +174,8 @@ def _comparison_table_html(models: list[dict], chosen: str | None, kind: ModelKi
                 _percent_points(value, signed=True) if key in kind.signed_columns else _percent(value)
                 for key, value in kind.column_values(m).items()
             ),
-            _ms(latency.get("1_thread")),
-            _ms(latency.get("all_threads")),
+            _ms(latency.get("1_thread")) + _under_load_mark(m, "1_thread"),
+            _ms(latency.get("all_threads")) + _under_load_mark(m, "all_threads"),
             _e(m["input_dtype"]),
             _e(m["output_dtype"]),
             _percent((m.get("ethos_u") or {}).get("npu_share")),
@@ -187,7 +187,16 @@ def _comparison_table_html(models: list[dict], chosen: str | None, kind: ModelKi
         )
         css = ' class="chosen"' if m["model"] == chosen else ""
         rows.append(f"<tr{css}>{row}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    note = under_load_note(models)
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"{table}<p>{_e(note)}</p>" if note else table
+
+
+def _under_load_mark(model: dict, figure: str) -> str:
+    """UNDER_LOAD_MARK after a latency taken while other work loaded the CPU, what it got of the CPU as its tooltip."""
+    if figure not in latency_under_load(model):
+        return ""
+    return f'<span title="{_e(model.get("latency_load") or "")}">{UNDER_LOAD_MARK}</span>'
 
 
 def accuracy_size_chart_image(results: dict) -> bytes:

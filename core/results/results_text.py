@@ -10,6 +10,7 @@ from typing import Any, TypedDict
 import pandas as pd
 
 from core.build.variants import REPAIRED_FILE, REPAIRED_KERAS_FILE, REPAIRED_KERAS_MODEL
+from core.evaluate.records import REMEASURE_HINT
 from core.kinds.registry import kind_of_results
 from core.targets.devices import imx500_problem, imx500_verdict
 
@@ -65,11 +66,40 @@ def results_table(results: dict[str, Any]) -> pd.DataFrame:
     )
 
 
+UNDER_LOAD_MARK = "*"  # after a latency taken while other work loaded the CPU
+_LATENCY_COLUMNS = {"1_thread": "ms_1_thread", "all_threads": "ms_all_threads"}
+
+
+def latency_under_load(model: dict[str, Any]) -> list[str]:
+    """A results.json row's latency figures taken while other work loaded the CPU (latency_ms' names)."""
+    return list(model.get("latency_under_load") or [])  # a results.json written before the flag has none
+
+
+def latency_marked(results: dict[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
+    """results_table's `frame` with UNDER_LOAD_MARK after each latency taken under load."""
+    marked = frame.copy()
+    for row, model in enumerate(results["models"]):
+        for figure in latency_under_load(model):
+            column = _LATENCY_COLUMNS[figure]
+            marked[column] = marked[column].astype(object)
+            marked.at[row, column] = f"{marked.at[row, column]}{UNDER_LOAD_MARK}"
+    return marked
+
+
+def under_load_note(models: list[dict[str, Any]], mark: str = UNDER_LOAD_MARK) -> str:
+    """The footnote of a table of these results.json rows when it marks a latency, else ''."""
+    if not any(latency_under_load(m) for m in models):
+        return ""
+    return f"{mark} latency taken while other work loaded the CPU: {REMEASURE_HINT}.\n"
+
+
 def format_table(results: dict[str, Any]) -> str:
     """The comparison for a terminal, then the recommendation."""
-    table = results_table(results).drop(columns=["description", "images"]).fillna("-").to_string(index=False)
+    frame = latency_marked(results, results_table(results))
+    table = frame.drop(columns=["description", "images"]).fillna("-").to_string(index=False)
     return (
-        f"{table}\n{unsupported_text(results)}{failed_text(results)}{device_text(results)}{analysis_text(results)}"
+        f"{table}\n{under_load_note(results['models'])}"
+        f"{unsupported_text(results)}{failed_text(results)}{device_text(results)}{analysis_text(results)}"
         f"{repair_text(results)}\n"
         f"{recommendation_text(results['recommendation'])}"
     )
@@ -201,7 +231,9 @@ def recommendation_text(recommendation: dict) -> str:
 def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
     """The run's summary for the Prefect markdown artifact; `figures` (markdown: report.markdown_figures)
     goes after the analysis, before the paths of the report and the configuration."""
-    frame = results_table(results).fillna("-")
+    frame = latency_marked(results, results_table(results)).fillna("-")
+    note = under_load_note(results["models"], mark="\\*")  # a line that starts with "* " is a list item
+    note = f"{note}\n" if note else ""
     rows = [list(frame.columns)] + frame.astype(str).values.tolist()
     table = "\n".join(
         "| " + " | ".join(map(str, row)) + " |" for row in rows[:1] + [["---"] * len(frame.columns)] + rows[1:]
@@ -215,7 +247,7 @@ def summary_markdown(results: dict[str, Any], figures: str = "") -> str:
         f"{results['image_count']} evaluation images, {results['class_count']} {kind.class_word}; "
         f"MCT {quantization['mct_version']} for target platform "
         f"`{quantization['target_platform']}`; "
-        f"latency per image on {results['latency_machine']}.\n\n{table}\n\n"
+        f"latency per image on {results['latency_machine']}.\n\n{table}\n\n{note}"
         f"Not recommended:\n\n{rejected or '- (no other candidate)'}\n\n"
         f"{unsupported_text(results)}{failed_text(results)}{device_text(results)}\n"
         f"{_code_block(analysis_text(results) + repair_text(results))}{figures}"

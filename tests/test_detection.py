@@ -290,8 +290,14 @@ def test_8_bit_boxes_lose_map_and_16_bits_on_the_head_win_it_back_on_images_the_
     rows = {row["model"]: row for row in results["models"]}
     assert results["map_50_95_keras"] - results["map_50_95_tflite_quantized"] > 0.1  # 0.57 -> 0.38 seen
     repair = results["repair"]
-    trials = {trial["recipe"]: trial for trial in repair["trials"]}
-    assert repair["chosen"] == "mct_16bit" and trials["mct_16bit"]["sixteen_bit_activations"] == ["head"]
+    # The signal-to-noise analysis does not see the box error that costs mAP at high IoU; the score itself does:
+    # keeping the head's output in float wins back most of what quantization lost, so 16 bits on it is tried first.
+    ranking = repair["score_ranking"]
+    assert ranking["layers"][0]["layer"] == "head" and ranking["layers"][0]["gain"] > 0.1, ranking
+    first = repair["trials"][0]
+    assert first["recipe"] == "mct_16bit" and first["sixteen_bit_activations"] == ["head"], repair["trials"]
+    assert first["chosen_because"].startswith("the score ranking: keeping head's output in float")
+    assert repair["chosen"] == "mct_16bit" and len(repair["trials"]) == 1
     assert repair["chosen_drop_reporting"] <= 0.05  # on the images the search never saw
     assert rows["keras_repaired"]["imx500"]["fits"]
     assert results["recommendation"]["chosen"] == "keras_repaired"

@@ -20,8 +20,8 @@ from core.analysis.layer_analysis import (
     analyse_mct_model,
     loss_db,
 )
-from core.analysis.layer_causes import ActivationStats, range_causes
-from core.analysis.layer_tools import layer_for_tensor, sqnr_db
+from core.analysis.layer_causes import ActivationStats, folded_normalizations, range_causes
+from core.analysis.layer_tools import layer_for_tensor, mct_folded_outputs, sqnr_db
 
 RESCALED_CHANNELS, RESCALE = [0, 1, 2], 300.0  # conv_a's channels made 300x larger, conv_b's inputs 300x smaller
 OUTLIER_GAIN = 100.0  # the outlier channel's peak over every other channel's
@@ -173,6 +173,45 @@ def last_layer_weight_outlier(trained, digits) -> str:
     model.get_layer("logits").set_weights([kernel, bias])
     assert_same_function(model, trained, digits)
     return saved(model, digits, "last_layer_weight_outlier")
+
+
+def with_batch_norm():
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(inputs)
+    x = layers.BatchNormalization(name="bn_b")(layers.Conv2D(16, 3, padding="same", name="conv_b")(x))
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    return tf.keras.Model(inputs, layers.Dense(10, name="logits")(x), name="digits_bn")
+
+
+@pytest.fixture(scope="module")
+def imbalanced_batch_norm(digits) -> str:
+    """conv_b without activation, its BatchNormalization after it (both quantizers fold it into conv_b), trained;
+    then the normalization's channels 0-2 scaled up 300x and the logits' weights on them down 300x: the same function
+    (the pooling is linear), but the fused op's output has channels 300x apart."""
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    model = with_batch_norm()
+    model.compile(tf.keras.optimizers.Adam(1e-2), tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(*digits["train"], epochs=10, batch_size=64, verbose=0)
+    # The moving averages lag behind a model trained for seconds: the normalization's statistics, measured.
+    convolved = tf.keras.Model(model.input, model.get_layer("conv_b").output).predict(digits["train"][0], verbose=0)
+    gamma, beta, _, _ = model.get_layer("bn_b").get_weights()
+    model.get_layer("bn_b").set_weights([gamma, beta, convolved.mean(axis=(0, 1, 2)), convolved.var(axis=(0, 1, 2))])
+    assert top_1(model, digits) > 0.85
+    reference = model.predict(digits["evaluation"][0], verbose=0)
+    gamma, beta, mean, variance = model.get_layer("bn_b").get_weights()
+    gamma[RESCALED_CHANNELS] *= RESCALE
+    beta[RESCALED_CHANNELS] *= RESCALE
+    model.get_layer("bn_b").set_weights([gamma, beta, mean, variance])
+    kernel, bias = model.get_layer("logits").get_weights()
+    kernel[RESCALED_CHANNELS, :] /= RESCALE
+    model.get_layer("logits").set_weights([kernel, bias])
+    np.testing.assert_allclose(model.predict(digits["evaluation"][0], verbose=0), reference, atol=1e-3)
+    return saved(model, digits, "imbalanced_batch_norm")
 
 
 def assert_json_record(analysis: LayerAnalysis) -> None:
@@ -347,3 +386,57 @@ def test_loss_counts_only_noise_beyond_what_8_bits_cost():
     assert loss_db(0.1, noise_before=0.1) == 0.0  # the noise came from upstream
     assert loss_db(float("inf")) == loss_db(float("nan")) == pytest.approx(60.0)  # no signal left
     assert loss_db(0.1, noise_before=float("inf")) == 0.0
+
+
+def test_only_normalizations_both_quantizers_fold_into_a_convolution_are_folded():
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((8, 8, 3))
+    a = layers.BatchNormalization(name="bn_a")(layers.Conv2D(4, 3, padding="same", name="conv_a")(inputs))
+    b = layers.BatchNormalization(name="bn_b")(layers.DepthwiseConv2D(3, padding="same", name="dw_b")(inputs))
+    # An activation in between, a second reader of the convolution: neither folds.
+    c = layers.BatchNormalization(name="bn_c")(layers.Conv2D(4, 1, activation="relu", name="conv_c")(inputs))
+    shared = layers.Conv2D(4, 1, name="conv_d")(inputs)
+    d = layers.Add(name="add_d")([layers.BatchNormalization(name="bn_d")(shared), shared])
+    x = layers.Concatenate(name="concat")([a, b, c, d])
+    dense = layers.Dense(4, name="dense")(layers.GlobalAveragePooling2D(name="pool")(x))
+    model = tf.keras.Model(inputs, layers.BatchNormalization(name="bn_e")(dense))  # MCT quantizes it apart: kept
+
+    folded = folded_normalizations(model)
+    assert folded == {"bn_a": "conv_a", "bn_b": "dw_b"}
+    # MCT names the convolution it folded a normalization into '<conv>_bn': the normalization's output.
+    assert mct_folded_outputs(folded) == {"conv_a_bn": "bn_a", "dw_b_bn": "bn_b"}
+
+
+@pytest.mark.slow
+def test_a_folded_normalization_is_reported_under_its_convolution(imbalanced_batch_norm, digits):
+    by_debugger = analyse_converter_model(
+        float_model_path=imbalanced_batch_norm,
+        calibration_path=digits["calibration_path"],
+        variant="full_int8",
+        evaluation_images_path=digits["evaluation_path"],
+    )
+    by_xquant = analyse_mct_model(
+        float_model_path=imbalanced_batch_norm,
+        quantized_model_path=mct_quantized(imbalanced_batch_norm, digits),
+        calibration_path=digits["calibration_path"],
+        evaluation_images_path=digits["evaluation_path"],
+    )
+
+    for analysis in (by_debugger, by_xquant):
+        by_name = {layer.layer: layer for layer in analysis.layers}
+        assert "bn_b" not in by_name
+        conv_b = by_name["conv_b"]
+        assert conv_b.type == "Conv2D, bn_b folded in"
+        assert conv_b.causes[0].startswith("channels' ranges differ by") and conv_b.loss_db > 2 * SIGNIFICANT_LOSS_DB
+        assert conv_b.channel_spread > 100  # bn_b's output: the fused op's
+        assert_json_record(analysis)
+    # The converter's fused op names its output tensor after bn_b: its error is measured at, and charged to, conv_b
+    # (ranked behind the logits, whose weights on channels 0-2, 300x smaller, round to zero).
+    conv_b = next(layer for layer in by_debugger.layers if layer.layer == "conv_b")
+    assert conv_b.loss_seen_at == ["conv_b"] and conv_b.metrics["channel_noise_to_signal"] > 0.1
+    # XQuant measures MCT's conv_b_bn (conv_b with bn_b folded in): its metrics are conv_b's.
+    worst = by_xquant.layers[0]
+    assert worst.layer == "conv_b" and worst.metrics["sqnr_db"] is not None
+    assert by_xquant.summary.startswith("conv_b (Conv2D, bn_b folded in) loses the most")

@@ -245,3 +245,50 @@ def test_a_layers_own_activation_is_ranked_by_the_analysis_of_its_layer():
         "tail",
         "other",
     ]
+
+
+def score_ranking(gains: dict[str, float], quantized_score: float = 0.4):
+    from core.analysis.records import LayerSensitivity, ScoreSensitivity
+
+    layers = [
+        LayerSensitivity(layer=name, holders=[name], score=quantized_score + gain, gain=gain, seconds=0.1)
+        for name, gain in sorted(gains.items(), key=lambda item: -item[1])
+    ]
+    return ScoreSensitivity(
+        quantized_score=quantized_score,
+        quantized_seconds=0.1,
+        layers=layers,
+        not_found=[],
+        left_out=[],
+        seconds=1.0,
+        image_count=100,
+    )
+
+
+def test_the_layers_whose_float_output_raises_the_score_come_first_then_the_analysis_order():
+    """A detector's head loses little signal-to-noise and most of the mAP: the score's ranking puts it first."""
+    from core.repair.precision_search import ranked_candidates
+
+    analysis = analysis_of({"conv": 7.3, "head": 1.7, "mid": 3.0})
+    assert ranked_candidates(["conv", "mid", "head"], [analysis]) == ["conv", "mid", "head"]
+    ranking = score_ranking({"head": 0.19, "conv": 0.002, "mid": -0.001})
+    assert ranked_candidates(["conv", "mid", "head"], [analysis], ranking) == ["head", "conv", "mid"]
+
+
+def test_a_layer_that_alone_wins_back_half_the_excess_puts_the_precision_rung_first():
+    from core.repair.ladder import by_causes, ladder
+    from core.repair.score_ranking import leading_layer, why_rank_by_score
+
+    analysis = analysis_of({"conv": 7.3, "head": 1.7})
+    assert why_rank_by_score("detection", [analysis]) is not None  # a detector: always by the score
+    assert why_rank_by_score("classification", [analysis_of({"conv": 12.0})]) is None  # the analysis found a loss
+    assert why_rank_by_score("classification", [analysis]) is not None  # nothing significant (10 dB) found
+    # PTQ dropped 0.19 against a budget of 0.05: the head alone wins back 0.19, the conv 0.002.
+    lead = leading_layer(score_ranking({"head": 0.19, "conv": 0.002}), drop=0.19, budget=0.05, task="detection")
+    assert lead is not None and lead[0] == "head" and "raises mAP@[.5:.95] from 0.4000 to 0.5900" in lead[1]
+    assert leading_layer(score_ranking({"head": 0.05}), drop=0.19, budget=0.05, task="detection") is None
+    recipes = ladder(target_device="imx500", error_method="mse")
+    assert by_causes(recipes, [analysis])[0][0].name != "mct_16bit"
+    first, why = by_causes(recipes, [analysis], precision_leads=lead[1])[0]
+    assert first.name == "mct_16bit" and why.startswith("the score ranking: keeping head")
+    assert [r.name for r, _ in by_causes(recipes, [analysis], precision_leads=lead[1])].count("mct_16bit") == 1

@@ -253,3 +253,11 @@ def _images(tmp_path, count: int) -> str:
     path = tmp_path / "images.npy"
     np.save(path, np.zeros((count, 1), np.float32))
     return str(path)
+
+
+def test_when_the_search_ends_on_a_drop_within_the_budget_but_not_surely_it_says_what_would_decide(tmp_path):
+    tuning, _ = the_split()
+    outcome, _ = search(tmp_path, tuning[tuning >= PER_CLASS][:2], [lookup_model(5.0)], repair_max_trials=1)
+    assert outcome.chosen is None and outcome.closest == 0
+    assert "within the budget as measured (0.0200) but not surely" in outcome.stopped_because
+    assert "repair_confidence 0.5" in outcome.stopped_because

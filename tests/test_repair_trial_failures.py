@@ -14,6 +14,7 @@ from core.build.recipes import BuildSettings, Built
 from core.build.records import QuantizedModel
 from core.config import Preprocessing
 from core.data.records import CalibrationSource
+from core.kinds.records import ClassificationEvaluation
 from core.repair.records import RepairRecipe, RepairTrial, TrialInputs
 from core.repair.try_repair import try_repair
 from tests.helpers import run, sdk_config, write_config
@@ -81,7 +82,18 @@ def an_mct_model(tmp_path: Path):
 
 def within_the_budget(monkeypatch) -> None:
     monkeypatch.setattr("core.repair.try_repair.evaluate_model", lambda **kwargs: None)
-    monkeypatch.setattr("core.repair.try_repair.scored", lambda evaluation: SimpleNamespace(score=BASELINE))
+    evaluation = ClassificationEvaluation.counted(
+        model="keras_repaired",
+        model_path="-",
+        correct=int(BASELINE * 100),
+        correct_top_5=100,
+        seconds=0.0,
+        confusion_matrix=[[0]],
+        predicted=[0] * 100,
+        shard=(0, 100),
+    )
+    assert evaluation.score == BASELINE
+    monkeypatch.setattr("core.repair.try_repair.scored", lambda _: evaluation)
 
 
 def test_an_exception_in_equalization_is_the_trials_failure_named_with_its_step(inputs, tmp_path, monkeypatch):

@@ -214,11 +214,17 @@ def test_the_same_cure_repairs_a_full_integer_model_for_an_ethos_u(
         max_accuracy_drop=BUDGET,
         target_device="ethos-u55-128",
         variants=["full_int8"],
+        # The cure's mechanics, judged as measured: on 58 tuning images a drop of 2 images cannot be told from the
+        # budget at 90% (tests/test_repair_holds.py shows the noise's part).
+        repair_confidence=0.5,
     )
     broken = next(m for m in results["models"] if m["model"] == "tflite_full_int8")
     assert results["top_1_accuracy_keras"] - broken["top_1_accuracy"] > 0.2
     repair = results["repair"]
-    assert repair["trials"][0]["recipe"] == "converter_residual_cle" and repair["chosen"] == "converter_residual_cle"
+    assert repair["trials"][0]["recipe"] == "converter_residual_cle", repair["trials"]
+    assert repair["chosen"] == "converter_residual_cle", [
+        (t["recipe"], t["tuning_drop"], t["tuning_drop_bound"], t["reason"]) for t in repair["trials"]
+    ]
     assert repair["trials"][0]["npu_share"] == 1.0  # Vela put every operator on the NPU
     assert repair["chosen_drop_reporting"] <= BUDGET
     assert (tmp_path / "models" / "model_repaired_vela.tflite").stat().st_size > 0

@@ -17,6 +17,10 @@ common to a classifier's outputs is no signal). XQuant sees the quantization of 
 output is consumed (at the next weighted layer, or at the model output), so a drop is charged to the layer feeding
 it when that layer's output has a range cause (core.analysis.layer_causes), and to the layer where it shows otherwise.
 The causes come from the float model's activations on the calibration images.
+
+A BatchNormalization that both quantizers fold into the convolution before it is reported under that convolution's
+name ("b2_conv3 (Conv2D, b2_bn3 folded in)"): the converter names the fused op's output tensor after the
+normalization, and MCT names the folded convolution '<conv>_bn', but the convolution is the layer a user can act on.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from core.analysis.layer_causes import (
     Cause,
     Join,
     activation_stats,
+    folded_normalizations,
     inbound_layers,
     joins,
     measured_layers,
@@ -43,6 +48,7 @@ from core.analysis.layer_tools import (
     INPUT,
     debugger_layer_metrics,
     input_noise_to_signal,
+    mct_folded_outputs,
     mct_unsigned_outputs,
     output_noise_to_signal,
     run_xquant,
@@ -104,9 +110,11 @@ def analyse_mct_model(
     calibration = np.load(calibration_path, mmap_mode="r")
     evaluation = np.load(evaluation_images_path, mmap_mode="r")
     result = run_xquant(float_model, quantized, calibration, evaluation, batch_size, report_dir)
-    metrics = xquant_layer_metrics(result, quantized)
+    folded = folded_normalizations(float_model)
+    renamed = mct_folded_outputs(folded)  # MCT's '<conv>_bn' computes the normalization's output
+    metrics = xquant_layer_metrics(result, quantized, renamed)
     stats = activation_stats(float_model, calibration, batch_size)
-    causes = _causes(stats, mct_unsigned_outputs(quantized), joins(float_model))
+    causes = _causes(stats, mct_unsigned_outputs(quantized, renamed), joins(float_model))
     noise = {name: _noise(values.get("sqnr_db")) for name, values in metrics.items()}
     noise[INPUT] = input_noise_to_signal(quantized, evaluation, batch_size)
     inbound = inbound_layers(float_model)
@@ -127,7 +135,7 @@ def analyse_mct_model(
         loss = loss_db(max(output_noise, _noise(output_metrics.get("output_sqnr_db"))), noise_before)
         charge = Charge(loss, "model output", noise_before <= _CLEAN_INPUT_NOISE)
         charges.setdefault(_charged(output, [output, *path], causes), []).append(charge)
-    return _assemble(model_name, "xquant", float_model, stats, causes, metrics, charges, output_metrics)
+    return _assemble(model_name, "xquant", float_model, stats, causes, metrics, charges, output_metrics, folded)
 
 
 def analyse_converter_model(
@@ -172,6 +180,7 @@ def analyse_converter_model(
         metrics,
         charges,
         model_metrics,
+        folded_normalizations(model),
     )
 
 
@@ -223,27 +232,44 @@ def _assemble(
     metrics: dict[str, dict[str, float | None]],
     charges: dict[str, list[Charge]],
     model_metrics: dict[str, float | None],
+    folded: dict[str, str] | None = None,
 ) -> LayerAnalysis:
+    """`folded`: BatchNormalization -> the convolution both quantizers fold it into (`folded_normalizations`). The
+    fused op's output is the normalization's (the converter names its tensor so; MCT's '<conv>_bn' computes it), but
+    the layer a user can act on, and the one the repair gives 16 bits (MCT's node), is the convolution: one report,
+    the convolution's, carries both layers' losses, with the normalization's output and metrics."""
+    folded = folded or {}
     layers = measured_layers(model)
     order = [layer.name for layer in layers]
     measured = [name for name in order if name in metrics]
     ends: dict[str, Literal["first", "last"]] = {measured[0]: "first", measured[-1]: "last"} if measured else {}
+    folded_into = {convolution: normalization for normalization, convolution in folded.items()}
     reports = []
     for layer in layers:
         name = layer.name
-        loss = sum(charge.loss_db for charge in charges.get(name, []))
-        own_loss = sum(charge.loss_db for charge in charges.get(name, []) if charge.clean_inputs)
-        layer_causes = list(causes.get(name, []))
-        if name in ends and own_loss >= SIGNIFICANT_LOSS_DB and not layer_causes:  # nothing in its ranges explains it
-            layer_causes.append(sensitive_cause(ends[name]))
-        layer_stats = stats.get(name)
+        if name in folded:  # reported with its convolution
+            continue
+        normalization = folded_into.get(name)
+        parts = [name] if normalization is None else [name, normalization]  # the fused op's output last
+        layer_charges = [charge for part in parts for charge in charges.get(part, [])]
+        loss = sum(charge.loss_db for charge in layer_charges)
+        own_loss = sum(charge.loss_db for charge in layer_charges if charge.clean_inputs)
+        layer_causes = _merged_causes([causes.get(part, []) for part in reversed(parts)])
+        end = next((ends[part] for part in reversed(parts) if part in ends), None)
+        if end and own_loss >= SIGNIFICANT_LOSS_DB and not layer_causes:  # nothing in its ranges explains it
+            layer_causes.append(sensitive_cause(end))
+        layer_stats = next((stats[part] for part in reversed(parts) if part in stats), None)
+        layer_metrics = {key: value for part in parts for key, value in metrics.get(part, {}).items()}
+        kind = type(layer).__name__
         reports.append(
             dict(
                 layer=name,
-                type=type(layer).__name__,
+                type=kind if normalization is None else f"{kind}, {normalization} folded in",
                 loss_db=round(loss, 3),
-                loss_seen_at=[charge.seen_at for charge in sorted(charges.get(name, []), reverse=True)],
-                metrics={key: finite_or_none(value) for key, value in metrics.get(name, {}).items()},
+                loss_seen_at=[
+                    folded.get(charge.seen_at, charge.seen_at) for charge in sorted(layer_charges, reverse=True)
+                ],
+                metrics={key: finite_or_none(value) for key, value in layer_metrics.items()},
                 output_range=(layer_stats.low, layer_stats.high) if layer_stats else None,
                 channel_spread=finite_or_none(layer_stats.channel_spread) if layer_stats else None,
                 negative_share=layer_stats.negative_share if layer_stats else None,
@@ -261,6 +287,16 @@ def _assemble(
         model_metrics={key: finite_or_none(value) for key, value in model_metrics.items()},
         summary=_summary(ranked),
     )
+
+
+def _merged_causes(lists: list[list[Cause]]) -> list[Cause]:
+    """One layer's causes from several tensors' (a folded normalization's output first): each kind once, as the first
+    list has it, most severe first."""
+    kept: dict[str, Cause] = {}
+    for found in lists:
+        for cause in found:
+            kept.setdefault(cause.kind, cause)
+    return sorted(kept.values(), key=lambda cause: -cause.severity)
 
 
 def _summary(layers: list[LayerReport]) -> str:

@@ -223,3 +223,31 @@ def joins(model) -> dict[str, Join]:
                 found[reader] = join
                 pending += consumers.get(reader, [])
     return found
+
+
+def folded_normalizations(model) -> dict[str, str]:
+    """BatchNormalization layer name -> the convolution it is folded into, where both quantizers fold it: MCT (its
+    BatchNormalizationFolding: a Conv2D, DepthwiseConv2D or Conv2DTranspose without activation, read by the
+    normalization alone, called once) and TensorFlow's converter (the fused op's output tensor carries the
+    normalization's name). A Dense's normalization is left alone: MCT quantizes its output apart."""
+    import tensorflow as tf
+
+    layers = tf.keras.layers
+    hosts = (layers.Conv2D, layers.DepthwiseConv2D, layers.Conv2DTranspose)  # exact types: a subclass may not fold
+    inbound = inbound_layers(model)
+    readers: dict[str, int] = {}
+    for sources in inbound.values():
+        for source in sources:
+            readers[source] = readers.get(source, 0) + 1
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, layers.BatchNormalization) or len(layer.inbound_nodes) != 1:
+            continue
+        sources = inbound[layer.name]
+        if len(sources) != 1:
+            continue
+        host = model.get_layer(sources[0])
+        linear = tf.keras.activations.serialize(host.activation) == "linear" if type(host) in hosts else False
+        if linear and readers.get(host.name) == 1 and len(host.inbound_nodes) == 1:
+            found[layer.name] = host.name
+    return found

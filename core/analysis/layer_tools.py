@@ -4,10 +4,11 @@ XQuant (MCT 2.6.1) returns a dict of four entries: `output_similarity_metrics_re
 output's similarity on the representative and the validation data: {"mse", "cs", "sqnr"}), and
 `intermediate_similarity_metrics_repr` and `..._val` ({quantized layer name: {"mse", "cs", "sqnr"}}), each
 the mean over batches. Its quantized layer names are those of MCT's quantization wrappers (each wraps the
-float layer of the same inner name); its "cs" is Keras's CosineSimilarity *loss*, the negative cosine; its
-"sqnr" a power ratio. We call the two steps of `xquant_report_keras_experimental` ourselves: the facade also
-attaches a log file to MCT's logger, never detached, and calls `logging.shutdown()`, which flushes and closes
-every logging handler in the process (Prefect's included).
+float layer of the same inner name, but for a convolution with a BatchNormalization folded in: '<conv>_bn', whose
+output is the normalization's); its "cs" is Keras's CosineSimilarity *loss*, the negative cosine; its "sqnr" a power
+ratio. We call the two steps of `xquant_report_keras_experimental` ourselves: the facade also attaches a log file to
+MCT's logger, never detached, and calls `logging.shutdown()`, which flushes and closes every logging handler in the
+process (Prefect's included).
 
 TensorFlow's QuantizationDebugger dumps one CSV row per quantized tensor (num_elements, stddev, mean_error,
 max_abs_error, mean_squared_error, our metrics, scale, zero_point, tensor_name). Its tensor names join the
@@ -32,6 +33,10 @@ INPUT = "model input"
 # int8 inside in all three (full_uint8 differs only at its input and output, which the debugger feeds int8).
 CONVERTER_ANALYSED_VARIANTS = ("int8_float_io", "full_int8", "full_uint8")
 _UNSIGNED_INT8_ZERO_POINT = -128  # an int8 tensor whose zero point is its minimum holds no negative value
+MCT_FOLDED_SUFFIX = "_bn"  # MCT's name for a convolution with a BatchNormalization folded in: '<convolution>_bn'
+MCT_ACTIVATION_SUFFIX = (
+    "_post_activation"  # ... and for a layer's own activation split off it: '<layer>_post_activation'
+)
 
 
 def batches(images: np.ndarray, batch_size: int) -> Callable:
@@ -74,10 +79,22 @@ def sqnr_db(sqnr: float | None) -> float | None:
     return 10 * math.log10(sqnr) if sqnr > 0 else -math.inf
 
 
-def xquant_layer_metrics(result: dict, quantized_model) -> dict[str, dict[str, float | None]]:
-    """Float layer name -> XQuant's similarity at its output (evaluation images; `_calibration`: calibration)."""
+def mct_folded_outputs(folded: dict[str, str]) -> dict[str, str]:
+    """MCT's name of each convolution a BatchNormalization is folded into (`folded`: normalization -> convolution,
+    core.analysis.layer_causes.folded_normalizations) -> the float layer whose output it computes: the normalization.
+    MCT's folding names the folded node '<convolution>_bn', and its wrapper keeps that name."""
+    return {f"{convolution}{MCT_FOLDED_SUFFIX}": normalization for normalization, convolution in folded.items()}
+
+
+def xquant_layer_metrics(
+    result: dict, quantized_model, renamed: dict[str, str] | None = None
+) -> dict[str, dict[str, float | None]]:
+    """Float layer name -> XQuant's similarity at its output (evaluation images; `_calibration`: calibration).
+    `renamed`: MCT's layer names that are no float layer's -> the float layer computing the same output
+    (`mct_folded_outputs`)."""
     from mct_quantizers import KerasQuantizationWrapper
 
+    renamed = renamed or {}
     inner = {
         layer.name: layer.layer.name for layer in quantized_model.layers if isinstance(layer, KerasQuantizationWrapper)
     }
@@ -87,7 +104,8 @@ def xquant_layer_metrics(result: dict, quantized_model) -> dict[str, dict[str, f
         ("intermediate_similarity_metrics_repr", "_calibration"),
     ):
         for name, values in result[key].items():
-            metrics.setdefault(inner.get(name, name), {}).update(_similarity(values, suffix))
+            layer = inner.get(name, name)
+            metrics.setdefault(renamed.get(layer, layer), {}).update(_similarity(values, suffix))
     return metrics
 
 
@@ -112,16 +130,19 @@ def _float_name(layer) -> str:
     """MCT wraps a weighted layer (the wrapper's `layer` keeps the float name) and splits its activation off
     into '<name>_post_activation'."""
     inner = getattr(layer, "layer", None)
-    return inner.name if inner is not None else layer.name.removesuffix("_post_activation")
+    return inner.name if inner is not None else layer.name.removesuffix(MCT_ACTIVATION_SUFFIX)
 
 
-def mct_unsigned_outputs(quantized_model) -> dict[str, bool]:
-    """Float layer name -> whether MCT quantizes its output unsigned (its holder's quantizer records `signed`)."""
+def mct_unsigned_outputs(quantized_model, renamed: dict[str, str] | None = None) -> dict[str, bool]:
+    """Float layer name -> whether MCT quantizes its output unsigned (its holder's quantizer records `signed`);
+    `renamed` as for `xquant_layer_metrics`."""
+    renamed = renamed or {}
     unsigned = {}
     for holder, source in _holders(quantized_model):
         signed = holder.activation_holder_quantizer.get_config().get("signed")
         if signed is not None:
-            unsigned[_float_name(source)] = not signed
+            name = _float_name(source)
+            unsigned[renamed.get(name, name)] = not signed
     return unsigned
 
 

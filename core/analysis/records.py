@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from core.analysis.layer_causes import CauseKind
 from core.records import Record
@@ -33,3 +33,38 @@ class LayerAnalysis(Record):
     layers: list[LayerReport]  # worst first
     model_metrics: dict[str, float | None]
     summary: str
+
+
+class LayerSensitivity(Record):
+    """One candidate: the model's score with that layer's output kept in float, everything else quantized."""
+
+    layer: str  # the candidate's name, as given
+    holders: list[str]  # the quantized model's activation holders bypassed for it
+    score: float  # the headline score with the layer's output in float
+    gain: float  # over the fully quantized model's score: what 16 bits there may win back
+    seconds: float  # scoring it (the function's trace included)
+
+
+class ScoreSensitivity(Record):
+    """The candidates ranked by what keeping their output in float wins back of the score, best first."""
+
+    quantized_score: float  # the fully quantized model, nothing bypassed
+    quantized_seconds: float
+    layers: list[LayerSensitivity]  # by gain, best first (ties: in the candidates' order)
+    not_found: list[str]  # candidates with no activation holder in the quantized model (not scored)
+    left_out: list[str]  # candidates past `max_candidates` (not scored)
+    seconds: float  # all of it: loading the model and every scoring
+    image_count: int | None = None  # the images scored, when the caller says
+    why: str | None = None  # why the caller measured it
+
+    def summary(self) -> dict[str, Any]:
+        """As results.json's repair.score_ranking gives it."""
+        return {
+            "why": self.why,
+            "image_count": self.image_count,
+            "quantized_score": round(self.quantized_score, 6),
+            "layers": [{"layer": x.layer, "score": round(x.score, 6), "gain": round(x.gain, 6)} for x in self.layers],
+            "not_found": self.not_found,
+            "left_out": self.left_out,
+            "seconds": round(self.seconds, 2),
+        }

@@ -60,13 +60,14 @@ def train_model(dest: Path, epochs: int = 30, seed: int = 0) -> Path:
     model = tf.keras.Sequential(
         [
             tf.keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3)),
-            layers.Conv2D(16, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(),
-            layers.Conv2D(64, 3, padding="same", activation="relu"),
-            layers.GlobalAveragePooling2D(),
-            layers.Dense(10, activation="softmax"),
+            # Named as Keras names them in a fresh process: the names must not depend on what the process built before.
+            layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2d"),
+            layers.MaxPooling2D(name="max_pooling2d"),
+            layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2d_1"),
+            layers.MaxPooling2D(name="max_pooling2d_1"),
+            layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2d_2"),
+            layers.GlobalAveragePooling2D(name="global_average_pooling2d"),
+            layers.Dense(10, activation="softmax", name="dense"),
         ],
         name="digits_cnn",
     )

@@ -200,15 +200,20 @@ def ladder(*, target_device: str | None, error_method: str) -> list[RepairRecipe
     return [rung for turn in taking_turns for rung in turn if rung]
 
 
-def by_causes(recipes: list[RepairRecipe], analyses: list[LayerAnalysis]) -> list[tuple[RepairRecipe, str]]:
-    """The recipes in the order to try them, each with why: first the cures of each cause the layer analysis found
-    on the layers that lost the most (worst first; a cause's cures in the ladder's order), then the rest of the
-    ladder in its order."""
+def by_causes(
+    recipes: list[RepairRecipe], analyses: list[LayerAnalysis], precision_leads: str | None = None
+) -> list[tuple[RepairRecipe, str]]:
+    """The recipes in the order to try them, each with why: the precision rungs first when the score ranking found
+    a layer whose precision looks like the cure (`precision_leads`: why, core/repair/score_ranking.py); then the
+    cures of each cause the layer analysis found on the layers that lost the most (worst first; a cause's cures in
+    the ladder's order), then the rest of the ladder in its order."""
     layers = sorted(
         (layer for analysis in analyses for layer in analysis.layers[:CAUSE_LAYERS]),
         key=lambda layer: -layer.loss_db,
     )
     ordered: list[tuple[RepairRecipe, str]] = []
+    if precision_leads:
+        ordered = [(r, precision_leads) for r in recipes if r.precision]
     for layer in layers:
         if layer.loss_db < SIGNIFICANT_LOSS_DB:
             break

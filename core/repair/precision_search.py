@@ -13,30 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from core.analysis.records import LayerAnalysis
+from core.analysis.records import LayerAnalysis, ScoreSensitivity
+from core.analysis.score_sensitivity import MCT_NODE_SUFFIXES
 from core.repair.records import RepairRecipe, RepairTrial
-
-POST_ACTIVATION = "_post_activation"  # MCT's suffix for the node of a layer's own activation
 
 # Runs one trial and records it (the search's limits checked first): None when a limit stopped the search.
 RunStep = Callable[[RepairRecipe, str], RepairTrial | None]
 
 
-def ranked_candidates(candidates: list[str], analyses: list[LayerAnalysis]) -> list[str]:
-    """`candidates` (in the graph's order) worst first by the analyses' loss; those no analysis measured after them,
-    nearest the output first."""
+def ranked_candidates(
+    candidates: list[str], analyses: list[LayerAnalysis], by_score: ScoreSensitivity | None = None
+) -> list[str]:
+    """`candidates` (in the graph's order): those whose output kept in float raised the score (`by_score`,
+    core/repair/score_ranking.py) first, most first; then the rest worst first by the analyses' loss; those no
+    analysis measured after them, nearest the output first."""
     loss: dict[str, float] = {}
     for analysis in analyses:
         for layer in analysis.layers:
             loss[layer.layer] = max(loss.get(layer.layer, layer.loss_db), layer.loss_db)
 
     def measured(candidate: str) -> float | None:
-        # MCT names a layer's own activation (Conv2D(activation="relu")) `<layer>_post_activation`; the analysis
-        # reports it under the layer's name.
-        return loss.get(candidate, loss.get(candidate.removesuffix(POST_ACTIVATION)))
+        # MCT names a layer's own activation (Conv2D(activation="relu")) `<layer>_post_activation`, and a convolution
+        # with a batch normalization folded in `<conv>_bn`; the analysis reports both under the layer's name.
+        for name in (candidate, *(candidate.removesuffix(suffix) for suffix in MCT_NODE_SUFFIXES)):
+            if name in loss:
+                return loss[name]
+        return None
 
-    ranked = sorted((c for c in candidates if measured(c) is not None), key=lambda c: -(measured(c) or 0.0))
-    return ranked + [c for c in reversed(candidates) if measured(c) is None]
+    gains = {layer.layer: layer.gain for layer in (by_score.layers if by_score else []) if layer.gain > 0}
+    first = sorted((c for c in candidates if c in gains), key=lambda c: -gains[c])
+    rest = [c for c in candidates if c not in gains]
+    ranked = sorted((c for c in rest if measured(c) is not None), key=lambda c: -(measured(c) or 0.0))
+    return first + ranked + [c for c in reversed(rest) if measured(c) is None]
 
 
 def groups(ranked: list[str]) -> Iterator[tuple[str, ...]]:

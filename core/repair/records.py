@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from core.analysis.layer_causes import CauseKind
+from core.analysis.records import ScoreSensitivity
 from core.build.recipes import BuildSettings, Recipe
 from core.build.records import BuiltModel, QuantizedModel
 from core.build.variants import REPAIRED_KERAS_MODEL, REPAIRED_MODEL
@@ -217,6 +218,7 @@ class RepairOutcome(Record):
     reporting: Evaluation | None = None  # the chosen model on the images the search never saw
     baseline_reporting: Evaluation | None = None  # the float model on the same images
     stopped_because: str | None = None
+    score_ranking: ScoreSensitivity | None = None  # the candidates ranked by the score itself, when measured
     seconds: float = 0.0
 
     @property
@@ -255,6 +257,7 @@ class RepairOutcome(Record):
             "closest": closest.recipe.name if closest else None,
             "stopped_because": self.stopped_because,
             "rejected_on_reporting": self.rejected_on_reporting,
+            "score_ranking": None if self.score_ranking is None else self.score_ranking.summary(),
             # True when no decision was taken on the reporting images but the chosen model's check: its figure
             # there is one on unseen images.
             "reporting_unseen": not self.rejected_on_reporting,

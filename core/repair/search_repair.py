@@ -22,6 +22,7 @@ from core.build.precision import sixteen_bit_layers
 from core.build.recipes import BuildSettings
 from core.build.records import BuiltModel
 from core.build.residual_equalization import has_add
+from core.build.variants import model_id
 from core.config import QuantizeConfig
 from core.data.records import CalibrationSet, CalibrationSource, EvaluationSet
 from core.evaluate.evaluate_model import evaluate_model, scored
@@ -34,6 +35,7 @@ from core.repair.ladder import ANALYSIS_METHODS, TUNING_SHARE, by_causes, ladder
 from core.repair.noise import DropNoise
 from core.repair.precision_search import grow_precision, ranked_candidates
 from core.repair.records import RepairOutcome, RepairRecipe, RepairTrial, TrialInputs, describe_error
+from core.repair.score_ranking import leading_layer, ptq_model_path, rank_by_score, why_rank_by_score
 from core.targets.devices import target_for, within_budget
 from core.targets.records import HardwareReports
 
@@ -224,7 +226,23 @@ def search_repair(
     def run(recipe: RepairRecipe, why: str) -> RepairTrial | None:
         return next(iter(run_together([(recipe, why)])), None)
 
-    order = by_causes(recipes, analyses)
+    candidates = _SixteenBitCandidates(config, calibration)
+    ranking = None
+    if why_score := why_rank_by_score(config.task, analyses):
+        ptq = ptq_model_path(built)
+        if ptq is not None and any(r.precision for r in recipes) and candidates.names:
+            ranking = rank_by_score(
+                task=config.task,
+                quantized_model_path=ptq,
+                candidates=candidates.names,
+                images_path=split["tuning_images"],
+                labels_path=split["tuning_labels"],
+                batch_size=config.evaluation_batch_size,
+                class_count=class_count,
+            )
+    ptq_drop = _ptq_drop(evaluations, config.float_tflite)
+    lead = None if ptq_drop is None else leading_layer(ranking, ptq_drop, budget, config.task)
+    order = by_causes(recipes, analyses, precision_leads=lead[1] if lead else None)
     while order and not limit_reached():
         recipe, why = order[0]
         found: RepairTrial | None = None
@@ -237,12 +255,12 @@ def search_repair(
             found = next((trial for trial in recorded if trial.qualifies), None)
         else:
             order = order[1:]
-            try:
-                ranked = ranked_candidates(sixteen_bit_candidates(config, calibration), analyses)
-            except Exception as exc:  # MCT asked about the model: its failure is the rung's, not the search's
+            if candidates.error is not None:  # MCT asked about the model: its failure is the rung's, not the search's
                 asked = "MCT could not say which layers may take 16-bit activations"
-                trials.append(RepairTrial.not_run(recipe, why, f"{asked}: {describe_error(exc)}", error=exc))
+                error = candidates.error
+                trials.append(RepairTrial.not_run(recipe, why, f"{asked}: {describe_error(error)}", error=error))
                 continue
+            ranked = ranked_candidates(candidates.names, analyses, ranking)
             if ranked:
                 found = grow_precision(recipe, why, ranked, run)
             else:
@@ -258,6 +276,8 @@ def search_repair(
     closest = chosen if chosen is not None else (min(measured)[1] if measured else None)
     reporting = None if chosen is None else confirmed[chosen]
     tuning_count = len(np.load(split["tuning_images"], mmap_mode="r"))
+    if chosen is None and closest is not None and (unsure := _unsure(trials[closest], budget)):
+        stopped = f"{stopped}; {unsure}"
     return RepairOutcome(
         needed=True,
         **outcome,
@@ -271,5 +291,41 @@ def search_repair(
         closest=closest,
         reporting=reporting,
         stopped_because=stopped,
+        score_ranking=None if ranking is None else ranking.model_copy(update={"why": why_score}),
         seconds=time.perf_counter() - started,
     )
+
+
+class _SixteenBitCandidates:
+    """The layers MCT may give 16-bit activations, asked of MCT once, when first needed; or why it could not say."""
+
+    def __init__(self, config: QuantizeConfig, calibration: CalibrationSet) -> None:
+        self._config, self._calibration = config, calibration
+        self._names: list[str] | None = None
+        self.error: Exception | None = None
+
+    @property
+    def names(self) -> list[str]:
+        if self._names is None:
+            try:
+                self._names = sixteen_bit_candidates(self._config, self._calibration)
+            except Exception as exc:  # recorded by the rung that needed the answer
+                self._names, self.error = [], exc
+        return self._names
+
+
+def _unsure(trial: RepairTrial, budget: float) -> str | None:
+    """What to do about a trial within the budget as measured but not surely, or None."""
+    if not trial.within_budget or trial.drop_bound is None or within_budget(trial.drop_bound, budget):
+        return None
+    return (
+        f"{trial.recipe.name} is within the budget as measured ({trial.tuning_drop:.4f}) but not surely (up to "
+        f"{trial.drop_bound:.4f}): more evaluation images would tell, or repair_confidence 0.5 judges the drop as "
+        "measured"
+    )
+
+
+def _ptq_drop(evaluations: dict[str, Evaluation], float_tflite: str) -> float | None:
+    """What MCT's PTQ model lost of the float model's score, when both were evaluated."""
+    ptq = evaluations.get(model_id("mct_ptq", float_tflite)) or evaluations.get("keras_quantized")
+    return None if ptq is None or "keras" not in evaluations else evaluations["keras"].score - ptq.score

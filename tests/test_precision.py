@@ -292,3 +292,20 @@ def test_a_layer_that_alone_wins_back_half_the_excess_puts_the_precision_rung_fi
     first, why = by_causes(recipes, [analysis], precision_leads=lead[1])[0]
     assert first.name == "mct_16bit" and why.startswith("the score ranking: keeping head")
     assert [r.name for r, _ in by_causes(recipes, [analysis], precision_leads=lead[1])].count("mct_16bit") == 1
+
+
+def test_a_16_bit_node_named_for_a_folded_normalization_follows_the_fold_into_the_equalized_model():
+    """MCT names a convolution it folds a batch normalization into '<conv>_bn'; the repair's equalization folds the
+    normalization first, and MCT's node is then the convolution's own name (seen on a MobileNetV2-style detector:
+    'No nodes found in the graph for filter b2_project_bn')."""
+    import tensorflow as tf
+
+    from core.build.precision import node_names_in
+
+    inputs = tf.keras.Input((8, 8, 3))
+    conv = tf.keras.layers.Conv2D(4, 1, name="project")(inputs)
+    with_norm = tf.keras.Model(inputs, tf.keras.layers.BatchNormalization(name="project_norm")(conv))
+    folded = tf.keras.Model(inputs, tf.keras.layers.Conv2D(4, 1, name="project")(inputs))
+    names = ("project_bn", "head", "relu_bn")
+    assert node_names_in(with_norm, names) == names  # MCT folds it, and names the node so
+    assert node_names_in(folded, names) == ("project", "head", "relu_bn")  # a name with no such layer stays

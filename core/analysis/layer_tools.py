@@ -27,16 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+from core.build.precision import MCT_ACTIVATION_SUFFIX, MCT_FOLDED_SUFFIX
 from core.build.variants import VARIANTS
 
 INPUT = "model input"
 # int8 inside in all three (full_uint8 differs only at its input and output, which the debugger feeds int8).
 CONVERTER_ANALYSED_VARIANTS = ("int8_float_io", "full_int8", "full_uint8")
 _UNSIGNED_INT8_ZERO_POINT = -128  # an int8 tensor whose zero point is its minimum holds no negative value
-MCT_FOLDED_SUFFIX = "_bn"  # MCT's name for a convolution with a BatchNormalization folded in: '<convolution>_bn'
-MCT_ACTIVATION_SUFFIX = (
-    "_post_activation"  # ... and for a layer's own activation split off it: '<layer>_post_activation'
-)
 
 
 def batches(images: np.ndarray, batch_size: int) -> Callable:

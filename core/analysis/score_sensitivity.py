@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from core.analysis.layer_tools import MCT_ACTIVATION_SUFFIX, MCT_FOLDED_SUFFIX, _holders
+from core.analysis.layer_tools import _holders
 from core.analysis.records import LayerSensitivity, ScoreSensitivity
+from core.build.precision import MCT_ACTIVATION_SUFFIX, MCT_FOLDED_SUFFIX
 
 Predict = Callable[[np.ndarray], Any]  # a batch of images -> the model's outputs (as core.kinds.kind.Predict)
 Score = Callable[[Predict], float]  # scores a predictor on the caller's images: the headline score, higher is better

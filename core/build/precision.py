@@ -22,6 +22,8 @@ from core.build.platforms import choose_platform, target_platform_capabilities
 from core.evaluate.models import load_keras_model
 
 SIXTEEN_BITS = 16
+MCT_FOLDED_SUFFIX = "_bn"  # MCT's name for a convolution with a BatchNormalization folded in: '<convolution>_bn'
+MCT_ACTIVATION_SUFFIX = "_post_activation"  # ... and for a layer's own activation split off it
 
 
 def sixteen_bit_layers(
@@ -70,6 +72,28 @@ def sixteen_bit_layers(
         if SIXTEEN_BITS in bits and node.is_activation_quantization_enabled():
             found.append(node.name)
     return found
+
+
+def node_names_in(model: Any, names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` (MCT's nodes in the model the candidates were asked of) as MCT names them in `model`: a convolution
+    MCT folds a batch normalization into is '<conv>_bn', but once equalization has folded the normalization itself,
+    MCT's node is the convolution's own name."""
+    import tensorflow as tf
+
+    layers = {layer.name for layer in model.layers}
+    normalized = {
+        source.name
+        for layer in model.layers
+        if isinstance(layer, tf.keras.layers.BatchNormalization)
+        for node in layer.inbound_nodes
+        for source in tf.nest.flatten(node.inbound_layers)
+    }
+    found = []
+    for name in names:
+        stem = name.removesuffix(MCT_FOLDED_SUFFIX)
+        folded_away = name != stem and name not in layers and stem in layers and stem not in normalized
+        found.append(stem if folded_away else name)
+    return tuple(found)
 
 
 def bit_width_config(sixteen_bit: tuple[str, ...]) -> Any:

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from core.build.keras_conversion import with_input_size
 from core.build.platforms import choose_platform, target_platform_capabilities
-from core.build.precision import bit_width_config
+from core.build.precision import bit_width_config, node_names_in
 from core.build.records import QuantizedModel
 from core.build.substitute_layers import device_equivalent
 from core.build.variants import MCT_METHODS, mct_keras_file_name
@@ -93,7 +93,7 @@ def quantize_with_mct(
             if method == "mixed_precision"
             else None
         )
-        widths = bit_width_config(tuple(sixteen_bit_activations))
+        widths = bit_width_config(node_names_in(model, tuple(sixteen_bit_activations)))
         core_config = mct.core.CoreConfig(
             quantization_config=quantization_config,
             **({"mixed_precision_config": mixed} if mixed else {}),

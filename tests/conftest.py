@@ -58,3 +58,28 @@ def own_sample(sample_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "sample"
     shutil.copytree(sample_dir, copy)
     return copy
+
+
+@pytest.fixture(scope="session")
+def rescaling_models(tmp_path_factory) -> Path:
+    """A folder of two tiny 3-class classifiers of 16 x 16 images, each with a Rescaling layer named "rescaling"
+    (x / 127.5 - 1), which Sony's IMX500 converter has no operator for, and calibration.npy (4 images, 0 to 255):
+    image_rescaling.h5 scales the input image, which a 1x1 depthwise convolution can stand in for
+    (tests/test_substitute_layers.py); pooled_rescaling.h5 scales the pooled 2-D features, which nothing can
+    (tests/test_hardware.py)."""
+    import numpy as np
+    import tensorflow as tf
+
+    folder = tmp_path_factory.mktemp("rescaling")
+    layers = tf.keras.layers
+    inputs = tf.keras.Input((16, 16, 3))
+    scaled = layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(inputs)
+    features = layers.Conv2D(4, 3, padding="same")(scaled)
+    image = tf.keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(features)))
+    image.save(folder / "image_rescaling.h5")
+    inputs = tf.keras.Input((16, 16, 3))
+    pooled = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+    scaled = layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(pooled)
+    tf.keras.Model(inputs, layers.Dense(3)(scaled)).save(folder / "pooled_rescaling.h5")
+    np.save(folder / "calibration.npy", np.random.default_rng(0).random((4, 16, 16, 3), np.float32) * 255)
+    return folder

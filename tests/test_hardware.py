@@ -3,7 +3,6 @@ the full-integer model; their reports in the results and the recommendation; bot
 
 import json
 
-import numpy as np
 import pytest
 
 from core.build.platforms import find_imx500_converter
@@ -22,19 +21,29 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def hardware_run(prefect_harness, sample_dir, tmp_path_factory):
+    """The flow with both device compilers, twice on one configuration: first with the Keras evaluation failing on
+    purpose (a failed run whose compiles were still running when that evaluation failed), then as it is (a
+    completed run: the compiles' reports, from the first run's cache)."""
+    from core.evaluate.evaluate_model import FAULT_ENV
+
     out = tmp_path_factory.mktemp("hardware")
-    config_path = write_config(
-        out / "configuration.json", sdk_config(sample_dir, out, variants=["mct_ptq", "full_int8"])
-    )
+    # A calibration set of its own (40 images): nothing of the first run is cached by an earlier test's run, so its
+    # compiles start only once MCT has quantized, well after the Keras evaluation, which fails at once, has failed.
+    config = sdk_config(sample_dir, out, variants=["mct_ptq", "full_int8"], iteration_count=2)
+    config_path = write_config(out / "configuration.json", config)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv(FAULT_ENV, "keras")
+        failed = run(config_path)
+    assert failed.is_failed(), failed.message
     state = run(config_path)
     assert state.is_completed(), state.message
-    return config_path, out, json.loads((out / "results" / "results.json").read_text())
+    return config_path, out, json.loads((out / "results" / "results.json").read_text()), failed
 
 
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_the_imx500_conversion_writes_the_packager_input_and_a_memory_report_that_fits(hardware_run):
-    _, out, results = hardware_run
+    _, out, results, _ = hardware_run
     folder = out / "models" / "imx500"
     assert (folder / "packerOut.zip").stat().st_size > 0 and (folder / "dnnParams.xml").exists()
     report = parse_memory_report(next(folder.glob("*_MemoryReport.json")))
@@ -48,7 +57,7 @@ def test_the_imx500_conversion_writes_the_packager_input_and_a_memory_report_tha
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_run):
-    _, out, results = hardware_run
+    _, out, results, _ = hardware_run
     ethos_u = next(m for m in results["models"] if m["model"] == "tflite_full_int8")["ethos_u"]
     assert ethos_u["compiled"] and ethos_u["accelerator"] == "ethos-u55-128"
     assert ethos_u["npu_share"] == 1.0 and ethos_u["cpu_operators"] == 0 and ethos_u["npu_operators"] > 0
@@ -65,7 +74,7 @@ def test_vela_puts_every_operator_of_the_full_integer_model_on_the_npu(hardware_
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
-    _, out, _ = hardware_run
+    _, out, _, _ = hardware_run
     result = compile_for_ethos_u(
         model_path=str(out / "models" / "model.tflite"),
         variant="float32",
@@ -79,7 +88,7 @@ def test_vela_declines_a_float_model_instead_of_running(hardware_run, tmp_path):
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_a_rerun_does_not_call_the_compilers_again(hardware_run):
-    config_path, _, _ = hardware_run
+    config_path, _, _, _ = hardware_run
     states = task_states(run(config_path), expected=19)
     assert states["compile-for-imx500"] == "Cached" and states["compile-for-ethos-u-full_int8"] == "Cached", states
 
@@ -87,7 +96,7 @@ def test_a_rerun_does_not_call_the_compilers_again(hardware_run):
 @pytest.mark.slow
 @pytest.mark.hardware
 def test_a_target_device_restricts_the_recommendation(hardware_run):
-    _, _, results = hardware_run
+    _, _, results, _ = hardware_run
     assert recommend(results["models"], 0.05, "size", "imx500").chosen == "tflite_quantized"
     on_ethos_u = recommend(results["models"], 0.05, "size", "ethos-u55-128")
     assert on_ethos_u.chosen == "tflite_full_int8" and "most operators on the NPU" in on_ethos_u.reason
@@ -96,20 +105,14 @@ def test_a_target_device_restricts_the_recommendation(hardware_run):
 
 @pytest.mark.slow
 @pytest.mark.hardware
-def test_the_converters_refusal_of_a_layer_the_tool_cannot_substitute_is_a_verdict_naming_it(tmp_path):
+def test_the_converters_refusal_of_a_layer_the_tool_cannot_substitute_is_a_verdict_naming_it(
+    rescaling_models, tmp_path
+):
     """An image's Rescaling becomes a 1x1 depthwise convolution (tests/test_substitute_layers.py); one of a 2-D
     tensor has no such equivalent, is left in the MCT model, and the converter refuses it."""
-    import tensorflow as tf
-
-    inputs = tf.keras.Input((16, 16, 3))
-    pooled = tf.keras.layers.GlobalAveragePooling2D()(tf.keras.layers.Conv2D(4, 3)(inputs))
-    # Named: after another test's Rescaling in this process, Keras would call it rescaling_1.
-    scaled = tf.keras.layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")(pooled)
-    tf.keras.Model(inputs, tf.keras.layers.Dense(3)(scaled)).save(tmp_path / "rescaling.h5")
-    np.save(tmp_path / "calibration.npy", np.random.default_rng(0).random((4, 16, 16, 3), np.float32) * 255)
     quantized = quantize_with_mct(
-        model_path=str(tmp_path / "rescaling.h5"),
-        calibration_path=str(tmp_path / "calibration.npy"),
+        model_path=str(rescaling_models / "pooled_rescaling.h5"),
+        calibration_path=str(rescaling_models / "calibration.npy"),
         batch_size=4,
         target_platform="imx500",
         out_dir=tmp_path,
@@ -158,21 +161,13 @@ def test_a_model_too_large_for_the_sensor_is_reported_and_can_fail_the_run(tmp_p
     require_imx500_fit(Config, too_big)  # only reported
 
 
+@pytest.mark.slow
 @pytest.mark.hardware
-def test_a_failing_run_is_marked_failed_only_once_its_compiles_have_finished(
-    prefect_harness, sample_dir, tmp_path, monkeypatch
-):
+def test_a_failing_run_is_marked_failed_only_once_its_compiles_have_finished(hardware_run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from core.evaluate.evaluate_model import FAULT_ENV
-
-    # An iteration count of its own: nothing of this run is cached, so the compiles are still running when the
-    # Keras evaluation, which fails at once, has failed.
-    config = sdk_config(sample_dir, tmp_path, variants=["mct_ptq", "full_int8"], iteration_count=23)
-    config_path = write_config(tmp_path / "configuration.json", config)
-    monkeypatch.setenv(FAULT_ENV, "keras")
-    state = run(config_path)
+    state = hardware_run[3]  # the Keras evaluation failed at once; the compiles ran on
     assert state.is_failed()
 
     flow_run_id = state.state_details.flow_run_id
@@ -186,5 +181,6 @@ def test_a_failing_run_is_marked_failed_only_once_its_compiles_have_finished(
     }
     for compile_run in compiles:
         assert compile_run.state is not None and compile_run.state.is_completed(), compile_run.name
+        assert compile_run.state.name == "Completed", f"{compile_run.name}: {compile_run.state.name}, not run here"
         assert compile_run.end_time is not None and flow_run.end_time is not None
         assert compile_run.end_time <= flow_run.end_time, f"{compile_run.name} ended after the run was marked Failed"

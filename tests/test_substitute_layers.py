@@ -93,12 +93,12 @@ def test_the_terminal_text_says_once_what_the_imx500s_model_has_in_place_of_a_re
 @pytest.mark.slow
 @pytest.mark.hardware
 @pytest.mark.skipif(find_imx500_converter() is None, reason="Sony's IMX500 converter is not installed: make imx500")
-def test_the_imx500_compiles_a_model_with_an_input_rescaling_and_the_record_says_what_was_replaced(tmp_path):
-    tiny_model(layers.Rescaling(1 / 127.5, offset=-1, name="rescaling")).save(tmp_path / "rescaling.h5")
-    np.save(tmp_path / "calibration.npy", images())
+def test_the_imx500_compiles_a_model_with_an_input_rescaling_and_the_record_says_what_was_replaced(
+    rescaling_models, tmp_path
+):
     quantized = quantize_with_mct(
-        model_path=str(tmp_path / "rescaling.h5"),
-        calibration_path=str(tmp_path / "calibration.npy"),
+        model_path=str(rescaling_models / "image_rescaling.h5"),
+        calibration_path=str(rescaling_models / "calibration.npy"),
         batch_size=4,
         target_platform="imx500",
         out_dir=tmp_path,

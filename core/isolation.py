@@ -20,6 +20,7 @@ import os
 import pickle
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,6 +163,16 @@ class InProcess:
         return fn(**kwargs)
 
 
+_ALL_WORKERS: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+def stop_all_workers() -> None:
+    """Stop every child of every `Workers` now, for good: the command is ending (SIGINT, SIGTERM: see
+    core/startup.py), and a call under way raises WorkersStopped in its caller."""
+    for workers in list(_ALL_WORKERS):
+        workers.close()
+
+
 class Workers:
     """Up to `size` children (default: one per core) shared by the calls of this process.
 
@@ -182,6 +193,7 @@ class Workers:
         self._idle_timer: threading.Timer | None = None
         self._close_registered = False
         self._closed = False  # at the command's exit: no child starts again (a step's retry after Ctrl-C)
+        _ALL_WORKERS.add(self)
 
     def run(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         """`fn(**kwargs)` in a child (fn and its arguments must pickle): its result, or what it raised."""

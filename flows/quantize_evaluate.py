@@ -307,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{FINISHED_WITH_FAILURES} when the run finished but some models failed (a converter or interpreter "
             "crashed on them: results.json's failed_variants says which, the others are compared and recommended "
             "as usual); 2 for a problem with the input (configuration, images, labels, model); 1 for any other "
-            "failure; 130 when interrupted. The configuration keys are described in README.md."
+            "failure; 130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM). The configuration keys are "
+            "described in README.md."
         ),
     )
     parser.add_argument(

@@ -3,6 +3,8 @@
 import contextlib
 import json
 import os
+import re
+import select
 import signal
 import subprocess
 import sys
@@ -10,11 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+import psutil
 import pytest
 
 from core.locking import locked_folders
 from core.storage import REPO_ROOT, cache_root
-from tests.helpers import run, sdk_config, task_states, write_config
+from tests.helpers import gone, run, sdk_config, task_states, wait_until, write_config
 
 pytestmark = pytest.mark.slow  # whole flow runs on the trained sample
 
@@ -130,10 +133,64 @@ def test_ctrl_c_ends_the_command_with_status_130_and_one_line_and_publishes_noth
         else:
             pytest.fail(f"the run never waited for its output folders: {''.join(said)[-3000:]}")
         deadline.cancel()
+        started = psutil.Process(process.pid).children(recursive=True)  # the API server, the watchdog, workers
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=240)
     stderr = "".join(said) + rest
     assert process.returncode == 130, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
-    assert "Traceback" not in stderr.strip().splitlines()[-1]
+    # Exactly one line after the signal, and the last: whatever Prefect's threads print as they stop (the crash
+    # report, a task runner's traceback) goes to the run's log, not after it.
+    outcome = "interrupted: the steps that finished are cached; run the same command again to resume"
+    assert rest.strip().splitlines() == [outcome], stderr[-3000:]
     assert [p.name for folder in outputs for p in folder.iterdir()] == []  # nothing published, no lock left
+    # The watchdog stops what the command left (a zombie whose parent has gone counts as ended).
+    wait_until(lambda: all(gone(child.pid) for child in started), 60, f"left running: {started}")
+
+
+PROGRESS_BAR = re.compile(r"\d+%\|")  # tqdm's, redrawn after a carriage return
+TERMINAL_CONTROL = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # tqdm's cursor moves between stacked bars
+
+
+def test_sigterm_during_mcts_calibration_ends_the_command_at_once_with_status_143_one_line_and_nothing_published(
+    sample_dir, tmp_path
+):
+    # An iteration count of its own: this run's calibration is new to the cache, and long (211 batches).
+    config_path = write_config(tmp_path / "configuration.json", sdk_config(sample_dir, tmp_path, iteration_count=211))
+    outputs = [tmp_path / "models", tmp_path / "results"]
+    # With its progress bars: MCT's, "MCT calibration", appears as MCT starts reading the calibration batches.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.quantize_evaluate", str(config_path)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    try:
+        before = b""
+        deadline = time.monotonic() + 600
+        while b"MCT calibration" not in before:
+            assert time.monotonic() < deadline, f"MCT's calibration never started: {before.decode()[-3000:]}"
+            if select.select([process.stderr], [], [], 1.0)[0]:
+                chunk = os.read(process.stderr.fileno(), 1 << 16)
+                assert chunk, f"the command ended before MCT's calibration: {before.decode()[-3000:]}"
+                before += chunk
+        started = psutil.Process(process.pid).children(recursive=True)  # the API server, the watchdog, workers
+        process.send_signal(signal.SIGTERM)  # as `kill PID`, a scheduler or a container's stop sends it
+        _, rest = process.communicate(timeout=120)  # MCT and the steps after it would take minutes
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    after = rest.decode(errors="replace")
+    stderr = before.decode(errors="replace") + after
+    assert process.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    outcome = "terminated: the steps that finished are cached; run the same command again to resume"
+    assert stderr.strip().splitlines()[-1] == outcome, stderr[-3000:]
+    # After the signal: that one line, beside the last redraws of the progress bars under way as it came.
+    said = [TERMINAL_CONTROL.sub("", line).strip() for line in after.splitlines()]
+    assert [line for line in said if line and not PROGRESS_BAR.search(line)] == [outcome], after[-3000:]
+    assert "Traceback" not in after
+    assert [p.name for folder in outputs if folder.exists() for p in folder.iterdir()] == []  # nothing published
+    # The watchdog stops what the command left (a zombie whose parent has gone counts as ended).
+    wait_until(lambda: all(gone(child.pid) for child in started), 60, f"left running: {started}")

@@ -434,7 +434,8 @@ NOISY_COMMAND = textwrap.dedent(
         while sys._current_frames()[threading.main_thread().ident].f_code.co_name != function:
             time.sleep(0.01)
         time.sleep(0.1)
-        print("ready", file=sys.stderr, flush=True)
+        sys.stderr.write("ready\n")  # one write: print's two could take the noise thread's lines between them
+        sys.stderr.flush()
 
     def body():
         threading.Thread(target=noise, daemon=True).start()
@@ -486,7 +487,11 @@ def test_a_commands_outcome_is_its_last_output_and_a_signal_ends_it_whatever_its
     hang = threading.Timer(120, process.kill)  # a command that never says it is ready ends the reading
     hang.start()
     try:
-        before = "".join(iter(process.stderr.readline, "ready\n"))
+        before = ""
+        for line in iter(process.stderr.readline, ""):  # to the ready line, or to the end (killed, or it failed)
+            before += line
+            if line == "ready\n":
+                break
         hang.cancel()
         assert process.poll() is None, before[-3000:]
         if signum is not None:

@@ -434,7 +434,7 @@ NOISY_COMMAND = textwrap.dedent(
         while sys._current_frames()[threading.main_thread().ident].f_code.co_name != function:
             time.sleep(0.01)
         time.sleep(0.1)
-        sys.stderr.write("ready\n")  # one write: print's two could take the noise thread's lines between them
+        sys.stderr.write("ready\\n")  # one write: print's two could take the noise thread's lines between them
         sys.stderr.flush()
 
     def body():

@@ -261,3 +261,15 @@ def test_when_the_search_ends_on_a_drop_within_the_budget_but_not_surely_it_says
     assert outcome.chosen is None and outcome.closest == 0
     assert "within the budget as measured (0.0200) but not surely" in outcome.stopped_because
     assert "repair_confidence 0.5" in outcome.stopped_because
+
+
+def test_when_mct_cannot_say_which_layers_take_16_bits_the_precision_rung_says_so(tmp_path, monkeypatch):
+    def cannot(*args, **kwargs):
+        raise RuntimeError("MCT's graph preparation failed")
+
+    monkeypatch.setattr("core.repair.search_repair.sixteen_bit_candidates", cannot)
+    everywhere = np.arange(CLASSES * PER_CLASS)
+    outcome, _ = search(tmp_path, everywhere, [lookup_model(5.0)], repair_max_trials=10)
+    rung = next(t for t in outcome.trials if t.recipe.precision)
+    assert not rung.ran and rung.reason.startswith("MCT could not say which layers may take 16-bit activations")
+    assert rung.error == "RuntimeError: MCT's graph preparation failed"

@@ -174,7 +174,7 @@ class RepairTrial(Record):
             "sixteen_bit_activations": list(self.recipe.sixteen_bit_activations) or None,
             "chosen_because": self.chosen_because,
             "tuning_top_1": self.tuning_top_1,
-            "tuning_drop": None if self.tuning_drop is None else round(self.tuning_drop, 6),
+            "tuning_drop": _rounded(self.tuning_drop),
             "tuning_drop_spread": _rounded(self.drop_spread),
             "tuning_drop_bound": _rounded(self.drop_bound),
             "reporting_score": _rounded(self.reporting_score),

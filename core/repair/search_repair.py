@@ -302,16 +302,26 @@ class _SixteenBitCandidates:
     def __init__(self, config: QuantizeConfig, calibration: CalibrationSet) -> None:
         self._config, self._calibration = config, calibration
         self._names: list[str] | None = None
-        self.error: Exception | None = None
+        self._error: Exception | None = None
 
-    @property
-    def names(self) -> list[str]:
+    def _ask(self) -> None:
         if self._names is None:
             try:
                 self._names = sixteen_bit_candidates(self._config, self._calibration)
             except Exception as exc:  # recorded by the rung that needed the answer
-                self._names, self.error = [], exc
+                self._names, self._error = [], exc
+
+    @property
+    def names(self) -> list[str]:
+        self._ask()
+        assert self._names is not None
         return self._names
+
+    @property
+    def error(self) -> Exception | None:
+        """Why MCT could not say (MCT asked first, when not yet asked)."""
+        self._ask()
+        return self._error
 
 
 def _unsure(trial: RepairTrial, budget: float) -> str | None:

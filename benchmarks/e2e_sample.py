@@ -67,14 +67,16 @@ def make_e2e_sample(dest: Path) -> Path:
     return dest
 
 
-def write_config(sample: Path, out: Path, path: Path, **overrides) -> Path:
+def write_config(
+    sample: Path, out: Path, path: Path, size: int = SIZE, calibration_images: int = TRAINING, **overrides
+) -> Path:
     """An SDK configuration on the sample, every calibration image used once, outputs below `out`."""
     config = {
         "source_keras_model": str(sample / "model.h5"),
         "dataset_image_dir": str(sample / "training"),
         "batch_size": 50,
-        "input_tensor_size": SIZE,
-        "iteration_count": TRAINING // 50,
+        "input_tensor_size": size,
+        "iteration_count": calibration_images // 50,
         "output_dir": str(out / "models"),
         "evaluate_image_dir": str(sample / "validation"),
         "evaluate_image_extension": "jpg",

@@ -35,15 +35,46 @@ from core.storage import REPO_ROOT
 SLACK_SECONDS = 0.25  # a step that starts this soon after another ends was waiting for it
 
 
-def run_command(command: list[str], env: dict[str, str], log: Path) -> dict:
-    """Wall seconds of a command in a fresh process, with its start and end on the clock the flow runs use."""
+def run_command(command: list[str], env: dict[str, str], log: Path, memory: bool = False) -> dict:
+    """Wall seconds of a command in a fresh process, with its start and end on the clock the flow runs use; with
+    `memory`, also the peak of its processes' memory together (proportional set size: a page shared by several of
+    them counts once), sampled every half second."""
     started_at, started = time.time(), time.perf_counter()
     with log.open("w") as out:
-        result = subprocess.run(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        peak = 0
+        while process.poll() is None:
+            if memory:
+                peak = max(peak, tree_pss(process.pid))
+            try:
+                process.wait(0.5)
+            except subprocess.TimeoutExpired:
+                pass
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} exited with {result.returncode}; see {log}")
-    return {"seconds": round(seconds, 2), "started_at": started_at, "ended_at": started_at + seconds}
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited with {process.returncode}; see {log}")
+    figures = {"seconds": round(seconds, 2), "started_at": started_at, "ended_at": started_at + seconds}
+    if memory:
+        figures["peak_memory_gib"] = round(peak / 2**30, 2)
+    return figures
+
+
+def tree_pss(pid: int) -> int:
+    """Bytes of memory the process and its descendants hold, each shared page divided among its holders."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return total
 
 
 def conversion_figures(model_path: str, work: Path) -> dict:
@@ -192,7 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         help="where the model and images are built, once (default .cache/benchmark-e2e/sample)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument(
+        "--real-size",
+        action="store_true",
+        help="instead: the small model and a 224 px MobileNetV2 alpha 1.0 (1,000 calibration and 2,000 evaluation "
+        "images), each the notebook's way, cold with the default variants, and cached, with peak memory "
+        "(about an hour on 2 cores)",
+    )
     args = parser.parse_args(argv)
+    if args.real_size:
+        return real_size(args)
 
     from benchmarks.e2e_sample import make_e2e_sample, write_config
     from benchmarks.run_benchmarks import describe_machine
@@ -250,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {notebook['seconds']:.1f} s: {notebook['stages']}")
 
     commands = {}
-    sdk = {"variants": ["float32", "mct_ptq"]}
+    sdk: dict = {"variants": ["float32", "mct_ptq"]}
     no_imx500 = {"IMX500_CONVERTER": str(scratch / "no-imx500-converter")}  # the step is skipped at once
     for label, key, overrides, extra_env in [
         ("(b) the command, cold, SDK's two models", "sdk_cold", sdk, {}),
@@ -309,6 +349,87 @@ def main(argv: list[str] | None = None) -> int:
         f"    against a running server, default variants cold: {server['default_cold']:.1f} s = "
         f"{server['default_cold'] / a:.2f}x the notebook's"
     )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2, default=str))
+    print("\n" + json.dumps(figures, default=str))
+    return 0
+
+
+def real_size(args: argparse.Namespace) -> int:
+    """The small model and the real-size one, in the same run: the notebook's way, the command cold with the default
+    variants, and cached; the critical path of each cold run and the peak memory of each command's processes."""
+    from benchmarks.e2e_sample import TRAINING, make_e2e_sample, write_config
+    from benchmarks.real_size_sample import CALIBRATION, SIZE, make_real_size_sample
+    from benchmarks.run_benchmarks import describe_machine
+
+    root = args.sample.parent if args.sample.parent.name != "benchmark-e2e" else REPO_ROOT / ".cache"
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="real-size-", dir=root))
+    machine = describe_machine()
+    print(f"machine: {machine}\nscratch: {scratch}", flush=True)
+    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("PREFECT_API_URL", "QUANTIZE_CACHE_DIR", "QUANTIZE_FAIL_EVALUATION"):
+        env.pop(name, None)
+    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "TF_CPP_MIN_LOG_LEVEL")})
+    os.environ.pop("PREFECT_API_URL", None)
+    python = sys.executable
+    empty_flow = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
+    run_command([python, "-c", empty_flow], env, scratch / "warm-up.log")  # creates the database
+    figures: dict = {"machine": machine}
+    models = [
+        ("small", "MobileNetV2 alpha 0.35, 64 px, 1,400 / 397 images", make_e2e_sample, 64, TRAINING),
+        ("real_size", "MobileNetV2 alpha 1.0, 224 px, 1,000 / 2,000 images", make_real_size_sample, SIZE, CALIBRATION),
+    ]
+    for key, title, make, size, count in models:
+        started = time.perf_counter()
+        sample = make(REPO_ROOT / ".cache" / ("benchmark-e2e" if key == "small" else "benchmark-real") / "sample")
+        print(f"\n{title}: {sample} ({time.perf_counter() - started:.0f} s)", flush=True)
+        work = scratch / key
+
+        def config(name: str, sample: Path = sample, work: Path = work, size: int = size, count: int = count) -> Path:
+            return write_config(sample, work / name, work / f"{name}.json", size=size, calibration_images=count)
+
+        print("  (a) the old notebook's way, SDK's two models", flush=True)
+        notebook = run_command(
+            [python, "-m", "benchmarks.notebook_way", str(config("notebook")), str(work / "notebook" / "work")],
+            env,
+            work / "notebook.log",
+            memory=True,
+        )
+        notebook["stages"] = json.loads((work / "notebook.log").read_text().strip().splitlines()[-1])
+        print(f"      {notebook['seconds']:.1f} s, peak {notebook['peak_memory_gib']} GiB: {notebook['stages']}")
+        command = [python, "-m", "flows.quantize_evaluate", str(config("default")), "--no-progress"]
+        cold_env = {**env, "QUANTIZE_CACHE_DIR": str(work / "default" / "cache")}
+        print("  (c) the command, cold, default variants", flush=True)
+        cold = run_command(command, cold_env, work / "cold.log", memory=True)
+        print(f"      {cold['seconds']:.1f} s, peak {cold['peak_memory_gib']} GiB", flush=True)
+        flow_run, task_runs = flow_runs("quantize-evaluate")[-1]
+        cold_figures = describe_run(f"{key} cold", cold, flow_run, task_runs)
+        cold_figures["peak_memory_gib"] = cold["peak_memory_gib"]
+        print("  (d) the same command again, served from the cache", flush=True)
+        cached = run_command(command, cold_env, work / "cached.log")
+        print(f"      {cached['seconds']:.1f} s", flush=True)
+        figures[key] = {
+            "model": title,
+            "notebook": notebook,
+            "default_cold": cold_figures,
+            "cached_seconds": cached["seconds"],
+            "ratios": {
+                "default_cold_vs_notebook": round(cold["seconds"] / notebook["seconds"], 3),
+                "cached_vs_default_cold": round(cached["seconds"] / cold["seconds"], 3),
+            },
+        }
+    print(f"\nfigures against their targets ({datetime.now():%Y-%m-%d %H:%M}, {machine})")
+    for key, title, *_ in models:
+        f = figures[key]
+        a, c = f["notebook"]["seconds"], f["default_cold"]["command_seconds"]
+        print(
+            f"    {title}:\n"
+            f"      default variants cold {c:.1f} s = {c / a:.2f}x the notebook's {a:.1f} s (target <= 0.8x); "
+            f"cached rerun {f['cached_seconds']:.1f} s = {100 * f['cached_seconds'] / c:.1f}% (target <= 10%)\n"
+            f"      peak memory: the command {f['default_cold']['peak_memory_gib']} GiB (target < 8 GiB), "
+            f"the notebook's way {f['notebook']['peak_memory_gib']} GiB"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2, default=str))
     print("\n" + json.dumps(figures, default=str))

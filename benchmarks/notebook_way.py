@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
-from core.build.quantize_with_mct import quantize_with_mct
+from core.build.platforms import choose_platform, target_platform_capabilities
 from core.config import Preprocessing
 from core.data.load_calibration_set import load_calibration_set
 from core.evaluate.models import load_keras_model, load_quantized_keras_model
@@ -50,14 +50,23 @@ def notebook_way(config: dict, work: Path) -> dict[str, float]:
         progress=False,
     )
     lap("calibration_set")
-    quantized = quantize_with_mct(
-        model_path=config["source_keras_model"],
-        calibration_path=calibration.path,
-        batch_size=config["batch_size"],
-        target_platform="imx500",
-        out_dir=work / "quantize",
-        progress=False,
+    # MCT called as the notebook called it (its own statistics collection: the flow's is faster, to the same bits).
+    import numpy as np
+
+    images = np.load(calibration.path)
+    batch = config["batch_size"]
+
+    def representative_data():
+        for i in range(len(images) // batch):
+            yield [images[i * batch : (i + 1) * batch]]
+
+    quantized_model, _ = mct.ptq.keras_post_training_quantization(
+        load_keras_model(config["source_keras_model"]),
+        representative_data,
+        target_platform_capabilities=target_platform_capabilities(choose_platform("imx500")),
     )
+    quantized_path = work / "quantize" / "model_quantized.keras"
+    mct.exporter.keras_export_model(model=quantized_model, save_model_path=str(quantized_path))
     lap("mct_ptq")
     converter = tf.lite.TFLiteConverter.from_keras_model(load_keras_model(config["source_keras_model"]))
     tflite = atomic_write_bytes(work / "model.tflite", converter.convert())
@@ -65,7 +74,7 @@ def notebook_way(config: dict, work: Path) -> dict[str, float]:
     # MCT's own exporter, as the notebook called it (the flow's export converts faster, to the same model).
     tflite_quantized = work / "export" / "model_quantized.tflite"
     mct.exporter.keras_export_model(
-        model=load_quantized_keras_model(quantized.path),
+        model=load_quantized_keras_model(str(quantized_path)),
         save_model_path=str(tflite_quantized),
         serialization_format=mct.exporter.KerasExportSerializationFormat.TFLITE,
         quantization_format=mct.exporter.QuantizationFormat.INT8,
@@ -73,7 +82,7 @@ def notebook_way(config: dict, work: Path) -> dict[str, float]:
     lap("export_model_quantized_tflite")
     models = {
         "keras": config["source_keras_model"],
-        "keras_quantized": quantized.path,
+        "keras_quantized": str(quantized_path),
         "tflite": str(tflite),
         "tflite_quantized": str(tflite_quantized),
     }

@@ -30,11 +30,12 @@ import json
 from contextlib import ExitStack
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture, as_completed, wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import core  # noqa: F401  (quietens TensorFlow before it is imported)
+from core import run_progress
 from core.analysis.analyse_layers import models_to_analyse
 from core.analysis.records import LayerAnalysis
 from core.build.recipes import (
@@ -111,6 +112,10 @@ def quantize_evaluate(
     unsafe = c.allow_unsafe_model_code
     settings = BuildSettings.of(c)
     recipes = variant_recipes(c)
+    plan = run_progress.plan_of(
+        [r.variant for r in recipes], validated.evaluation_image_count, c.batch_size * c.iteration_count
+    )
+    run_progress.start(plan, enabled=progress, log=get_run_logger())
     evaluation_set_future = load_evaluation_set_task.submit(
         evaluate_image_dir=c.evaluate_image_dir,
         extension=c.evaluate_image_extension,
@@ -207,6 +212,7 @@ def quantize_evaluate(
         wait(
             [part for parts in evaluations.values() for part in parts] + ([imx500] if imx500 else []) + [*vela.values()]
         )
+        run_progress.finish()  # what follows (the analysis, the repair) has its own progress
         names = [*(n for n in KERAS_MODELS if n in evaluations), *(model_id(m.variant, c.float_tflite) for m in built)]
         parts = {name: [part.result() for part in evaluations[name]] for name in names}
         failures += [next(p for p in parts[n] if isinstance(p, ModelFailure)) for n in names if failed(parts[n])]

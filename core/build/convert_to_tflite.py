@@ -16,6 +16,7 @@ import numpy as np
 
 from core.build.keras_conversion import keras_model_converter
 from core.build.records import BuiltModel, SavedModelExport, UnsupportedVariant
+from core.build.shared_calibration import calibrations_shared
 from core.build.variants import VARIANTS, built_file_name, check_variant
 from core.errors import StepError
 from core.failures import ModelCodeFailed, ModelFailure, failure, reason_of
@@ -62,7 +63,8 @@ def convert_and_check(
     except Exception as exc:
         return portable(exc)
     try:
-        flatbuffer = converter.convert()
+        with calibrations_shared(calibration_path if spec.calibrated else None):
+            flatbuffer = converter.convert()
     except Exception as exc:  # the converter's verdict on this model (an operator it cannot convert)
         return ConverterRefused(reason_of(exc))
     atomic_write_bytes(path, flatbuffer)

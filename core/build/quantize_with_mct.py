@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from core import run_progress
+from core.build import mct_statistics
 from core.build.keras_conversion import with_input_size
 from core.build.platforms import choose_platform, target_platform_capabilities
 from core.build.precision import bit_width_config, node_names_in
@@ -32,6 +34,7 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
     def generator():
         for i in tqdm(range(batch_count), desc="MCT calibration", unit="batch", disable=not progress):
             yield [calibration[i * batch_size : (i + 1) * batch_size]]
+            run_progress.advance(batch_size)
 
     return generator
 
@@ -72,6 +75,7 @@ def quantize_with_mct(
     if method == "mixed_precision" and weights_memory_ratio is None:
         raise ValueError("method 'mixed_precision' needs weights_memory_ratio")
     platform = choose_platform(target_platform)
+    mct_statistics.install()
     calibration = np.load(calibration_path, mmap_mode="r")
     # A model whose input size is not fixed is quantized at the calibration images' size: MCT's exports need one.
     model = with_input_size(load_keras_model(model_path, allow_unsafe_code), calibration.shape[1])

@@ -12,12 +12,13 @@ fail. It is not part of the cache key.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from core.build.variants import KERAS_MODELS, is_tflite_model
+from core.evaluate.core_share import EVALUATION_CORES, SharedPredictor
 from core.evaluate.isolated import MODEL_WORKERS, IsolatedPredictor, injected_crash_key, models_forgotten
 from core.evaluate.models import keras_predictor, load_keras_by_name
 from core.failures import ModelCodeFailed, ModelFailed, ModelFailure, failure
@@ -25,8 +26,6 @@ from core.isolation import Child, InProcess
 from core.kinds.records import Evaluation
 from core.kinds.registry import CLASSIFICATION, kind_named
 
-# At most one evaluation per core runs at a time, whatever the task runner's pool size.
-EVALUATION_SLOTS = threading.BoundedSemaphore(os.cpu_count() or 1)
 FAULT_ENV = "QUANTIZE_FAIL_EVALUATION"
 
 
@@ -62,10 +61,20 @@ def make_predictor(
     if model_name in KERAS_MODELS:
         return keras_predictor(load_keras_by_name(model_name, model_path, allow_unsafe_code))
     if is_tflite_model(model_name):
-        # Evaluations run concurrently, up to one per core: one thread each fills the cores
-        # without oversubscribing them.
-        return IsolatedPredictor(worker or InProcess(), model_name, model_path, num_threads=1)
+        # Evaluations run concurrently, up to one per core: one thread each fills the cores without oversubscribing
+        # them; a core none of them waits for is lent to a running one (core/evaluate/core_share.py).
+        own = IsolatedPredictor(worker or InProcess(), model_name, model_path, num_threads=1)
+        if worker is None or isinstance(worker, InProcess):
+            return own
+        return SharedPredictor(own, lambda: _helper(model_name, model_path))
     raise ValueError(f"unknown model name {model_name!r}: expected keras, keras_quantized or tflite...")
+
+
+@contextmanager
+def _helper(model_name: str, model_path: str) -> Iterator[IsolatedPredictor]:
+    """The same TFLite model in another worker, for a lent core."""
+    with MODEL_WORKERS.child() as worker, models_forgotten(worker):
+        yield IsolatedPredictor(worker, model_name, model_path, num_threads=1)
 
 
 def evaluate_model(
@@ -90,7 +99,8 @@ def evaluate_model(
     if model_name in injected or "all" in injected:
         raise InjectedFault(f"evaluation of {model_name} failed on purpose ({FAULT_ENV}={os.environ[FAULT_ENV]})")
     in_a_worker = MODEL_WORKERS.child() if is_tflite_model(model_name) else nullcontext(None)
-    with EVALUATION_SLOTS, in_a_worker as worker, models_forgotten(worker):
+    # At most one evaluation per core runs at a time, whatever the task runner's pool size.
+    with EVALUATION_CORES.own(), in_a_worker as worker, models_forgotten(worker):
         try:
             return kind_named(task).evaluate(
                 model_name=model_name,

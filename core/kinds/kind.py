@@ -17,7 +17,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 import numpy as np
 from tqdm import tqdm
 
+from core import run_progress
 from core.data.image_store import image_count, iter_batches
+from core.evaluate.core_share import SharedPredictor
 from core.kinds.records import ClassificationEvaluation, DetectionEvaluation
 
 Predict = Callable[[np.ndarray], Any]  # a batch of images -> the model's outputs
@@ -31,11 +33,18 @@ def model_outputs(
     `batch_size` at a time, under the evaluation's progress bar: what every kind's `evaluate` scores."""
     stop = image_count(images_path) if stop is None else stop
     with tqdm(total=stop - start, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
+        if isinstance(predict, SharedPredictor):  # batches on lent cores too, in the order they finish
+            for first, outputs in predict.outputs(images_path, batch_size, start, stop):
+                yield first, outputs
+                bar.update(min(batch_size, stop - first))
+                run_progress.advance(min(batch_size, stop - first))
+            return
         first = start
         for batch in iter_batches(images_path, batch_size, start, stop):
             yield first, predict(batch)
             first += len(batch)
             bar.update(len(batch))
+            run_progress.advance(len(batch))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,115 @@
+"""The run's progress as a whole, and what it will cost, told before the long work starts.
+
+The cost of a run is, before anything else, the images it pushes through models: every evaluated model's evaluation
+images, and the calibration images MCT runs each of its models on. `RunPlan` counts them from the configuration; the
+flow logs it once validated ("10 models x 2,000 evaluation images and MCT on 1,000 calibration images: 21,000 image
+passes"), and `RunProgress` is one bar over them all, fed by the evaluations' and MCT's batches (in this process),
+whose time left is estimated from the passes done so far. Once a tenth of them is done, the estimate is logged too,
+so the Prefect UI shows it.
+
+Image passes are not all equal (an int16x8 model's take longer than a full_int8 one's), so the estimate is an
+estimate; the converter's calibrations and the compilers are not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+ESTIMATE_AFTER = 0.1  # the share of the passes after which the estimate is logged
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    models: int  # evaluated models, the float Keras model included
+    evaluation_images: int
+    mct_models: int
+    calibration_images: int
+
+    @property
+    def image_passes(self) -> int:
+        return self.models * self.evaluation_images + self.mct_models * self.calibration_images
+
+    def describe(self) -> str:
+        mct = f" and MCT on {self.calibration_images:,} calibration images" if self.mct_models else ""
+        if self.mct_models > 1:
+            mct = f" and MCT {self.mct_models} times on {self.calibration_images:,} calibration images"
+        return (
+            f"this run: {self.models} models x {self.evaluation_images:,} evaluation images{mct}: "
+            f"{self.image_passes:,} image passes"
+        )
+
+
+def plan_of(variants: list[str], evaluation_images: int, calibration_images: int) -> RunPlan:
+    """The plan of a run that builds `variants`: each is evaluated, and so are the float Keras model and MCT PTQ's
+    Keras model."""
+    from core.build.recipes import IMX500_VARIANT
+    from core.build.variants import VARIANTS
+
+    keras_models = 1 + (IMX500_VARIANT in variants)
+    mct = sum(VARIANTS[v].builder == "mct" for v in variants)
+    return RunPlan(keras_models + len(variants), evaluation_images, mct, calibration_images)
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+class RunProgress:
+    """One bar over the run's image passes (disabled: counted, not drawn)."""
+
+    def __init__(self, plan: RunPlan, enabled: bool, log: logging.Logger | logging.LoggerAdapter | None = None):
+        self.plan = plan
+        self.log = log
+        self.started = time.perf_counter()
+        self._lock = threading.Lock()
+        self._logged = False
+        self.bar = tqdm(total=plan.image_passes, desc="run", unit="img", disable=not enabled, position=0)
+
+    def advance(self, passes: int) -> None:
+        with self._lock:
+            self.bar.update(passes)
+            done = self.bar.n
+            if self._logged or done < ESTIMATE_AFTER * self.plan.image_passes or self.log is None:
+                return
+            self._logged = True
+        elapsed = time.perf_counter() - self.started
+        left = elapsed * (self.plan.image_passes - done) / done
+        self.log.info(
+            f"About {minutes(left)} left (estimated from the first {done:,} of {self.plan.image_passes:,} image "
+            f"passes, {done / elapsed:.1f} a second)"
+        )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+_current: RunProgress | None = None
+
+
+def start(plan: RunPlan, enabled: bool, log: logging.Logger | logging.LoggerAdapter | None = None) -> RunProgress:
+    """The run's progress, fed by `advance` from this process's steps until `finish`."""
+    global _current
+    finish()
+    _current = RunProgress(plan, enabled, log)
+    if log is not None:
+        log.info(plan.describe()[0].upper() + plan.describe()[1:])
+    return _current
+
+
+def advance(passes: int) -> None:
+    """Images pushed through a model (an evaluation's batch, an MCT calibration batch)."""
+    current = _current
+    if current is not None:
+        current.advance(passes)
+
+
+def finish() -> None:
+    global _current
+    if _current is not None:
+        _current.close()
+        _current = None

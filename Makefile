@@ -8,7 +8,7 @@ IMX500_VENV := .venv-imx500
 # Prefect's database and settings stay inside the project unless PREFECT_HOME says otherwise.
 export PREFECT_HOME ?= $(CURDIR)/.cache/prefect-home
 
-.PHONY: setup imx500 sample demo demo-detection test test-fast lint format benchmark benchmark-e2e benchmark-architectures server stop clean help
+.PHONY: setup imx500 sample demo demo-detection test test-fast lint format benchmark benchmark-e2e benchmark-real-size benchmark-architectures server stop clean help
 
 help:
 	@echo "make demo   set up .venv, build the digits sample, quantize and evaluate it"
@@ -19,6 +19,7 @@ help:
 	@echo "make format reformat and apply ruff's safe fixes"
 	@echo "make benchmark  measure throughput, cache, overhead, memory, the repair search and detection against baselines (several minutes)"
 	@echo "make benchmark-e2e  time the command cold and cached on a MobileNetV2 against the notebook's way (about 15 minutes)"
+	@echo "make benchmark-real-size  the same, cold and cached, on the small model and a 224 px MobileNetV2 (1,000 / 2,000 images), with peak memory (about an hour)"
 	@echo "make benchmark-architectures  run keras.applications architectures (untrained, 96 px) through the command (about an hour)"
 	@echo "make server start a Prefect server on 127.0.0.1:4200, the work pool, the deployments and a worker"
 	@echo "make stop   stop what make server started"
@@ -76,6 +77,9 @@ benchmark: sample imx500
 
 benchmark-e2e: setup imx500
 	$(BIN)/python -m benchmarks.end_to_end
+
+benchmark-real-size: setup imx500
+	$(BIN)/python -m benchmarks.end_to_end --real-size
 
 benchmark-architectures: sample imx500
 	$(BIN)/python -m benchmarks.architectures

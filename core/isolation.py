@@ -76,7 +76,10 @@ def _serve(connection: multiprocessing.connection.Connection) -> None:
     """The child's loop: point its standard output and error (the native libraries' included) at the log file it
     is first sent, then run each (function, arguments) it is sent and send back ('ok', result) or ('raised', error)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the command's to handle: it stops its workers
-    log = os.open(connection.recv(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    log_path, nice = connection.recv()
+    if nice:  # before any thread starts: Linux keeps a niceness per thread, and new threads inherit it
+        os.nice(nice)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -97,7 +100,7 @@ def _serve(connection: multiprocessing.connection.Connection) -> None:
 class Child:
     """One spawned worker process; calls run in it one at a time."""
 
-    def __init__(self, log_dir: Path, name: str = "worker"):
+    def __init__(self, log_dir: Path, name: str = "worker", nice: int = 0):
         context = multiprocessing.get_context("spawn")
         self._connection, theirs = context.Pipe()
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,7 @@ class Child:
         self.process.start()
         theirs.close()
         self.log_path = log_dir / f"{name}-{self.process.pid}.log"
-        self._connection.send(str(self.log_path))
+        self._connection.send((str(self.log_path), nice))
         self._stopped = False  # by its owner (the command is ending): a call it ends says nothing of the model
 
     @property
@@ -173,6 +176,12 @@ def stop_all_workers() -> None:
         workers.close()
 
 
+# Added to the niceness of the workers that convert and evaluate: under contention the command's own process (MCT's
+# calibration, the Keras evaluations, the IMX500 compile it starts: the run's longest chain) gets the cores first,
+# and the workers fill the rest. A quiet machine runs them at full speed all the same.
+YIELDING = 5
+
+
 class Workers:
     """Up to `size` children (default: one per core) shared by the calls of this process.
 
@@ -180,8 +189,16 @@ class Workers:
     at a time, without the isolation.
     """
 
-    def __init__(self, name: str, log_dir: Callable[[], Path], idle_seconds: float = 10.0, size: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        log_dir: Callable[[], Path],
+        idle_seconds: float = 10.0,
+        size: int | None = None,
+        nice: int = 0,
+    ):
         self.name = name  # its children's log files are <log_dir>/<name>-<pid>.log
+        self.nice = nice  # added to its children's niceness: work that yields the cores to the command's own
         self.log_dir = log_dir
         self.idle_seconds = idle_seconds
         self.size = size or os.cpu_count() or 1
@@ -235,7 +252,7 @@ class Workers:
                 self._lock.wait()
             self._register_close()
         try:
-            child = Child(self.log_dir(), self.name)
+            child = Child(self.log_dir(), self.name, self.nice)
         finally:
             with self._lock:
                 self._starting -= 1

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
+from core.config import QuantizeConfig
+
 ESTIMATE_AFTER = 0.1  # the share of the passes after which the estimate is logged
 
 
@@ -29,6 +31,7 @@ class RunPlan:
     evaluation_images: int
     mct_models: int
     calibration_images: int
+    left_out: tuple[str, ...] = ()  # default variants not built at this size
 
     @property
     def image_passes(self) -> int:
@@ -38,21 +41,30 @@ class RunPlan:
         mct = f" and MCT on {self.calibration_images:,} calibration images" if self.mct_models else ""
         if self.mct_models > 1:
             mct = f" and MCT {self.mct_models} times on {self.calibration_images:,} calibration images"
+        left_out = (
+            f"; {', '.join(self.left_out)} left out of the default variants at this size (TensorFlow Lite runs it on "
+            "its reference kernels, one thread, many times full_int8's time): list it in 'variants' to build it"
+            if self.left_out
+            else ""
+        )
         return (
             f"this run: {self.models} models x {self.evaluation_images:,} evaluation images{mct}: "
-            f"{self.image_passes:,} image passes"
+            f"{self.image_passes:,} image passes{left_out}"
         )
 
 
-def plan_of(variants: list[str], evaluation_images: int, calibration_images: int) -> RunPlan:
-    """The plan of a run that builds `variants`: each is evaluated, and so are the float Keras model and MCT PTQ's
-    Keras model."""
-    from core.build.recipes import IMX500_VARIANT
-    from core.build.variants import VARIANTS
+def plan_of(config: QuantizeConfig, evaluation_images: int) -> RunPlan:
+    """The plan of a run of `config` on `evaluation_images`: each variant it builds is evaluated, and so are the
+    float Keras model and MCT PTQ's Keras model."""
+    from core.build.recipes import IMX500_VARIANT, variant_recipes
+    from core.build.variants import VARIANTS, left_out_by_default
 
+    variants = [r.variant for r in variant_recipes(config, evaluation_images)]
     keras_models = 1 + (IMX500_VARIANT in variants)
     mct = sum(VARIANTS[v].builder == "mct" for v in variants)
-    return RunPlan(keras_models + len(variants), evaluation_images, mct, calibration_images)
+    left_out = left_out_by_default(config.variants, evaluation_images * config.input_tensor_size**2)
+    calibration_images = config.batch_size * config.iteration_count
+    return RunPlan(keras_models + len(variants), evaluation_images, mct, calibration_images, left_out)
 
 
 def minutes(seconds: float) -> str:
@@ -68,12 +80,14 @@ class RunProgress:
         self.started = time.perf_counter()
         self._lock = threading.Lock()
         self._logged = False
+        self.done = 0  # counted here: a disabled bar counts nothing
         self.bar = tqdm(total=plan.image_passes, desc="run", unit="img", disable=not enabled, position=0)
 
     def advance(self, passes: int) -> None:
         with self._lock:
             self.bar.update(passes)
-            done = self.bar.n
+            self.done += passes
+            done = self.done
             if self._logged or done < ESTIMATE_AFTER * self.plan.image_passes or self.log is None:
                 return
             self._logged = True

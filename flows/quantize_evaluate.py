@@ -111,10 +111,8 @@ def quantize_evaluate(
     kind = kind_named(c.task)
     unsafe = c.allow_unsafe_model_code
     settings = BuildSettings.of(c)
-    recipes = variant_recipes(c)
-    plan = run_progress.plan_of(
-        [r.variant for r in recipes], validated.evaluation_image_count, c.batch_size * c.iteration_count
-    )
+    recipes = variant_recipes(c, validated.evaluation_image_count)
+    plan = run_progress.plan_of(c, validated.evaluation_image_count)
     run_progress.start(plan, enabled=progress, log=get_run_logger())
     evaluation_set_future = load_evaluation_set_task.submit(
         evaluate_image_dir=c.evaluate_image_dir,

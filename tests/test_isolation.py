@@ -80,3 +80,31 @@ def sleep_then(seconds: float, value: str) -> str:
 def test_a_held_worker_keeps_its_state_between_calls(workers):
     with workers.child() as child:
         assert child.call(os.getpid) == child.call(os.getpid)
+
+
+def niceness() -> int:
+    return os.nice(0)
+
+
+def thread_niceness() -> int:
+    """The niceness of a thread started now (Linux keeps one per thread)."""
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(os.nice(0)))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_yielding_workers_run_below_the_commands_priority_and_so_do_their_threads(tmp_path):
+    from core.evaluate.isolated import LATENCY_WORKERS, MODEL_WORKERS
+    from core.isolation import YIELDING
+
+    ours = os.nice(0)
+    yielding = Workers("yielding", lambda: tmp_path, nice=YIELDING, size=1)
+    try:
+        assert yielding.run(niceness) == min(ours + YIELDING, 19)
+        assert yielding.run(thread_niceness) == min(ours + YIELDING, 19)
+    finally:
+        yielding.close()
+    assert MODEL_WORKERS.nice == YIELDING, "the evaluations' interpreters yield to the command's own work"
+    assert LATENCY_WORKERS.nice == 0, "latencies are measured at the command's own priority"

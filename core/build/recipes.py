@@ -58,10 +58,13 @@ class BuildSettings(Record):
         )
 
 
-def variant_recipes(config: QuantizeConfig) -> list[Recipe]:
-    """The recipes of the variants the configuration asks for (always the SDK's two), in the catalogue's order."""
+def variant_recipes(config: QuantizeConfig, evaluation_images: int = 0) -> list[Recipe]:
+    """The recipes of the variants the configuration asks for (always the SDK's two), in the catalogue's order; by
+    default, for `evaluation_images` at the input's size, without those too slow to evaluate that many
+    (core/build/variants.py's left_out_by_default)."""
     recipes = []
-    for variant in variants_to_build(config.variants, config.float_tflite):
+    pixels = evaluation_images * config.input_tensor_size**2
+    for variant in variants_to_build(config.variants, config.float_tflite, pixels):
         if VARIANTS[variant].builder == "mct":
             recipe = Recipe(
                 variant=variant,  # type: ignore[arg-type]  # a catalogue name

@@ -21,13 +21,15 @@ import numpy as np
 
 from core.evaluate.models import TFLitePredictor
 from core.failures import ModelCodeFailed
-from core.isolation import Child, InProcess, Workers, WorkersStopped
+from core.isolation import YIELDING, Child, InProcess, Workers, WorkersStopped
 from core.storage import cache_root
 
 CRASH_ENV = "QUANTIZE_CRASH_MODEL"
 
 # One per core: the evaluations themselves are bounded to one per core (core/evaluate/evaluate_model.py).
-MODEL_WORKERS = Workers("model-worker", lambda: cache_root() / "work" / "logs")
+MODEL_WORKERS = Workers("model-worker", lambda: cache_root() / "work" / "logs", nice=YIELDING)
+# Latencies are measured one model at a time, on a quiet machine, at the command's own priority.
+LATENCY_WORKERS = Workers("latency-worker", lambda: cache_root() / "work" / "logs", size=1)
 
 _open: dict[str, TFLitePredictor] = {}  # in a worker: the models it holds, by key
 

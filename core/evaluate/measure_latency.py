@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from core.build.variants import is_tflite_model
-from core.evaluate.isolated import MODEL_WORKERS, in_worker
+from core.evaluate.isolated import LATENCY_WORKERS, in_worker
 from core.evaluate.models import TFLitePredictor, load_keras_by_name
 from core.evaluate.records import Latency
 from core.failures import ModelCodeFailed, ModelFailure, failure
@@ -163,7 +163,7 @@ def latency_record(timings: dict[str, Timing], repeats: int) -> Latency:
 
 
 def tflite_latency(*, model_path: str, image: np.ndarray, repeats: int) -> Latency:
-    """Run where the model's crash costs only this step: in a worker process (MODEL_WORKERS)."""
+    """Run where the model's crash costs only this step: in a worker process (LATENCY_WORKERS)."""
     single = TFLitePredictor(model_path, num_threads=1)
     every = TFLitePredictor(model_path, num_threads=os.cpu_count())
     deadline = time.monotonic() + QUIET_BUDGET_S
@@ -181,7 +181,7 @@ def measure_latency(
     image = np.ascontiguousarray(np.load(images_path, mmap_mode="r")[:1])
     if is_tflite_model(model_name):
         try:
-            return in_worker(MODEL_WORKERS, tflite_latency, model_path=model_path, image=image, repeats=repeats)
+            return in_worker(LATENCY_WORKERS, tflite_latency, model_path=model_path, image=image, repeats=repeats)
         except ModelCodeFailed as exc:
             return failure(model_name, "latency", exc)
     model = load_keras_by_name(model_name, model_path, allow_unsafe_code)

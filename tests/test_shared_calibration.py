@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.analysis.layer_tools import debugger_layer_metrics
 from core.build.convert_to_tflite import configure, convert_to_tflite
 from core.build.export_saved_model import export_saved_model
 from core.build.keras_conversion import keras_model_converter
@@ -47,3 +48,13 @@ def test_every_calibrated_variant_is_the_converters_own_from_one_calibration(tmp
             assert made.read() == converted_alone(variant), f"{variant} differs from the converter's own"
     kept = sorted(calibrated_dir().glob("*.tflite"))
     assert len(kept) == 1, f"one calibration for the four variants, not {[p.name for p in kept]}"
+
+    # The layer analysis' debugger calibrates the same model again: it reads the conversions' calibration, and
+    # measures what it measures on its own.
+    model = tf.keras.models.load_model(tmp_path / "model.h5")
+    debug_images = calibration[:4]
+    shared = debugger_layer_metrics(
+        model, calibration, debug_images, "full_int8", calibration_path=str(tmp_path / "calibration.npy")
+    )
+    assert sorted(calibrated_dir().glob("*.tflite")) == kept, "the analysis found the calibration made already"
+    assert shared == debugger_layer_metrics(model, calibration, debug_images, "full_int8")

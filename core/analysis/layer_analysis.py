@@ -26,6 +26,8 @@ normalization, and MCT names the folded convolution '<conv>_bn', but the convolu
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -93,6 +95,35 @@ def loss_db(noise_here: float, noise_before: float = 0.0) -> float:
     return max(0.0, 10 * math.log10((bounded(noise_here) + _HEALTHY_NOISE) / (bounded(noise_before) + _HEALTHY_NOISE)))
 
 
+STATS_MEMO_SIZE = 4
+_stats_memo: dict[tuple, Future] = {}
+_stats_memo_lock = threading.Lock()
+
+
+def float_activation_stats(model, model_path: str, calibration_path: str, batch_size: int) -> dict:
+    """`activation_stats` of the float model on the calibration images, computed once per process for the files as
+    they are: the analyses of a run's models (run side by side) all read the same, and at 224 px each pass over the
+    calibration images is minutes."""
+    files = tuple((str(Path(p).resolve()), Path(p).stat().st_mtime_ns) for p in (model_path, calibration_path))
+    key = (*files, batch_size)
+    with _stats_memo_lock:
+        future = _stats_memo.get(key)
+        mine = future is None
+        if mine:
+            future = _stats_memo[key] = Future()
+            while len(_stats_memo) > STATS_MEMO_SIZE:  # the oldest first (a dict keeps its insertion order)
+                del _stats_memo[next(iter(_stats_memo))]
+    assert future is not None
+    if mine:
+        try:
+            future.set_result(activation_stats(model, np.load(calibration_path, mmap_mode="r"), batch_size))
+        except BaseException as exc:
+            with _stats_memo_lock:
+                _stats_memo.pop(key, None)
+            future.set_exception(exc)
+    return dict(future.result())
+
+
 def analyse_mct_model(
     *,
     float_model_path: str,
@@ -113,7 +144,7 @@ def analyse_mct_model(
     folded = folded_normalizations(float_model)
     renamed = mct_folded_outputs(folded)  # MCT's '<conv>_bn' computes the normalization's output
     metrics = xquant_layer_metrics(result, quantized, renamed)
-    stats = activation_stats(float_model, calibration, batch_size)
+    stats = float_activation_stats(float_model, float_model_path, calibration_path, batch_size)
     causes = _causes(stats, mct_unsigned_outputs(quantized, renamed), joins(float_model))
     noise = {name: _noise(values.get("sqnr_db")) for name, values in metrics.items()}
     noise[INPUT] = input_noise_to_signal(quantized, evaluation, batch_size)
@@ -159,9 +190,9 @@ def analyse_converter_model(
     calibration = np.load(calibration_path, mmap_mode="r")
     debug_images = np.load(evaluation_images_path, mmap_mode="r") if evaluation_images_path else calibration
     metrics, unsigned, model_metrics = debugger_layer_metrics(
-        model, calibration, debug_images[:debug_image_count], variant, converter_lock
+        model, calibration, debug_images[:debug_image_count], variant, converter_lock, calibration_path
     )
-    stats = activation_stats(model, calibration, batch_size)
+    stats = float_activation_stats(model, float_model_path, calibration_path, batch_size)
     causes = _causes(stats, unsigned, joins(model))
     charges = {}
     for name, values in metrics.items():  # each op's own error: its inputs are the quantized model's, dequantized

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from core.build.precision import MCT_ACTIVATION_SUFFIX, MCT_FOLDED_SUFFIX
+from core.build.shared_calibration import calibrations_shared
 from core.build.variants import VARIANTS
 
 INPUT = "model input"
@@ -232,10 +233,12 @@ def debugger_layer_metrics(
     debug_images: np.ndarray,
     variant: str,
     converter_lock: AbstractContextManager | None = None,
+    calibration_path: str | None = None,
 ):
     """Per Keras layer, the debugger's metrics for the tensor it produces (the worst when several), whether
     that tensor is quantized unsigned, and the model output's metrics. The conversions run under
-    `converter_lock` (tasks.analyse_layers.DEBUGGER_LOCK in the workflow)."""
+    `converter_lock` (tasks.analyse_layers.DEBUGGER_LOCK in the workflow); given the file `calibration` came from,
+    the converter's calibration is the one the run's conversions made (core/build/shared_calibration.py)."""
     import tensorflow as tf
 
     full_integer = VARIANTS[variant].full_integer
@@ -246,7 +249,7 @@ def debugger_layer_metrics(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     data = lambda: ([image[None].astype(np.float32)] for image in debug_images)  # noqa: E731
     debug = tf.lite.experimental.QuantizationDebugOptions
-    with converter_lock or nullcontext():
+    with converter_lock or nullcontext(), calibrations_shared(calibration_path):
         calibrated = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=data, debug_options=debug(fully_quantize=full_integer)
         )

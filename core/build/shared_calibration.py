@@ -4,16 +4,18 @@ int8_float_io, full_int8, full_uint8 and int16x8 each make the converter run the
 image, one image at a time on one thread, to record each tensor's range; the four records are the same, since the
 float model and the images are. At 224 px that pass is most of a calibrated conversion's minutes.
 
-`calibrations_shared(calibration_path)` (entered in the conversion worker around `converter.convert()`) makes the
-converter's `Calibrator.calibrate` keep its result (the model with its ranges) in the cache, keyed by the float
-model's bytes and the calibration file, under a lock: a conversion that finds it there, or waits for the one that
-is making it, reads it instead of calibrating again. The result is the converter's own, so every model is the same,
+`calibrations_shared(calibration_path)` (entered around `converter.convert()` in the conversion worker, and around
+the layer analysis' QuantizationDebugger, which calibrates the same model again) makes the converter's
+`Calibrator.calibrate` keep its result (the model with its ranges) in the cache, keyed by the float model's bytes
+and the calibration file, under a lock: a conversion that finds it there, or waits for the one that is making it,
+reads it instead of calibrating again. The result is the converter's own, so every model is the same,
 bit for bit. (The int16x8 conversion calibrates a second time inside its quantizer; only its first pass is shared.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +26,9 @@ import filelock
 from core.files import atomic_write_bytes
 from core.storage import cache_root
 
-_calibration: str | None = None  # the calibration file of the conversion under way in this worker, if shared
+# The calibration file of the conversion under way in this thread, if shared (a thread's own: the analyses run the
+# converter in the command's process, beside other steps that may convert without sharing).
+_calibration = threading.local()
 
 
 def calibrated_dir() -> Path:
@@ -51,9 +55,10 @@ def _install() -> None:
         self._model_digest = hashlib.sha256(bytes(model_content)).hexdigest()
 
     def calibrate(self: Any, dataset_gen: Any) -> Any:
-        if _calibration is None:
+        calibration_path = getattr(_calibration, "path", None)
+        if calibration_path is None:
             return own_calibrate(self, dataset_gen)
-        path = calibrated_dir() / f"{self._model_digest[:24]}-{calibration_key(_calibration)[:24]}.tflite"
+        path = calibrated_dir() / f"{self._model_digest[:24]}-{calibration_key(calibration_path)[:24]}.tflite"
         path.parent.mkdir(parents=True, exist_ok=True)
         with filelock.FileLock(str(path) + ".lock"):
             if path.exists():
@@ -69,13 +74,12 @@ def _install() -> None:
 @contextmanager
 def calibrations_shared(calibration_path: str | None) -> Iterator[None]:
     """While the block converts: calibrations on `calibration_path` are made once and shared (see above)."""
-    global _calibration
     if calibration_path is None:
         yield
         return
     _install()
-    _calibration = calibration_path
+    _calibration.path = calibration_path
     try:
         yield
     finally:
-        _calibration = None
+        _calibration.path = None

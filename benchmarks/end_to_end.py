@@ -42,10 +42,12 @@ def run_command(command: list[str], env: dict[str, str], log: Path, memory: bool
     started_at, started = time.time(), time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        peak = 0
+        peak, at_peak = 0, {}
         while process.poll() is None:
             if memory:
-                peak = max(peak, tree_pss(process.pid))
+                held = tree_pss(process.pid)
+                if sum(held.values()) > peak:
+                    peak, at_peak = sum(held.values()), held
             try:
                 process.wait(0.5)
             except subprocess.TimeoutExpired:
@@ -53,28 +55,42 @@ def run_command(command: list[str], env: dict[str, str], log: Path, memory: bool
     seconds = time.perf_counter() - started
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited with {process.returncode}; see {log}")
-    figures = {"seconds": round(seconds, 2), "started_at": started_at, "ended_at": started_at + seconds}
+    figures: dict = {"seconds": round(seconds, 2), "started_at": started_at, "ended_at": started_at + seconds}
     if memory:
         figures["peak_memory_gib"] = round(peak / 2**30, 2)
+        figures["peak_memory_by_process_gib"] = {k: round(v / 2**30, 2) for k, v in sorted(at_peak.items())}
     return figures
 
 
-def tree_pss(pid: int) -> int:
-    """Bytes of memory the process and its descendants hold, each shared page divided among its holders."""
+def tree_pss(pid: int) -> dict[str, int]:
+    """Bytes of memory the process and its descendants hold, each shared page divided among its holders, by what
+    each process is: the command, its worker processes by kind, the others by executable."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return {}
+    held: dict[str, int] = {}
     for process in processes:
         try:
-            total += process.memory_full_info().pss
+            pss = process.memory_full_info().pss
+            label = "command" if process.pid == pid else process_label(process.cmdline())
         except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return total
+            continue
+        held[label] = held.get(label, 0) + pss
+    return held
+
+
+def process_label(cmdline: list[str]) -> str:
+    text = " ".join(cmdline)
+    for kind in ("uvicorn", "imx500", "java", "vela"):
+        if kind in text:
+            return kind
+    if "spawn_main" in text or "multiprocessing" in text:
+        return "worker processes"
+    return Path(cmdline[0]).name if cmdline else "other"
 
 
 def conversion_figures(model_path: str, work: Path) -> dict:

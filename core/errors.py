@@ -28,3 +28,18 @@ class StepError(Exception):
     def __init__(self, step: str, model: str, cause: BaseException):
         self.step, self.model = step, model
         super().__init__(f"step '{step}' failed for model {model}: {type(cause).__name__}: {cause}")
+
+    def __reduce__(self) -> tuple:
+        """Pickled with its cause (what the library said), so that it crosses back from a worker process whole."""
+        from core.isolation import portable
+
+        cause = portable(self.__cause__) if self.__cause__ is not None else None
+        return _rebuilt_step_error, (self.step, self.model, str(self), cause)
+
+
+def _rebuilt_step_error(step: str, model: str, message: str, cause: BaseException | None) -> StepError:
+    error = StepError.__new__(StepError)
+    Exception.__init__(error, message)
+    error.step, error.model = step, model
+    error.__cause__ = cause
+    return error

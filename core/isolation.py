@@ -176,9 +176,9 @@ def stop_all_workers() -> None:
         workers.close()
 
 
-# Added to the niceness of the workers that convert and evaluate: under contention the command's own process (MCT's
-# calibration, the Keras evaluations, the IMX500 compile it starts: the run's longest chain) gets the cores first,
-# and the workers fill the rest. A quiet machine runs them at full speed all the same.
+# Added to the niceness of the workers that evaluate TFLite models: under contention the run's long chains (MCT and
+# the IMX500 compile; the converter's calibration and its quantized variants) get the cores first, and the
+# evaluations, which can run at any time, fill the rest. A quiet machine runs them at full speed all the same.
 YIELDING = 5
 
 

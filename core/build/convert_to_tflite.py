@@ -21,7 +21,7 @@ from core.build.variants import VARIANTS, built_file_name, check_variant
 from core.errors import StepError
 from core.failures import ModelCodeFailed, ModelFailure, failure, reason_of
 from core.files import atomic_write_bytes
-from core.isolation import YIELDING, ChildDied, Workers, portable
+from core.isolation import ChildDied, Workers, portable
 from core.storage import cache_root
 
 
@@ -79,7 +79,7 @@ class ConverterRefused(Exception):
 # The processes TensorFlow's converter runs in, so that conversions run in parallel with each other and with the
 # other steps (the converter is not safe to run from several threads of one process), and so that a converter that
 # crashes on a model costs that variant, not the command.
-CONVERSION_WORKERS = Workers("conversion-worker", lambda: worker_log_dir(), nice=YIELDING)
+CONVERSION_WORKERS = Workers("conversion-worker", lambda: worker_log_dir())
 
 
 def worker_log_dir() -> Path:

@@ -10,7 +10,8 @@ updates, not the forward passes, are most of PTQ's time (benchmarks/end_to_end.p
   exactly), so it is not counted twice;
 - a large tensor's histogram is counted in chunks on a thread per core, each over the tensor's own range: numpy
   gives each value its bin element by element from the range alone, so the chunks' counts add up to its own;
-- the per-channel means and extremes are taken beside the histogram, by MCT's own collectors.
+- the per-channel means and extremes are taken beside the histogram, by MCT's own collectors, one after the other
+  (each takes a transposed copy of the tensor: no more memory than MCT's own order).
 numpy releases the GIL in the loops that matter. An MCT whose collector is not the one this was written against is
 left as it is.
 """
@@ -59,15 +60,16 @@ def update_statistics(self: Any, x: Any, weights: Any = None) -> None:
 
     assert _pool is not None
     x = standardize_tensor(x)
-    beside = [_pool.submit(self.mc.update, x), _pool.submit(self.mpcc.update, x)]
-    counts, edges = histogram(x, self.hc._n_bins, _pool)
+    counting = _pool.submit(histogram, x, self.hc._n_bins, _pool)
+    # Beside the histogram, one after the other as MCT does: each takes a transposed copy of the tensor.
+    self.mc.update(x)
+    self.mpcc.update(x)
+    counts, edges = counting.result()
     self.hc._histogram_per_iteration.append((counts, edges))
     if weights is None:
         self.weighted_hc._histogram_per_iteration.append((counts.astype(np.float64), edges.copy()))
     else:
         self.weighted_hc.update(x, weights)
-    for future in beside:
-        future.result()
 
 
 def install() -> bool:
@@ -80,7 +82,8 @@ def install() -> bool:
             return True
         if not supported(StatsCollector):
             return False
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="mct-statistics")
+        # One thread per core counts chunks; one more waits for them (the histogram's own, beside the reductions).
+        _pool = ThreadPoolExecutor(max_workers=(os.cpu_count() or 1) + 1, thread_name_prefix="mct-statistics")
         mct_own = StatsCollector.update_statistics
         StatsCollector.update_statistics = update_statistics  # type: ignore[method-assign]
         return True

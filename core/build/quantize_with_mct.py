@@ -6,11 +6,19 @@ min/max, KL is KLD).
 The calibration batches come from the calibration set's array; MCT sees `iteration_count`
 batches of `batch_size` (MCT 2.x has no n_iter: the generator yields that many batches).
 The result is saved with MCT's Keras exporter, which the evaluation and the TFLite export load.
+
+A large calibration set (more than IN_PROCESS_MAX_BYTES: 1,000 images at 224 px are 600 MB) is quantized in a
+worker process of its own, which ends when MCT is done: MCT leaves gigabytes of a 224 px model's activations held
+by the process that ran it (not given back by the garbage collector nor by malloc_trim), and the IMX500 converter
+that follows takes 3.4 GB more. The worker appends a byte to a file per calibration batch; the step shows them as
+its progress bar.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -25,25 +33,77 @@ from core.build.substitute_layers import device_equivalent
 from core.build.variants import MCT_METHODS, mct_keras_file_name
 from core.errors import StepError
 from core.evaluate.models import load_keras_model
+from core.isolation import Workers
+from core.storage import cache_root
 
 
-def representative_data(calibration: np.ndarray, batch_size: int, progress: bool):
-    """MCT's zero-argument generator factory: each call yields the batches anew, with a progress bar."""
+def representative_data(calibration: np.ndarray, batch_size: int, progress: bool, ticks: str | None = None):
+    """MCT's zero-argument generator factory: each call yields the batches anew, with a progress bar (or, in a
+    worker, a byte appended to the file `ticks` per batch)."""
     batch_count = len(calibration) // batch_size
 
     def generator():
-        for i in tqdm(range(batch_count), desc="MCT calibration", unit="batch", disable=not progress):
+        for i in tqdm(range(batch_count), desc="MCT calibration", unit="batch", disable=not progress or bool(ticks)):
             yield [calibration[i * batch_size : (i + 1) * batch_size]]
-            run_progress.advance(batch_size)
+            if ticks:
+                with open(ticks, "ab") as tick:
+                    tick.write(b".")
+            else:
+                run_progress.advance(batch_size)
 
     return generator
+
+
+IN_PROCESS_MAX_BYTES = 64 * 2**20  # calibration sets up to this size are quantized in the step's own process
+MCT_WORKERS = Workers("mct-worker", lambda: cache_root() / "work" / "logs", idle_seconds=0.5)
 
 
 ERROR_METHODS = ("noclipping", "mse", "mae", "kl", "lp", "hmse")
 METHODS = tuple(MCT_METHODS.values())
 
 
-def quantize_with_mct(
+def quantize_with_mct(**arguments: Any) -> QuantizedModel:
+    """The model quantized (see `quantize_here` for the arguments): in this process, or, for a large calibration
+    set, in a worker process of its own (see the module's docstring)."""
+    if Path(arguments["calibration_path"]).stat().st_size <= IN_PROCESS_MAX_BYTES:
+        return quantize_here(**arguments)
+    progress = arguments.pop("progress", True)
+    batch_size = arguments["batch_size"]
+    batch_count = len(np.load(arguments["calibration_path"], mmap_mode="r")) // batch_size
+    ticks = Path(arguments["out_dir"]) / ".mct-calibration-batches"
+    ticks.parent.mkdir(parents=True, exist_ok=True)
+    ticks.write_bytes(b"")
+    done = threading.Event()
+
+    def relay() -> None:
+        shown = 0
+        with tqdm(total=batch_count, desc="MCT calibration", unit="batch", disable=not progress) as bar:
+            while True:
+                finished = done.wait(0.5)
+                now = min(ticks.stat().st_size if ticks.exists() else shown, batch_count)
+                if now > shown:
+                    bar.update(now - shown)
+                    run_progress.advance((now - shown) * batch_size)
+                    shown = now
+                if finished:
+                    return
+
+    relaying = threading.Thread(target=relay, name="mct-progress", daemon=True)
+    relaying.start()
+    try:
+        return MCT_WORKERS.run(quantize_here, **arguments, progress=False, ticks=str(ticks))
+    except StepError:
+        raise
+    except Exception as exc:  # the worker died, or what MCT raised did not survive the way back
+        method = arguments.get("method", "ptq")
+        raise StepError(f"quantize-with-mct ({method})", arguments["model_path"], exc) from exc
+    finally:
+        done.set()
+        relaying.join()
+        ticks.unlink(missing_ok=True)
+
+
+def quantize_here(
     *,
     model_path: str,
     calibration_path: str,
@@ -59,6 +119,7 @@ def quantize_with_mct(
     z_threshold: float | None = None,
     shift_negative_params_search: bool = False,
     sixteen_bit_activations: tuple[str, ...] = (),
+    ticks: str | None = None,
 ) -> QuantizedModel:
     """`gptq_epochs` for GPTQ, `weights_memory_ratio` (of the all-8-bit weights memory) for mixed precision.
     `z_threshold` removes activation outliers beyond that many standard deviations before thresholds are chosen;
@@ -82,7 +143,7 @@ def quantize_with_mct(
     substituted: list[str] = []
     if target_platform == "imx500":  # its converter refuses Rescaling and Normalization: the same function instead
         model, substituted = device_equivalent(model, allow_unsafe_code=allow_unsafe_code)
-    data = representative_data(calibration, batch_size, progress)
+    data = representative_data(calibration, batch_size, progress, ticks)
     try:
         tpc = target_platform_capabilities(platform)
         error = mct.core.QuantizationErrorMethod[error_method.upper()]

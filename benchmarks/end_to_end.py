@@ -392,18 +392,30 @@ def real_size(args: argparse.Namespace) -> int:
     empty_flow = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
     run_command([python, "-c", empty_flow], env, scratch / "warm-up.log")  # creates the database
     figures: dict = {"machine": machine}
+    # At real size the int8 models lose 1.2 points of Top-1 against the default budget of 1: the run would go on to
+    # the layer analysis and the repair search, which the notebook never did. Compared like for like, with a budget
+    # they meet; what the analysis costs at this size is in the README.
     models = [
-        ("small", "MobileNetV2 alpha 0.35, 64 px, 1,400 / 397 images", make_e2e_sample, 64, TRAINING),
-        ("real_size", "MobileNetV2 alpha 1.0, 224 px, 1,000 / 2,000 images", make_real_size_sample, SIZE, CALIBRATION),
+        ("small", "MobileNetV2 alpha 0.35, 64 px, 1,400 / 397 images", make_e2e_sample, 64, TRAINING, {}),
+        (
+            "real_size",
+            "MobileNetV2 alpha 1.0, 224 px, 1,000 / 2,000 images",
+            make_real_size_sample,
+            SIZE,
+            CALIBRATION,
+            {"max_accuracy_drop": 0.02},
+        ),
     ]
-    for key, title, make, size, count in models:
+    for key, title, make, size, count, overrides in models:
         started = time.perf_counter()
         sample = make(REPO_ROOT / ".cache" / ("benchmark-e2e" if key == "small" else "benchmark-real") / "sample")
         print(f"\n{title}: {sample} ({time.perf_counter() - started:.0f} s)", flush=True)
         work = scratch / key
 
-        def config(name: str, sample: Path = sample, work: Path = work, size: int = size, count: int = count) -> Path:
-            return write_config(sample, work / name, work / f"{name}.json", size=size, calibration_images=count)
+        settings = {"size": size, "calibration_images": count, **overrides}
+
+        def config(name: str, sample: Path = sample, work: Path = work, settings: dict = settings) -> Path:
+            return write_config(sample, work / name, work / f"{name}.json", **settings)
 
         print("  (a) the old notebook's way, SDK's two models", flush=True)
         notebook = run_command(

@@ -2,6 +2,7 @@
 model. Each figure is a ratio against a baseline measured in the same run; nothing is asserted anywhere.
 
     python -m benchmarks.end_to_end            # or: make benchmark-e2e (about 15 minutes on 2 cores)
+    python -m benchmarks.end_to_end --real-size   # or: make benchmark-real-size (about 40 minutes)
 
 Builds once (in .cache/benchmark-e2e/sample) a MobileNetV2 (alpha 0.35, 64 x 64, 10 classes) trained for two
 epochs on scikit-learn's digits upscaled to 64 x 64 RGB JPEGs (1,400 calibration, 397 evaluation images; no
@@ -16,6 +17,12 @@ and, beforehand, one float32 conversion the old way (from_keras_model) against t
 and prints, for each command, the time before the flow run started and after it ended, and the critical path:
 the chain of steps, read from the flow run's task runs, each of which held the next one back. Also measured: what
 starting Prefect's ephemeral API costs a command (a flow that does nothing against the imports alone).
+
+With --real-size: the small model and the IMX500's reference classifier at its real size (MobileNetV2 alpha 1.0,
+224 x 224, 3.5 M parameters, trained here briefly on the digits upscaled and jittered: benchmarks/real_size_sample.py;
+1,000 calibration and 2,000 evaluation JPEGs), each (a) the notebook's way, (c) the command cold with the default
+variants and (d) cached, in one run; for (a) and (c) the peak memory of the command's processes together
+(proportional set size, by process), and the critical path of each cold run.
 """
 
 from __future__ import annotations
@@ -430,10 +437,14 @@ def real_size(args: argparse.Namespace) -> int:
         cold_env = {**env, "QUANTIZE_CACHE_DIR": str(work / "default" / "cache")}
         print("  (c) the command, cold, default variants", flush=True)
         cold = run_command(command, cold_env, work / "cold.log", memory=True)
-        print(f"      {cold['seconds']:.1f} s, peak {cold['peak_memory_gib']} GiB", flush=True)
+        print(
+            f"      {cold['seconds']:.1f} s, peak {cold['peak_memory_gib']} GiB ({cold['peak_memory_by_process_gib']})",
+            flush=True,
+        )
         flow_run, task_runs = flow_runs("quantize-evaluate")[-1]
         cold_figures = describe_run(f"{key} cold", cold, flow_run, task_runs)
         cold_figures["peak_memory_gib"] = cold["peak_memory_gib"]
+        cold_figures["peak_memory_by_process_gib"] = cold["peak_memory_by_process_gib"]
         print("  (d) the same command again, served from the cache", flush=True)
         cached = run_command(command, cold_env, work / "cached.log")
         print(f"      {cached['seconds']:.1f} s", flush=True)

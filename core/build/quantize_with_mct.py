@@ -54,7 +54,7 @@ def representative_data(calibration: np.ndarray, batch_size: int, progress: bool
     return generator
 
 
-IN_PROCESS_MAX_BYTES = 64 * 2**20  # calibration sets up to this size are quantized in the step's own process
+IN_PROCESS_MAX_BYTES = 256 * 2**20  # calibration sets up to this size are quantized in the step's own process
 MCT_WORKERS = Workers("mct-worker", lambda: cache_root() / "work" / "logs", idle_seconds=0.5)
 
 

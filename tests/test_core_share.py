@@ -96,8 +96,12 @@ def test_a_lent_core_goes_back_to_an_evaluation_that_waits_for_one(images, monke
         if not other_waits.is_set():
             threading.Thread(target=other_evaluation, daemon=True).start()
             assert other_waits.wait(30)
-            while not share.wanted():
+            for _ in range(3000):  # until the other evaluation is waiting for a core (at most 30 s)
+                if share.wanted():
+                    break
                 threading.Event().wait(0.01)
+            else:
+                raise AssertionError("the other evaluation never waited for a core")
 
     shared, _ = predictor(share, on_helper_batch=on_helper_batch)
     with share.own():

@@ -233,6 +233,21 @@ def describe_run(label: str, command: dict, flow_run, task_runs: list) -> dict:
     return figures
 
 
+EMPTY_FLOW = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
+
+
+def commands_environment(scratch: Path) -> dict[str, str]:
+    """The environment every timed command gets: the same Prefect database (made here, before any timing, and used
+    by this process too to read the flow runs), no server, no cache of another run, no injected fault."""
+    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    for name in ("PREFECT_API_URL", "QUANTIZE_CACHE_DIR", "QUANTIZE_FAIL_EVALUATION"):
+        env.pop(name, None)
+    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "TF_CPP_MIN_LOG_LEVEL")})
+    os.environ.pop("PREFECT_API_URL", None)
+    run_command([sys.executable, "-c", EMPTY_FLOW], env, scratch / "warm-up.log")  # creates the database
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.end_to_end",
@@ -268,20 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     sample = make_e2e_sample(args.sample)
     print(f"sample: {sample} ({time.perf_counter() - started:.0f} s)", flush=True)
 
-    # Every command gets the same Prefect database (made once, before timing), and a cache of its own when cold.
-    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for name in ("PREFECT_API_URL", "QUANTIZE_CACHE_DIR", "QUANTIZE_FAIL_EVALUATION"):
-        env.pop(name, None)
-    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "TF_CPP_MIN_LOG_LEVEL")})
-    os.environ.pop("PREFECT_API_URL", None)
+    env = commands_environment(scratch)
     python = sys.executable
-    empty_flow = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
-    run_command([python, "-c", empty_flow], env, scratch / "warm-up.log")  # creates the database
     figures: dict = {"machine": machine, "sample": str(sample)}
 
     print("\nstart of a command: the flow module's imports, then the same and a flow that does nothing", flush=True)
     imports = run_command([python, "-c", "import flows.quantize_evaluate"], env, scratch / "imports.log")
-    empty = run_command([python, "-c", empty_flow], env, scratch / "empty-flow.log")
+    empty = run_command([python, "-c", EMPTY_FLOW], env, scratch / "empty-flow.log")
     figures["start"] = {
         "imports_seconds": imports["seconds"],
         "empty_flow_seconds": empty["seconds"],
@@ -385,19 +393,12 @@ def real_size(args: argparse.Namespace) -> int:
     from benchmarks.real_size_sample import CALIBRATION, SIZE, make_real_size_sample
     from benchmarks.run_benchmarks import describe_machine
 
-    root = args.sample.parent if args.sample.parent.name != "benchmark-e2e" else REPO_ROOT / ".cache"
-    root.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="real-size-", dir=root))
+    args.sample.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="real-size-", dir=args.sample.parent))
     machine = describe_machine()
     print(f"machine: {machine}\nscratch: {scratch}", flush=True)
-    env = {**os.environ, "PREFECT_HOME": str(scratch / "prefect-home"), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    for name in ("PREFECT_API_URL", "QUANTIZE_CACHE_DIR", "QUANTIZE_FAIL_EVALUATION"):
-        env.pop(name, None)
-    os.environ.update({k: env[k] for k in ("PREFECT_HOME", "TF_CPP_MIN_LOG_LEVEL")})
-    os.environ.pop("PREFECT_API_URL", None)
+    env = commands_environment(scratch)
     python = sys.executable
-    empty_flow = "import flows.quantize_evaluate; from prefect import flow; flow(name='empty')(lambda: None)()"
-    run_command([python, "-c", empty_flow], env, scratch / "warm-up.log")  # creates the database
     figures: dict = {"machine": machine}
     # At real size the int8 models lose 1.2 points of Top-1 against the default budget of 1: the run would go on to
     # the layer analysis and the repair search, which the notebook never did. Compared like for like, with a budget
@@ -415,7 +416,7 @@ def real_size(args: argparse.Namespace) -> int:
     ]
     for key, title, make, size, count, overrides in models:
         started = time.perf_counter()
-        sample = make(REPO_ROOT / ".cache" / ("benchmark-e2e" if key == "small" else "benchmark-real") / "sample")
+        sample = make(args.sample if key == "small" else REPO_ROOT / ".cache" / "benchmark-real" / "sample")
         print(f"\n{title}: {sample} ({time.perf_counter() - started:.0f} s)", flush=True)
         work = scratch / key
 

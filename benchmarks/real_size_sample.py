@@ -11,20 +11,16 @@ about 2.5 times under a different shift, rotation and brightness, so the evaluat
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 
-from core.config import Preprocessing
-from core.data.images import decode_rgb, find_jpegs
-from core.data.preprocessing import preprocess
+from benchmarks.e2e_sample import made_once, train_model
 from core.files import atomic_write_json
 
 SIZE = 224
 CALIBRATION = 1_000
 EVALUATION = 2_000
-BATCH_SIZE = 50  # the SDK's calibration batches: 20 of 50
 EPOCHS = 6  # from scratch at 224 px: two epochs leave it near chance
 
 
@@ -58,36 +54,9 @@ def write_images(dest: Path, seed: int = 0) -> None:
     atomic_write_json(dest / "labels.json", {str(d): d for d in range(10)})
 
 
-def train_model(dest: Path, epochs: int = EPOCHS, seed: int = 0) -> Path:
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(seed)
-    files = find_jpegs(dest / "training")
-    x = np.stack([preprocess(decode_rgb(f), SIZE, Preprocessing()) for f in files])
-    y = np.array([int(f.parent.name) for f in files])
-    model = tf.keras.applications.MobileNetV2(alpha=1.0, input_shape=(SIZE, SIZE, 3), weights=None, classes=10)
-    for layer in model.layers:  # moving statistics that settle within a couple of epochs (the default is 0.999)
-        if isinstance(layer, tf.keras.layers.BatchNormalization):
-            layer.momentum = 0.9
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
-    files = find_jpegs(dest / "validation")[::10]
-    held_out = np.stack([preprocess(decode_rgb(f), SIZE, Preprocessing()) for f in files])
-    accuracy = float(np.mean(model.predict(held_out, verbose=0).argmax(-1) == [int(f.parent.name) for f in files]))
-    print(f"trained {epochs} epochs: Top-1 {accuracy:.3f} on {len(files)} held-out images")
-    tmp = dest / ".model.h5.tmp.h5"
-    model.save(tmp)
-    os.replace(tmp, dest / "model.h5")
-    return dest / "model.h5"
-
-
 def make_real_size_sample(dest: Path) -> Path:
     """The images and the trained model in `dest`; nothing is rewritten when the model exists."""
-    dest = Path(dest)
-    if not (dest / "model.h5").exists():
-        write_images(dest)
-        train_model(dest)
-    return dest
+    return made_once(dest, write_images, lambda d: train_model(d, EPOCHS, size=SIZE, alpha=1.0))
 
 
 def main() -> None:

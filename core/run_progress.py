@@ -38,9 +38,8 @@ class RunPlan:
         return self.models * self.evaluation_images + self.mct_models * self.calibration_images
 
     def describe(self) -> str:
-        mct = f" and MCT on {self.calibration_images:,} calibration images" if self.mct_models else ""
-        if self.mct_models > 1:
-            mct = f" and MCT {self.mct_models} times on {self.calibration_images:,} calibration images"
+        times = f" {self.mct_models} times" if self.mct_models > 1 else ""
+        mct = f" and MCT{times} on {self.calibration_images:,} calibration images" if self.mct_models else ""
         left_out = (
             f"; {', '.join(self.left_out)} left out of the default variants at this size (TensorFlow Lite runs it on "
             "its reference kernels, one thread, many times full_int8's time): list it in 'variants' to build it"
@@ -48,7 +47,7 @@ class RunPlan:
             else ""
         )
         return (
-            f"this run: {self.models} models x {self.evaluation_images:,} evaluation images{mct}: "
+            f"This run: {self.models} models x {self.evaluation_images:,} evaluation images{mct}: "
             f"{self.image_passes:,} image passes{left_out}"
         )
 
@@ -111,7 +110,7 @@ def start(plan: RunPlan, enabled: bool, log: logging.Logger | logging.LoggerAdap
     finish()
     _current = RunProgress(plan, enabled, log)
     if log is not None:
-        log.info(plan.describe()[0].upper() + plan.describe()[1:])
+        log.info(plan.describe())
     return _current
 
 

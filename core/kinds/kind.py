@@ -32,19 +32,22 @@ def model_outputs(
     """(the batch's first image index, the model's outputs) for images [start, stop) (stop None: to the end),
     `batch_size` at a time, under the evaluation's progress bar: what every kind's `evaluate` scores."""
     stop = image_count(images_path) if stop is None else stop
+    if isinstance(predict, SharedPredictor):  # batches on lent cores too, in the order they finish
+        outputs = predict.outputs(images_path, batch_size, start, stop)
+    else:
+        outputs = _in_order(predict, images_path, batch_size, start, stop)
     with tqdm(total=stop - start, desc=f"evaluate {model_name}", unit="img", disable=not progress) as bar:
-        if isinstance(predict, SharedPredictor):  # batches on lent cores too, in the order they finish
-            for first, outputs in predict.outputs(images_path, batch_size, start, stop):
-                yield first, outputs
-                bar.update(min(batch_size, stop - first))
-                run_progress.advance(min(batch_size, stop - first))
-            return
-        first = start
-        for batch in iter_batches(images_path, batch_size, start, stop):
-            yield first, predict(batch)
-            first += len(batch)
-            bar.update(len(batch))
-            run_progress.advance(len(batch))
+        for first, output in outputs:
+            yield first, output
+            bar.update(min(batch_size, stop - first))
+            run_progress.advance(min(batch_size, stop - first))
+
+
+def _in_order(predict: Predict, images_path: str, batch_size: int, start: int, stop: int) -> Iterator[tuple[int, Any]]:
+    first = start
+    for batch in iter_batches(images_path, batch_size, start, stop):
+        yield first, predict(batch)
+        first += len(batch)
 
 
 @dataclass(frozen=True)
